@@ -1,0 +1,305 @@
+"""Containers from the local Docker engine: start one hardened sandbox container, watch
+it, remove it, and reap the ones whose owner process is gone."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from enclave_tools._docker import docker_client
+from enclave_tools.config import SandboxConfig
+from enclave_tools.errors import DockerUnavailable, SandboxStartFailed
+from enclave_tools.transport import Endpoint
+
+__all__ = ["ContainerState", "DockerBackend", "LABEL", "SandboxHandle"]
+
+log = logging.getLogger(__name__)
+
+LABEL = "io.enclave-tools.sandbox"
+OWNER_PID = "io.enclave-tools.owner-pid"
+OWNER_START = "io.enclave-tools.owner-start"
+OWNER_HOST = "io.enclave-tools.owner-host"
+CREATED = "io.enclave-tools.created"
+RUN_DIR = "io.enclave-tools.run-dir"
+SANDBOX_UID = 10001
+GATEWAY_PORT = 8888
+SOCKET_DIR = "/run/enclave"
+SOCKET_NAME = "gateway.sock"
+
+
+@dataclass
+class SandboxHandle:
+    """A started container and how to reach its gateway."""
+
+    container_id: str
+    name: str
+    endpoint: Endpoint
+    run_dir: str | None
+    host_port: int | None = None
+
+
+@dataclass
+class ContainerState:
+    """What Docker says about a container: running or not, and why it stopped."""
+
+    running: bool
+    exists: bool
+    exit_code: int | None = None
+    oom_killed: bool = False
+    error: str = ""
+
+    def describe(self) -> str:
+        """A sentence on how the container ended."""
+        if not self.exists:
+            return "the container was removed"
+        if self.running:
+            return "the container is running"
+        why = " (out of memory)" if self.oom_killed else ""
+        if self.exit_code == 137 and not self.oom_killed:
+            why = " (killed)"
+        return f"the container stopped with exit code {self.exit_code}{why}"
+
+
+def process_start_time(pid: int) -> str | None:
+    """The start time of process ``pid`` (from /proc), to tell a live owner from a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return fields[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _owner_alive(labels: dict[str, str]) -> bool:
+    if labels.get(OWNER_HOST) != socket.gethostname():
+        return True  # another machine's sandbox: not ours to judge
+    try:
+        pid = int(labels.get(OWNER_PID, ""))
+    except ValueError:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    started = labels.get(OWNER_START)
+    return not started or started == process_start_time(pid)
+
+
+class DockerBackend:
+    """Starts sandbox containers on the local Docker engine."""
+
+    name = "docker"
+
+    def __init__(self, client: Any = None) -> None:
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        """The docker client (connected lazily)."""
+        if self._client is None:
+            self._client = docker_client()
+        return self._client
+
+    def is_local_linux(self) -> bool:
+        """Whether the engine runs on this Linux machine (so a unix socket can be shared)."""
+        if not sys.platform.startswith("linux"):
+            return False
+        base_url = getattr(self.client.api, "base_url", "")
+        return base_url.startswith("http+docker://localhost") or base_url.startswith("http+docker://localunixsocket")
+
+    def transport_for(self, config: SandboxConfig) -> str:
+        """'unix' or 'tcp' for ``config``."""
+        if config.transport != "auto":
+            return config.transport
+        return "unix" if not config.egress and self.is_local_linux() else "tcp"
+
+    def start(
+        self, config: SandboxConfig, image_id: str, sandbox_id: str, token: str
+    ) -> SandboxHandle:
+        """Create and start one container; return how to reach its gateway."""
+        from docker.errors import APIError, DockerException
+        from docker.types import LogConfig, Ulimit
+
+        transport = self.transport_for(config)
+        if transport == "unix" and config.egress:
+            raise SandboxStartFailed(
+                "transport='unix' goes with network='none'; use transport='tcp' or 'auto' "
+                "for a sandbox with network access"
+            )
+        if transport == "tcp" and not config.egress:
+            raise SandboxStartFailed(
+                "network='none' needs transport='unix' (a Linux Docker engine on this machine): "
+                "with no network the gateway cannot publish a port. Use network='bridge' to "
+                "allow egress, or run on a local Linux engine."
+            )
+        name = f"enclave-{sandbox_id}"
+        pid = os.getpid()
+        labels = {
+            LABEL: "1",
+            OWNER_PID: str(pid),
+            OWNER_START: process_start_time(pid) or "",
+            OWNER_HOST: socket.gethostname(),
+            CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **config.labels,
+        }
+        env = {
+            "KG_AUTH_TOKEN": token,
+            "ENCLAVE_KERNEL_ENV": ",".join(config.env),
+            **config.env,
+        }
+        tmpfs = {
+            "/tmp": f"rw,nosuid,nodev,size={config.tmp_size},mode=1777",
+            "/home/sandbox": f"rw,nosuid,nodev,size=64m,uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700",
+            config.workdir: f"rw,nosuid,nodev,exec,size={config.workspace_size},"
+            f"uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0755",
+        }
+        kwargs: dict[str, Any] = dict(
+            detach=True,
+            name=name,
+            hostname="sandbox",
+            labels=labels,
+            user=f"{SANDBOX_UID}:{SANDBOX_UID}",
+            working_dir=config.workdir,
+            environment=env,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            read_only=True,
+            tmpfs=tmpfs,
+            shm_size=config.shm_size,
+            mem_limit=config.memory,
+            memswap_limit=config.memory,
+            nano_cpus=int(config.cpus * 1e9),
+            pids_limit=config.pids_limit,
+            ulimits=[Ulimit(name="nofile", soft=4096, hard=4096), Ulimit(name="core", soft=0, hard=0)],
+            init=True,
+            log_config=LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
+            use_config_proxy=False,
+        )
+        if config.runtime:
+            kwargs["runtime"] = config.runtime
+        run_dir = None
+        if transport == "unix":
+            run_dir = tempfile.mkdtemp(prefix=f"enclave-{sandbox_id}-")  # 0700: private to us
+            shared = os.path.join(run_dir, "gw")
+            os.mkdir(shared)
+            os.chmod(shared, 0o777)  # the container's user creates the socket here
+            labels[RUN_DIR] = run_dir
+            env["ENCLAVE_UNIX_SOCKET"] = f"{SOCKET_DIR}/{SOCKET_NAME}"
+            kwargs["network_mode"] = "none"
+            kwargs["volumes"] = {shared: {"bind": SOCKET_DIR, "mode": "rw"}}
+        else:
+            kwargs["network"] = config.network
+            kwargs["ports"] = {f"{GATEWAY_PORT}/tcp": ("127.0.0.1", None)}
+        try:
+            container = self.client.containers.create(image_id, **kwargs)
+        except APIError as exc:
+            _remove_dir(run_dir)
+            raise SandboxStartFailed(f"Docker could not create the sandbox container: {exc.explanation or exc}") from exc
+        except DockerException as exc:
+            _remove_dir(run_dir)
+            raise DockerUnavailable(f"Docker failed while creating the sandbox: {exc}") from exc
+        try:
+            container.start()
+        except DockerException as exc:
+            self.remove_container(container.id, run_dir)
+            raise SandboxStartFailed(f"Docker could not start the sandbox container: {exc}") from exc
+        if run_dir:
+            endpoint = Endpoint(token=token, unix_path=os.path.join(run_dir, "gw", SOCKET_NAME))
+            return SandboxHandle(container.id, name, endpoint, run_dir)
+        port = self._published_port(container)
+        return SandboxHandle(container.id, name, Endpoint(token=token, port=port), None, port)
+
+    def _published_port(self, container: Any) -> int:
+        for _ in range(50):
+            container.reload()
+            bindings = (container.attrs["NetworkSettings"].get("Ports") or {}).get(f"{GATEWAY_PORT}/tcp")
+            if bindings:
+                for binding in bindings:
+                    if binding.get("HostIp") in ("127.0.0.1", "") and binding.get("HostPort"):
+                        return int(binding["HostPort"])
+            if container.status not in ("created", "running"):
+                break
+            time.sleep(0.02)
+        raise SandboxStartFailed("Docker did not publish the gateway port on 127.0.0.1")
+
+    def state(self, handle: SandboxHandle) -> ContainerState:
+        """What Docker says about the container now."""
+        from docker.errors import DockerException, NotFound
+
+        try:
+            attrs = self.client.api.inspect_container(handle.container_id)
+        except NotFound:
+            return ContainerState(running=False, exists=False)
+        except DockerException as exc:
+            return ContainerState(running=False, exists=True, error=str(exc))
+        state = attrs.get("State", {})
+        return ContainerState(
+            running=bool(state.get("Running")),
+            exists=True,
+            exit_code=state.get("ExitCode"),
+            oom_killed=bool(state.get("OOMKilled")),
+            error=state.get("Error", ""),
+        )
+
+    def logs(self, handle: SandboxHandle, lines: int = 30) -> str:
+        """The last lines the container printed."""
+        try:
+            return self.client.api.logs(handle.container_id, tail=lines).decode("utf-8", "replace")
+        except Exception:  # noqa: BLE001 - best effort, for error messages
+            return ""
+
+    def remove(self, handle: SandboxHandle) -> None:
+        """Remove the container and its private directory."""
+        self.remove_container(handle.container_id, handle.run_dir)
+
+    def remove_container(self, container_id: str, run_dir: str | None) -> None:
+        """Force-remove a container (and volumes); ignore one that is already gone."""
+        from docker.errors import DockerException, NotFound
+
+        try:
+            self.client.api.remove_container(container_id, force=True, v=True)
+        except NotFound:
+            pass
+        except DockerException as exc:
+            if "already in progress" not in str(exc):
+                log.warning("could not remove container %s: %s", container_id[:12], exc)
+        _remove_dir(run_dir)
+
+    def list_sandboxes(self) -> list[Any]:
+        """Every container enclave-tools created on this engine."""
+        return self.client.containers.list(all=True, filters={"label": f"{LABEL}=1"}, ignore_removed=True)
+
+    def reap_orphans(self, on_removed: Callable[[Any], None] | None = None) -> int:
+        """Remove sandboxes whose owner process on this host is gone; return how many."""
+        removed = 0
+        for container in self.list_sandboxes():
+            labels = container.labels or {}
+            if _owner_alive(labels):
+                continue
+            self.remove_container(container.id, _safe_run_dir(labels.get(RUN_DIR)))
+            removed += 1
+            if on_removed:
+                on_removed(container)
+        return removed
+
+
+def _safe_run_dir(path: str | None) -> str | None:
+    """Only our own temporary directories are ever removed."""
+    if path and os.path.basename(path).startswith("enclave-") and os.path.dirname(path) == tempfile.gettempdir():
+        return path
+    return None
+
+
+def _remove_dir(path: str | None) -> None:
+    if path:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,107 @@
+"""SandboxConfig: what a sandbox runs, how it is limited, how long it may take."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["DEFAULT_IMAGE", "SandboxConfig"]
+
+DEFAULT_IMAGE = "enclave-tools/kernel:1"
+"""The kernel image a sandbox runs unless told otherwise; built on first use."""
+
+_SIZE = re.compile(r"^\d+(\.\d+)?[bkmg]?$", re.IGNORECASE)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_size(value: str) -> str:
+    if not _SIZE.match(value):
+        raise ValueError(f"{value!r} is not a size such as '512m' or '2g'")
+    return value.lower()
+
+
+class SandboxConfig(BaseModel):
+    """Settings of one sandbox. Every field has a safe default.
+
+    Pass a config, or keyword overrides, to :class:`~enclave_tools.Sandbox`::
+
+        Sandbox(memory="4g", network="bridge", timeout=120)
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    image: str = Field(DEFAULT_IMAGE, description="Kernel image (name:tag or id).")
+    build_image: bool = Field(
+        True, description="Build the default image on first use if it is missing."
+    )
+    memory: str = Field("2g", description="Memory limit of the container; swap is off.")
+    cpus: float = Field(1.0, gt=0, le=64, description="CPUs the container may use.")
+    pids_limit: int = Field(256, ge=16, description="Processes and threads in the container.")
+    network: str = Field(
+        "none",
+        description=(
+            "'none' (default): no network at all, the kernel reaches nothing. "
+            "'bridge' (or a Docker network name): egress allowed, e.g. for pip install."
+        ),
+    )
+    transport: Literal["auto", "unix", "tcp"] = Field(
+        "auto",
+        description=(
+            "How the host reaches the gateway: a unix socket in a private directory, or a "
+            "TCP port published on 127.0.0.1. 'auto': unix socket with network='none' on a "
+            "local Linux engine, otherwise TCP."
+        ),
+    )
+    timeout: float = Field(60.0, gt=0, description="Default seconds a run may take.")
+    startup_timeout: float = Field(60.0, gt=0, description="Seconds to wait for the gateway.")
+    interrupt_grace: float = Field(
+        3.0, gt=0, description="Seconds a timed-out run gets to stop after an interrupt."
+    )
+    output_limit: int = Field(
+        8000, ge=200, description="Characters of Execution.text, cut head and tail."
+    )
+    capture_limit: int = Field(
+        4_000_000,
+        ge=10_000,
+        description="Bytes of stdout/stderr kept per run on the host; the rest is counted.",
+    )
+    workdir: str = Field("/workspace", description="Working directory of the kernel.")
+    workspace_size: str = Field("1g", description="Size of the writable workspace.")
+    tmp_size: str = Field("256m", description="Size of /tmp.")
+    shm_size: str = Field("64m", description="Size of /dev/shm.")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Environment variables of the kernel."
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Extra labels on the container."
+    )
+    runtime: str | None = Field(None, description="OCI runtime, e.g. 'runsc' for gVisor.")
+
+    @field_validator("memory", "workspace_size", "tmp_size", "shm_size")
+    @classmethod
+    def _sizes(cls, value: str) -> str:
+        return _check_size(value)
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, val in value.items():
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid environment variable name")
+            if "\0" in val:
+                raise ValueError(f"the value of {name} contains a NUL byte")
+        return value
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("workdir must be an absolute path")
+        return value
+
+    @property
+    def egress(self) -> bool:
+        """Whether code in the sandbox may open network connections."""
+        return self.network != "none"

@@ -1,0 +1,243 @@
+"""KernelClient: one kernel in one gateway, over REST and one websocket.
+
+A background reader thread owns the websocket: it answers the gateway's pings (so an
+idle sandbox stays connected), decodes frames and hands each message to the call it
+belongs to, by parent ``msg_id``. Server status messages with no parent (``restarting``,
+``dead``) end every call in flight at once, as does a closed socket.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from typing import Any
+
+import websocket
+
+from enclave_tools.errors import GatewayError, InvalidInput
+from enclave_tools.protocol import ExecuteCall, decode_frame, msg_type, new_message, parent_id
+from enclave_tools.transport import GatewayHTTP
+
+__all__ = ["KernelClient", "MAX_CODE_BYTES"]
+
+log = logging.getLogger(__name__)
+
+MAX_CODE_BYTES = 8 * 2**20
+"""The largest code string sent; the gateway closes the socket on frames over 10 MiB."""
+
+
+class KernelClient:
+    """Drives one kernel: create, execute, interrupt, restart, shut down."""
+
+    def __init__(self, http: GatewayHTTP) -> None:
+        self.http = http
+        self.kernel_id: str | None = None
+        self.session = uuid.uuid4().hex
+        self._ws: websocket.WebSocket | None = None
+        self._reader: threading.Thread | None = None
+        self._calls: dict[str, ExecuteCall] = {}
+        self._events: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+        self.connected = False
+        self.kernel_lost: str | None = None  # set when the server says the kernel died
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Create a kernel (with an empty environment request) and connect to it."""
+        model = self.http.json(
+            "POST", "/api/kernels", {"name": "python3", "env": {}}, expect=(201,), timeout=timeout
+        )
+        self.kernel_id = model["id"]
+        self.kernel_lost = None
+        self.connect(timeout)
+
+    def connect(self, timeout: float = 30.0) -> None:
+        """Open the websocket (closing any earlier one) and start its reader."""
+        self.disconnect()
+        endpoint = self.http.endpoint
+        sock = endpoint.connect(timeout)
+        url = (
+            f"ws://{endpoint.netloc}/api/kernels/{self.kernel_id}/channels"
+            f"?session_id={self.session}"
+        )
+        try:
+            ws = websocket.create_connection(
+                url,
+                socket=sock,
+                timeout=timeout,
+                header=[f"Authorization: {endpoint.auth_header}"],
+                suppress_origin=True,
+                enable_multithread=True,
+                skip_utf8_validation=True,
+            )
+        except websocket.WebSocketBadStatusException as exc:
+            sock.close()
+            raise GatewayError(f"the gateway refused the kernel connection: {exc}") from exc
+        except BaseException:
+            sock.close()
+            raise
+        ws.settimeout(None)
+        self._ws = ws
+        self.connected = True
+        self._reader = threading.Thread(
+            target=self._read_loop, args=(ws,), name=f"enclave-ws-{self.kernel_id}", daemon=True
+        )
+        self._reader.start()
+
+    def disconnect(self) -> None:
+        """Close the websocket; calls in flight end as ``disconnected``."""
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            try:
+                ws.sock and ws.sock.shutdown(2)
+            except OSError:
+                pass
+            ws.close(timeout=0.2)
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not threading.current_thread():
+            reader.join(timeout=2)
+        self.connected = False
+
+    def interrupt(self, timeout: float = 10.0) -> None:
+        """Send SIGINT to the kernel."""
+        self.http.json("POST", f"/api/kernels/{self.kernel_id}/interrupt", expect=(204,), timeout=timeout)
+
+    def restart(self, timeout: float = 30.0) -> None:
+        """Restart the kernel (its state is lost) and reconnect."""
+        self.http.json("POST", f"/api/kernels/{self.kernel_id}/restart", {}, expect=(200,), timeout=timeout)
+        self.kernel_lost = None
+        self.connect(timeout)
+
+    def replace(self, timeout: float = 60.0) -> None:
+        """Delete the kernel if it still exists and start a new one."""
+        self.disconnect()
+        if self.kernel_id:
+            try:
+                self.http.request("DELETE", f"/api/kernels/{self.kernel_id}", timeout=timeout)
+            except OSError:
+                pass
+        self.start(timeout)
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Disconnect and delete the kernel; errors are ignored (the container goes next)."""
+        self.disconnect()
+        if self.kernel_id:
+            try:
+                self.http.request("DELETE", f"/api/kernels/{self.kernel_id}", timeout=timeout)
+            except (OSError, GatewayError):
+                pass
+
+    def model(self, timeout: float = 5.0) -> dict[str, Any] | None:
+        """The gateway's record of the kernel, or None if it no longer exists."""
+        status, data = self.http.request("GET", f"/api/kernels/{self.kernel_id}", timeout=timeout)
+        if status == 404:
+            return None
+        if status != 200:
+            raise GatewayError(f"the gateway answered {status} for the kernel's state", status)
+        return json.loads(data)
+
+    # -- execution -------------------------------------------------------------------
+
+    def execute(self, code: str, *, capture_limit: int, output_limit: int) -> ExecuteCall:
+        """Send ``code`` to run; return the call, which the reader thread fills in."""
+        if len(code.encode("utf-8", "surrogatepass")) > MAX_CODE_BYTES:
+            raise InvalidInput(
+                f"the code is {len(code):,} characters; the limit is {MAX_CODE_BYTES // 2**20} MiB. "
+                "Write large data to a file with write_file() instead."
+            )
+        msg = new_message(
+            "execute_request",
+            {
+                "code": code,
+                "silent": False,
+                "store_history": True,
+                "user_expressions": {},
+                "allow_stdin": False,
+                "stop_on_error": True,
+            },
+            self.session,
+        )
+        call = ExecuteCall(msg["msg_id"], capture_limit, output_limit)
+        event = threading.Event()
+        with self._lock:
+            self._calls[call.msg_id] = call
+            self._events[call.msg_id] = event
+        ws = self._ws
+        try:
+            if ws is None or not self.connected:
+                raise ConnectionError("not connected")
+            ws.send(json.dumps(msg))
+        except (OSError, websocket.WebSocketException) as exc:
+            log.debug("send failed: %s", exc)
+            self._finish(call.msg_id, "disconnected")
+        return call
+
+    def wait(self, call: ExecuteCall, timeout: float | None) -> bool:
+        """Wait until ``call`` is done or ``timeout`` seconds pass; return whether it is done."""
+        event = self._events.get(call.msg_id)
+        if event is None:
+            return call.done
+        return event.wait(timeout) or call.done
+
+    def forget(self, call: ExecuteCall) -> None:
+        """Stop routing messages to ``call``."""
+        with self._lock:
+            self._calls.pop(call.msg_id, None)
+            self._events.pop(call.msg_id, None)
+
+    # -- the reader thread -----------------------------------------------------------
+
+    def _read_loop(self, ws: websocket.WebSocket) -> None:
+        reason = "disconnected"
+        try:
+            while True:
+                opcode, frame = ws.recv_data()
+                if opcode == websocket.ABNF.OPCODE_CLOSE:
+                    break
+                if opcode == websocket.ABNF.OPCODE_TEXT:
+                    frame = frame.decode("utf-8", "replace")
+                msg = decode_frame(frame)
+                if msg is None:
+                    log.debug("skipped an undecodable frame")
+                    continue
+                self._dispatch(msg)
+        except (OSError, websocket.WebSocketException, ValueError) as exc:
+            log.debug("websocket closed: %s", exc)
+        finally:
+            if self._ws is ws:
+                self.connected = False
+            self._end_all(reason)
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        kind = msg_type(msg)
+        parent = parent_id(msg)
+        if kind == "status" and not parent:
+            state = msg["content"].get("execution_state")
+            if state in ("restarting", "dead"):
+                self.kernel_lost = state
+                self._end_all("kernel_died")
+            return
+        if not parent:
+            return
+        with self._lock:
+            call = self._calls.get(parent)
+        if call is not None and call.feed(msg):
+            self._finish(parent, None)
+
+    def _finish(self, msg_id: str, reason: str | None) -> None:
+        with self._lock:
+            call = self._calls.pop(msg_id, None)
+            event = self._events.pop(msg_id, None)
+        if call is not None and reason:
+            call.end(reason)
+        if event is not None:
+            event.set()
+
+    def _end_all(self, reason: str) -> None:
+        with self._lock:
+            ids = list(self._calls)
+        for msg_id in ids:
+            self._finish(msg_id, reason)

@@ -1,0 +1,194 @@
+"""The Jupyter messaging protocol as the gateway's websocket carries it.
+
+Pure functions and one state machine, no I/O: building requests, decoding frames
+(legacy JSON text frames and legacy binary frames), and :class:`ExecuteCall`, which turns
+the messages of one ``execute_request`` into an :class:`~enclave_tools.Execution`.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from enclave_tools.execution import Execution, OutputLog, Result, error_from_content
+
+__all__ = ["ExecuteCall", "decode_frame", "new_message"]
+
+PROTOCOL_VERSION = "5.3"
+
+
+def new_message(
+    msg_type: str, content: dict[str, Any], session: str, channel: str = "shell"
+) -> dict[str, Any]:
+    """A request message in the gateway's legacy JSON form."""
+    msg_id = uuid.uuid4().hex
+    header = {
+        "msg_id": msg_id,
+        "msg_type": msg_type,
+        "session": session,
+        "username": "enclave",
+        "date": datetime.now(timezone.utc).isoformat(),
+        "version": PROTOCOL_VERSION,
+    }
+    return {
+        "header": header,
+        "msg_id": msg_id,
+        "msg_type": msg_type,
+        "parent_header": {},
+        "metadata": {},
+        "content": content,
+        "buffers": [],
+        "channel": channel,
+    }
+
+
+def decode_frame(frame: str | bytes) -> dict[str, Any] | None:
+    """One websocket frame as a message dict, or ``None`` if it is not a valid message.
+
+    Text frames are JSON. Binary frames use the legacy layout: a big-endian uint32 count
+    of offsets, the offsets, the JSON message, then the buffers.
+    """
+    try:
+        if isinstance(frame, str):
+            msg = json.loads(frame)
+        else:
+            msg = _decode_binary(frame)
+    except (ValueError, struct.error, UnicodeDecodeError):
+        return None
+    if not isinstance(msg, dict) or not isinstance(msg.get("header"), dict):
+        return None
+    for key in ("parent_header", "content", "metadata"):
+        if not isinstance(msg.get(key), dict):
+            msg[key] = {}
+    return msg
+
+
+def _decode_binary(frame: bytes) -> Any:
+    (count,) = struct.unpack_from("!I", frame, 0)
+    if count < 1 or 4 * (count + 1) > len(frame):
+        raise ValueError("bad offset count")
+    offsets = list(struct.unpack_from(f"!{count}I", frame, 4)) + [len(frame)]
+    msg = json.loads(frame[offsets[0] : offsets[1]].decode("utf-8"))
+    if isinstance(msg, dict):
+        msg["buffers"] = [frame[a:b] for a, b in zip(offsets[1:-1], offsets[2:], strict=True)]
+    return msg
+
+
+def msg_type(msg: dict[str, Any]) -> str:
+    """The message's type."""
+    return str(msg["header"].get("msg_type", ""))
+
+
+def parent_id(msg: dict[str, Any]) -> str | None:
+    """The ``msg_id`` of the request this message answers, if any."""
+    return msg["parent_header"].get("msg_id")
+
+
+class ExecuteCall:
+    """The state of one ``execute_request``: collects its outputs and knows when it is done.
+
+    It is done when both its ``execute_reply`` and its ``status: idle`` have arrived, in
+    either order, or when it is ended from outside (:meth:`end`).
+    """
+
+    def __init__(self, msg_id: str, capture_limit: int, output_limit: int) -> None:
+        self.msg_id = msg_id
+        self.started = time.monotonic()
+        self.log = OutputLog(capture_limit)
+        self.output_limit = output_limit
+        self.reply: dict[str, Any] | None = None
+        self.idle = False
+        self.error_content: dict[str, Any] | None = None
+        self.execution_count: int | None = None
+        self.ended: str | None = None  # why it ended early: "kernel_died", "disconnected", ...
+
+    @property
+    def done(self) -> bool:
+        """True once the call needs no more messages."""
+        return self.ended is not None or (self.reply is not None and self.idle)
+
+    def feed(self, msg: dict[str, Any]) -> bool:
+        """Take one message addressed to this call; return :attr:`done`."""
+        kind = msg_type(msg)
+        content = msg["content"]
+        if kind == "status":
+            if content.get("execution_state") == "idle":
+                self.idle = True
+        elif kind == "stream":
+            name = "stderr" if content.get("name") == "stderr" else "stdout"
+            self.log.stream(name, str(content.get("text", "")))
+        elif kind in ("execute_result", "display_data"):
+            data = content.get("data")
+            if isinstance(data, dict):
+                transient = content.get("transient") or {}
+                metadata = content.get("metadata")
+                self.log.result(
+                    Result(
+                        data=data,
+                        metadata=metadata if isinstance(metadata, dict) else {},
+                        is_main_result=kind == "execute_result",
+                        display_id=transient.get("display_id") if isinstance(transient, dict) else None,
+                    )
+                )
+            if kind == "execute_result" and isinstance(content.get("execution_count"), int):
+                self.execution_count = content["execution_count"]
+        elif kind == "update_display_data":
+            transient = content.get("transient") or {}
+            display_id = transient.get("display_id") if isinstance(transient, dict) else None
+            if display_id and isinstance(content.get("data"), dict):
+                self.log.update_display(display_id, content["data"], content.get("metadata") or {})
+        elif kind == "clear_output":
+            self.log.clear(bool(content.get("wait")))
+        elif kind == "error":
+            self.error_content = content
+        elif kind == "execute_input":
+            if isinstance(content.get("execution_count"), int):
+                self.execution_count = content["execution_count"]
+        elif kind == "execute_reply":
+            self.reply = content
+            if isinstance(content.get("execution_count"), int):
+                self.execution_count = content["execution_count"]
+        return self.done
+
+    def end(self, reason: str) -> None:
+        """End the call early (the kernel died, the connection dropped, ...)."""
+        if not self.done:
+            self.ended = reason
+
+    def execution(self) -> Execution:
+        """The :class:`Execution` for what has arrived so far."""
+        transcript, stdout, stderr = self.log.finish()
+        error = None
+        status = "ok"
+        reply = self.reply or {}
+        if self.error_content is not None:
+            error = error_from_content(self.error_content)
+        elif reply.get("status") == "error":
+            error = error_from_content(reply)
+        if error is not None:
+            status = "error"
+        elif reply.get("status") == "aborted":
+            status = "error"
+            error = error_from_content(
+                {"ename": "Aborted", "evalue": "the kernel skipped this code after an earlier error"}
+            )
+        execution = Execution(
+            status=status,
+            stdout=stdout,
+            stderr=stderr,
+            results=list(self.log.results),
+            error=error,
+            execution_count=self.execution_count,
+            duration=time.monotonic() - self.started,
+            output_limit=self.output_limit,
+            _transcript=transcript,
+        )
+        if self.log.dropped:
+            execution.notes.append(
+                f"{self.log.dropped:,} characters of output were dropped to bound memory"
+            )
+        return execution
