@@ -7,10 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["DEFAULT_IMAGE", "SandboxConfig"]
-
-DEFAULT_IMAGE = "enclave-tools/kernel:1"
-"""The kernel image a sandbox runs unless told otherwise; built on first use."""
+__all__ = ["SandboxConfig"]
 
 _SIZE = re.compile(r"^\d+(\.\d+)?[bkmg]?$", re.IGNORECASE)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -32,7 +29,11 @@ class SandboxConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
-    image: str = Field(DEFAULT_IMAGE, description="Kernel image (name:tag or id).")
+    image: str | None = Field(
+        None,
+        description="Kernel image (name:tag or id). None: the project's own image for this "
+        "version, built on first use.",
+    )
     build_image: bool = Field(
         True, description="Build the default image on first use if it is missing."
     )

@@ -1,0 +1,266 @@
+"""The sandbox on real Docker: state, rich output, errors, timeouts, deaths, floods."""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import threading
+import time
+
+import pytest
+
+from enclave_tools import InvalidInput, Sandbox, SandboxDied
+
+
+def test_state_persists_across_calls(sandbox):
+    assert sandbox.run("x = [1, 2, 3, 4, 5]").ok
+    assert sandbox.run("print(sum(x))").text == "15"
+    assert sandbox.run("import statistics; statistics.mean(x)").text == "3"
+
+
+async def test_state_persists_across_async_calls(make_sandbox):
+    async with make_sandbox() as sb:
+        await sb.arun("y = {'a': 1}")
+        execution = await sb.arun("y['a'] + 1")
+        assert execution.text == "2"
+        assert execution.results[0].is_main_result
+
+
+async def test_arun_does_not_block_the_event_loop(sandbox):
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    execution = await sandbox.arun("import time; time.sleep(1); 'done'")
+    task.cancel()
+    assert execution.text == "'done'"
+    assert ticks > 20  # the loop kept running while the cell slept
+
+
+def test_plot_comes_back_as_png(sandbox):
+    execution = sandbox.run(
+        "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nplt.title('squares')\nplt.show()"
+    )
+    assert execution.ok, execution.text
+    assert len(execution.images) == 1
+    assert execution.images[0].startswith(b"\x89PNG\r\n\x1a\n")
+    assert "image/png" in execution.text and "base64" not in execution.text
+
+
+def test_html_dataframe_stderr_and_result(sandbox):
+    execution = sandbox.run(
+        "from IPython.display import HTML, display\n"
+        "import sys, pandas as pd\n"
+        "display(HTML('<b>bold</b>'))\n"
+        "print('to stderr', file=sys.stderr)\n"
+        "pd.DataFrame({'a': [1, 2], 'b': [3, 4]})"
+    )
+    assert execution.ok, execution.text
+    html, frame = execution.results
+    assert html.html == "<b>bold</b>"
+    assert frame.is_main_result and "<table" in frame.html
+    assert "a  b" in frame.text
+    assert execution.stderr == "to stderr\n"
+    assert execution.execution_count is not None
+
+
+def test_user_error_is_a_result_and_kernel_lives(sandbox):
+    sandbox.run("kept = 41")
+    execution = sandbox.run("def f():\n    return 1 / 0\nf()")
+    assert execution.status == "error"
+    assert execution.error.name == "ZeroDivisionError"
+    assert "\x1b" not in execution.error.traceback
+    assert "ZeroDivisionError" in execution.text
+    assert sandbox.run("kept + 1").text == "42"
+
+
+def test_timeout_interrupts_and_keeps_state(sandbox):
+    sandbox.run("before = 'still here'")
+    started = time.monotonic()
+    execution = sandbox.run("while True: pass", timeout=2)
+    assert execution.status == "timeout"
+    assert not execution.state_lost
+    assert time.monotonic() - started < 2 + sandbox.config.interrupt_grace + 2
+    assert "time limit" in execution.text
+    assert sandbox.run("before").text == "'still here'"
+
+
+def test_code_ignoring_sigint_is_escalated_and_says_state_was_lost(make_sandbox):
+    sb = make_sandbox(interrupt_grace=1).start()
+    sb.run("lost = 1")
+    execution = sb.run(
+        "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass", timeout=1
+    )
+    assert execution.status == "timeout"
+    assert execution.state_lost
+    assert "restarted" in execution.text or "replaced" in execution.text
+    assert "are gone" in execution.text
+    after = sb.run("'lost' in dir()")
+    assert after.text == "False"
+    assert sb.run("1 + 1").text == "2"
+
+
+def test_kernel_death_is_prompt_and_recovers(sandbox):
+    sandbox.run("doomed = 1")
+    started = time.monotonic()
+    execution = sandbox.run("import os; os._exit(1)", timeout=60)
+    assert time.monotonic() - started < 15  # not the whole timeout
+    assert execution.status == "kernel_died"
+    assert execution.state_lost
+    assert "died" in execution.text and "gone" in execution.text
+    assert sandbox.run("'doomed' in dir()").text == "False"
+    assert sandbox.run("2 * 21").text == "42"
+
+
+def test_container_killed_during_a_call(sandbox, docker_engine, make_sandbox):
+    threading.Timer(1.0, lambda: docker_engine.containers.get(sandbox.container_id).kill()).start()
+    started = time.monotonic()
+    with pytest.raises(SandboxDied, match="died"):
+        sandbox.run("import time; time.sleep(60)", timeout=120)
+    assert time.monotonic() - started < 15
+    # The same sandbox comes back with a fresh container and says state was lost ...
+    again = sandbox.run("1 + 1")
+    assert again.text.startswith("2") and again.state_lost
+    # ... and a new sandbox works too.
+    assert make_sandbox().run("3").text == "3"
+
+
+def test_input_fails_fast(sandbox):
+    started = time.monotonic()
+    execution = sandbox.run("input('name? ')", timeout=30)
+    assert time.monotonic() - started < 10
+    assert execution.status == "error"
+    assert execution.error.name == "StdinNotImplementedError"
+
+
+def _max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def test_huge_single_print_is_bounded(sandbox):
+    execution = sandbox.run("print('x' * 10**8)", timeout=60)
+    assert execution.status in ("ok", "error")
+    assert len(execution.stdout) + len(execution.stderr) <= sandbox.config.capture_limit + 500
+    assert len(execution.text) <= sandbox.config.output_limit + 500
+    assert sandbox.run("1").text == "1"
+
+
+def test_print_loop_for_ten_seconds_is_bounded(sandbox):
+    rss_before = _max_rss_mb()
+    execution = sandbox.run(
+        "import time\nt = time.time()\nn = 0\n"
+        "while time.time() - t < 10:\n    print('flood line', n); n += 1\n",
+        timeout=60,
+    )
+    assert execution.ok, execution.text[-500:]
+    assert len(execution.stdout) + len(execution.stderr) <= sandbox.config.capture_limit + 500
+    assert len(execution.text) <= sandbox.config.output_limit + 500
+    assert "cut" in execution.text
+    assert _max_rss_mb() - rss_before < 200
+
+
+def test_code_too_large_is_rejected_before_sending(sandbox):
+    with pytest.raises(InvalidInput, match="limit"):
+        sandbox.run("x = 1\n" * 2_000_000)
+    assert sandbox.run("'alive'").text == "'alive'"
+
+
+def test_calls_from_threads_are_serialized(sandbox):
+    sandbox.run("import time, threading\nactive = 0\nseen_overlap = False")
+    code = (
+        "active += 1\nseen_overlap = seen_overlap or active > 1\n"
+        "time.sleep(0.2)\nactive -= 1\nprint('{tag}')"
+    )
+    outputs = {}
+
+    def call(tag):
+        outputs[tag] = sandbox.run(code.format(tag=tag)).stdout
+
+    threads = [threading.Thread(target=call, args=(f"t{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outputs == {f"t{i}": f"t{i}\n" for i in range(4)}
+    assert sandbox.run("seen_overlap").text == "False"
+
+
+def test_files_in_and_out(sandbox, tmp_path):
+    local = tmp_path / "data.csv"
+    local.write_text("a,b\n1,2\n3,4\n")
+    remote = sandbox.upload(local, "inputs/data.csv")
+    assert remote == "/workspace/inputs/data.csv"
+    assert sandbox.run("import pandas as pd; int(pd.read_csv('inputs/data.csv').b.sum())").text == "6"
+    sandbox.run("open('out.txt', 'w').write('result')")
+    assert sandbox.read_file("out.txt") == b"result"
+    target = sandbox.download("out.txt", tmp_path / "got.txt")
+    assert target.read_text() == "result"
+    sandbox.write_file("/tmp/blob.bin", bytes(range(256)) * 1000)
+    assert sandbox.read_file("/tmp/blob.bin") == bytes(range(256)) * 1000
+    from enclave_tools import FileTransferError
+
+    with pytest.raises(FileTransferError, match="No such file"):
+        sandbox.read_file("missing.txt")
+    with pytest.raises(FileTransferError):
+        sandbox.write_file("/etc/passwd", "nope")
+
+
+def test_constructing_starts_nothing_and_close_removes_everything(make_sandbox, docker_engine):
+    sb = make_sandbox()
+    assert not sb.started
+    sb.run("1")
+    container_id = sb.container_id
+    run_dir = sb.handle.run_dir
+    sb.close()
+    import docker.errors
+    import os
+
+    with pytest.raises(docker.errors.NotFound):
+        docker_engine.containers.get(container_id)
+    assert run_dir is None or not os.path.exists(run_dir)
+    from enclave_tools import SandboxClosed
+
+    with pytest.raises(SandboxClosed):
+        sb.run("1")
+    sb.close()  # twice is fine
+
+
+def test_idle_sandbox_still_answers_after_two_minutes(sandbox):
+    """The gateway pings idle websockets every 30 s and drops those that do not answer
+    within 90 s; the client's reader thread answers, so the kernel stays reachable."""
+    sandbox.run("kept = 'yes'")
+    deadline = time.monotonic() + 125
+    while time.monotonic() < deadline:  # idle, as an agent between turns
+        time.sleep(5)
+    assert sandbox.run("kept").text == "'yes'"
+    assert not sandbox.run("kept").state_lost
+
+
+def test_eight_sandboxes_at_once(make_sandbox, docker_engine):
+    boxes = [make_sandbox(network="bridge") for _ in range(8)]
+    results = {}
+
+    def work(i, sb):
+        sb.run(f"n = {i}")
+        results[i] = sb.run("import time; time.sleep(0.5); n * 10").text
+
+    threads = [threading.Thread(target=work, args=(i, sb)) for i, sb in enumerate(boxes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {i: str(i * 10) for i in range(8)}
+    ports = {sb.handle.host_port for sb in boxes}
+    assert len(ports) == 8 and 8888 not in ports
+    ids = {sb.container_id for sb in boxes}
+    for sb in boxes:
+        sb.close()
+    from enclave_tools.backends.docker import LABEL
+
+    left = {c.id for c in docker_engine.containers.list(all=True, filters={"label": f"{LABEL}=1"})}
+    assert not ids & left

@@ -1,0 +1,96 @@
+"""Safe defaults, checked on the real container: loopback only, a token on every request,
+non-root, no capabilities, limits, no network, a clean kernel environment."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+
+import pytest
+import websocket
+
+
+def test_default_sandbox_has_no_network_and_no_port(sandbox, docker_engine):
+    attrs = docker_engine.api.inspect_container(sandbox.container_id)
+    assert attrs["HostConfig"]["NetworkMode"] == "none"
+    assert not attrs["HostConfig"]["PortBindings"]
+    assert sandbox.handle.endpoint.unix_path
+    interfaces = sandbox.run("import socket; sorted(n for _, n in socket.if_nameindex())").text
+    assert interfaces == "['lo']"
+    lookup = sandbox.run("import socket\nsocket.getaddrinfo('pypi.org', 443)")
+    assert lookup.status == "error" and lookup.error.name == "gaierror"
+
+
+def test_published_port_is_loopback_only_and_docker_picked(make_sandbox, docker_engine):
+    sb = make_sandbox(network="bridge").start()
+    bindings = docker_engine.api.inspect_container(sb.container_id)["NetworkSettings"]["Ports"]["8888/tcp"]
+    assert bindings and all(b["HostIp"] == "127.0.0.1" for b in bindings)
+    assert int(bindings[0]["HostPort"]) != 8888
+    assert sb.run("40 + 2").text == "42"
+
+
+def _raw_request(endpoint, path, token=None):
+    conn = http.client.HTTPConnection(endpoint.netloc, timeout=10)
+    conn.sock = endpoint.connect(10)
+    headers = {"Authorization": f"token {token}"} if token else {}
+    conn.request("GET", path, headers=headers)
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+@pytest.mark.parametrize("network", ["none", "bridge"])
+def test_every_request_needs_the_token(make_sandbox, network):
+    sb = make_sandbox(network=network).start()
+    endpoint = sb.handle.endpoint
+    assert _raw_request(endpoint, "/api", endpoint.token) == 200
+    for path in ("/api", "/api/kernels", "/api/kernelspecs", "/api/enclave/files?path=/etc/hostname",
+                 "/api/enclave/info"):
+        assert _raw_request(endpoint, path) == 401, path
+        assert _raw_request(endpoint, path, "wrong-token") == 401, path
+    kernel_id = sb._kernel.kernel_id
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(
+            f"ws://{endpoint.netloc}/api/kernels/{kernel_id}/channels",
+            socket=endpoint.connect(10),
+            suppress_origin=True,
+        )
+    assert refused.value.status_code == 401
+
+
+def test_container_is_hardened(sandbox, docker_engine):
+    host = docker_engine.api.inspect_container(sandbox.container_id)["HostConfig"]
+    assert host["CapDrop"] == ["ALL"]
+    assert "no-new-privileges" in host["SecurityOpt"]
+    assert host["ReadonlyRootfs"] is True
+    assert host["Memory"] == 2 * 2**30 and host["MemorySwap"] == host["Memory"]
+    assert host["NanoCpus"] == 10**9
+    assert host["PidsLimit"] == 256
+    assert host["Init"] is True
+    status = sandbox.run("print(open('/proc/self/status').read())").stdout
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    assert fields["Uid"].split()[0] == "10001"
+    assert fields["CapEff"].strip() == "0000000000000000"
+    assert fields["NoNewPrivs"].strip() == "1"
+    denied = sandbox.run("open('/etc/passwd', 'a')")
+    assert denied.status == "error" and denied.error.name in ("OSError", "PermissionError")
+
+
+def test_kernel_environment_has_no_token_and_no_host_variables(make_sandbox, monkeypatch):
+    monkeypatch.setenv("ENCLAVE_TEST_HOST_SECRET", "host-secret-value")
+    sb = make_sandbox(env={"MY_SETTING": "visible"}).start()
+    env = json.loads(sb.run("import os, json; print(json.dumps(dict(os.environ)))").stdout)
+    assert env["MY_SETTING"] == "visible"
+    assert "KG_AUTH_TOKEN" not in env
+    assert sb.handle.endpoint.token not in json.dumps(env)
+    assert "ENCLAVE_TEST_HOST_SECRET" not in env
+    assert "host-secret-value" not in json.dumps(env)
+
+
+def test_socket_directory_is_private_to_the_host_user(sandbox):
+    run_dir = sandbox.handle.run_dir
+    assert os.stat(run_dir).st_mode & 0o077 == 0
+    assert socket.AF_UNIX  # the endpoint is a unix socket inside that directory
+    assert sandbox.handle.endpoint.unix_path.startswith(run_dir)
