@@ -253,7 +253,7 @@ class Sandbox:
     def _start_container(self) -> None:
         from enclave_tools.image import ensure_image
 
-        threading.Thread(target=_reap_quietly, args=(self._backend,), daemon=True).start()
+        _reap_quietly(self._backend)
         image_id = ensure_image(
             self._backend.client, self.config.image, build=self.config.build_image, progress=self._progress
         )

@@ -1,0 +1,238 @@
+"""The ``enclave-tools`` command: build images, list and clean up sandboxes, run code.
+
+Exit codes: 0 success; 1 the code raised, timed out or killed its kernel; 2 bad usage;
+3 the sandbox could not do its job (no Docker, no image, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import codeop
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from enclave_tools.errors import EnclaveError
+
+EXIT_OK, EXIT_CODE_FAILED, EXIT_USAGE, EXIT_ENCLAVE = 0, 1, 2, 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``enclave-tools``."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except EnclaveError as exc:
+        print(f"enclave-tools: {exc}", file=sys.stderr)
+        return EXIT_ENCLAVE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="enclave-tools",
+        description="A stateful Python kernel in a hardened Docker container, for LLM agents.",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    image = commands.add_parser("image", help="build or list kernel images")
+    image_commands = image.add_subparsers(title="image commands", metavar="COMMAND")
+    build = image_commands.add_parser("build", help="build the kernel image (shows progress)")
+    build.add_argument("--base", help="base image (must be local, or pullable)")
+    build.add_argument(
+        "--bootstrap", action="store_true",
+        help="build the base from Debian packages (no registry needed)",
+    )
+    build.add_argument("--tag", help="tag for the image (default: the project's own tag)")
+    build.add_argument(
+        "--if-missing", action="store_true", help="do nothing if the default image exists"
+    )
+    build.set_defaults(func=_image_build)
+    image_ls = image_commands.add_parser("ls", help="list enclave-tools images")
+    image_ls.set_defaults(func=_image_ls)
+    image.set_defaults(func=lambda _args: (image.print_help(), EXIT_USAGE)[1])
+
+    ps = commands.add_parser("ps", help="list running sandboxes")
+    ps.set_defaults(func=_ps)
+    stop = commands.add_parser("stop", help="remove a sandbox by id or name")
+    stop.add_argument("id", help="container id (prefix) or name")
+    stop.set_defaults(func=_stop)
+    gc = commands.add_parser("gc", help="remove sandboxes whose owner process is gone")
+    gc.set_defaults(func=_gc)
+
+    for name, helptext, func in (
+        ("exec", "run code once in a fresh sandbox and print the result", _exec),
+        ("run", "an interactive prompt into a fresh sandbox", _run),
+    ):
+        sub = commands.add_parser(name, help=helptext)
+        if name == "exec":
+            sub.add_argument("code", help="Python code, or - to read it from standard input")
+        sub.add_argument("--network", default="none", help="'none' (default) or 'bridge'")
+        sub.add_argument("--timeout", type=float, default=None, help="seconds per run")
+        sub.add_argument("--memory", default=None, help="memory limit, e.g. 2g")
+        sub.add_argument("--image", default=None, help="kernel image (default: the project's)")
+        sub.add_argument(
+            "--output-dir", default="enclave-output", help="where images are saved"
+        )
+        sub.set_defaults(func=func)
+    return parser
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _image_build(args: argparse.Namespace) -> int:
+    from enclave_tools.image import build_image, ensure_image
+
+    if args.if_missing and not (args.tag or args.base or args.bootstrap):
+        from enclave_tools._docker import docker_client
+
+        print(ensure_image(docker_client(), progress=_say))
+        return EXIT_OK
+    image_id = build_image(tag=args.tag, base=args.base, bootstrap=args.bootstrap, progress=_say)
+    print(image_id)
+    return EXIT_OK
+
+
+def _image_ls(_args: argparse.Namespace) -> int:
+    from enclave_tools._docker import docker_client
+    from enclave_tools.image import list_images
+
+    rows = list_images(docker_client())
+    _table(["TAG", "ID", "SIZE", "CREATED"], [[r["tag"], r["id"], r["size"], r["created"]] for r in rows])
+    return EXIT_OK
+
+
+def _ps(_args: argparse.Namespace) -> int:
+    from enclave_tools.backends.docker import CREATED, OWNER_PID, DockerBackend, _owner_alive
+
+    rows = []
+    for container in DockerBackend().list_sandboxes():
+        labels = container.labels or {}
+        ports = (container.attrs.get("NetworkSettings", {}).get("Ports") or {}).get("8888/tcp") or []
+        where = f"127.0.0.1:{ports[0]['HostPort']}" if ports else "unix socket"
+        memory = "-"
+        if container.status == "running":
+            try:
+                stats = container.stats(stream=False, one_shot=True)
+                memory = f"{stats['memory_stats'].get('usage', 0) / 2**20:.0f} MiB"
+            except Exception:  # noqa: BLE001 - informational column
+                pass
+        owner = labels.get(OWNER_PID, "?") + ("" if _owner_alive(labels) else " (gone)")
+        rows.append([container.name, owner, _age(labels.get(CREATED)), where, memory, container.status])
+    _table(["NAME", "OWNER PID", "AGE", "GATEWAY", "MEMORY", "STATUS"], rows)
+    return EXIT_OK
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from enclave_tools.backends.docker import RUN_DIR, DockerBackend, _safe_run_dir
+
+    backend = DockerBackend()
+    matches = [c for c in backend.list_sandboxes() if c.name == args.id or c.id.startswith(args.id)]
+    if len(matches) != 1:
+        what = "no sandbox" if not matches else f"{len(matches)} sandboxes"
+        print(f"enclave-tools: {what} match {args.id!r}; see `enclave-tools ps`", file=sys.stderr)
+        return EXIT_USAGE
+    container = matches[0]
+    backend.remove_container(container.id, _safe_run_dir((container.labels or {}).get(RUN_DIR)))
+    print(f"removed {container.name}")
+    return EXIT_OK
+
+
+def _gc(_args: argparse.Namespace) -> int:
+    from enclave_tools.backends.docker import DockerBackend
+
+    removed = DockerBackend().reap_orphans(on_removed=lambda c: print(f"removed {c.name}"))
+    print(f"{removed} orphaned sandbox(es) removed")
+    return EXIT_OK
+
+
+def _sandbox(args: argparse.Namespace):
+    from enclave_tools import Sandbox
+
+    overrides = {"network": args.network}
+    if args.timeout:
+        overrides["timeout"] = args.timeout
+    if args.memory:
+        overrides["memory"] = args.memory
+    if args.image:
+        overrides["image"] = args.image
+    return Sandbox(progress=_say, **overrides)
+
+
+def _show(execution, output_dir: Path, counter: list[int]) -> None:
+    if execution.text:
+        print(execution.text)
+    for png in execution.images:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        counter[0] += 1
+        path = output_dir / f"image-{counter[0]}.png"
+        path.write_bytes(png)
+        print(f"[image saved to {path}]")
+
+
+def _exec(args: argparse.Namespace) -> int:
+    code = sys.stdin.read() if args.code == "-" else args.code
+    with _sandbox(args) as sandbox:
+        execution = sandbox.run(code)
+        _show(execution, Path(args.output_dir), [0])
+    return EXIT_OK if execution.ok else EXIT_CODE_FAILED
+
+
+def _run(args: argparse.Namespace) -> int:
+    print("Starting a sandbox ...", file=sys.stderr)
+    counter = [0]
+    with _sandbox(args) as sandbox:
+        print("Python in a sandbox. Variables persist between inputs. Ctrl-D to quit.", file=sys.stderr)
+        buffer: list[str] = []
+        while True:
+            try:
+                line = input("... " if buffer else ">>> ")
+            except EOFError:
+                print(file=sys.stderr)
+                return EXIT_OK
+            except KeyboardInterrupt:
+                buffer = []
+                print(file=sys.stderr)
+                continue
+            buffer.append(line)
+            source = "\n".join(buffer)
+            try:
+                complete = codeop.compile_command(source, symbol="exec") is not None
+            except (SyntaxError, ValueError, OverflowError):
+                complete = True  # let the kernel report it
+            if not complete and line.strip():
+                continue
+            buffer = []
+            if source.strip():
+                _show(sandbox.run(source), Path(args.output_dir), counter)
+
+
+def _age(created: str | None) -> str:
+    if not created:
+        return "?"
+    try:
+        seconds = (datetime.now(timezone.utc) - datetime.fromisoformat(created)).total_seconds()
+    except ValueError:
+        return "?"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    for row in [header, *rows]:
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

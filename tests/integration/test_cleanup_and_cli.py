@@ -1,0 +1,76 @@
+"""Orphans of a killed owner are reaped by `enclave-tools gc` and by the next start;
+the command line works end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from enclave_tools.backends.docker import LABEL, OWNER_PID
+from enclave_tools.cli import main
+
+ORPHAN_MAKER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from enclave_tools import Sandbox
+    sb = Sandbox(image=sys.argv[1]).start()
+    print(sb.container_id, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # no atexit, no cleanup: an orphan is left
+    """
+)
+
+
+def _orphan(image: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", ORPHAN_MAKER, image], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == -9, done.stderr
+    return done.stdout.strip()
+
+
+def _exists(client, container_id: str) -> bool:
+    return any(c.id == container_id for c in client.containers.list(all=True, filters={"label": f"{LABEL}=1"}))
+
+
+def test_gc_removes_sandboxes_of_a_killed_owner(kernel_image, docker_engine, sandbox, capsys):
+    orphan = _orphan(kernel_image)
+    assert _exists(docker_engine, orphan)
+    assert main(["gc"]) == 0
+    assert not _exists(docker_engine, orphan)
+    assert _exists(docker_engine, sandbox.container_id)  # a live owner's sandbox stays
+    assert "1 orphaned sandbox(es) removed" in capsys.readouterr().out
+
+
+def test_next_start_removes_orphans(kernel_image, docker_engine, make_sandbox):
+    orphan = _orphan(kernel_image)
+    labels = docker_engine.containers.get(orphan).labels
+    assert labels[OWNER_PID] != str(os.getpid())
+    make_sandbox().start()
+    assert not _exists(docker_engine, orphan)
+
+
+def test_exec_prints_text_and_saves_images(kernel_image, tmp_path, capsys):
+    code = "import matplotlib.pyplot as plt; plt.plot([1, 2]); plt.show(); print('drawn')"
+    status = main(["exec", code, "--output-dir", str(tmp_path), "--image", kernel_image])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "drawn" in out
+    saved = list(tmp_path.glob("*.png"))
+    assert len(saved) == 1 and saved[0].read_bytes().startswith(b"\x89PNG")
+    assert main(["exec", "1/0", "--output-dir", str(tmp_path), "--image", kernel_image]) == 1
+    assert "ZeroDivisionError" in capsys.readouterr().out
+
+
+def test_help_and_usage_errors(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    assert "gc" in capsys.readouterr().out
+    assert main([]) == 2
+    with pytest.raises(SystemExit) as exited:
+        main(["stop"])
+    assert exited.value.code == 2

@@ -1,0 +1,304 @@
+"""The pure parts of building the kernel image: recipe hash, mirrors, platform tags, wheels."""
+
+from __future__ import annotations
+
+import io
+import pathlib
+import re
+import tarfile
+
+import pytest
+
+from enclave_tools import image
+from enclave_tools.errors import ImageBuildFailed, ImageNotFound
+
+# --- the recipe hash -------------------------------------------------------------------
+
+
+@pytest.fixture
+def recipe(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A small build context."""
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / "requirements.txt").write_text("six==1.17.0\n")
+    (tmp_path / "gateway").mkdir()
+    (tmp_path / "gateway" / "app.py").write_text("print('hi')\n")
+    return tmp_path
+
+
+def test_hash_is_stable(recipe):
+    assert image.recipe_hash(recipe) == image.recipe_hash(recipe)
+    assert re.fullmatch(r"[0-9a-f]{64}", image.recipe_hash(recipe))
+
+
+def test_hash_ignores_wheels_and_caches(recipe):
+    before = image.recipe_hash(recipe)
+    (recipe / "wheels").mkdir()
+    (recipe / "wheels" / "six-1.17.0-py2.py3-none-any.whl").write_bytes(b"zip")
+    (recipe / "gateway" / "__pycache__").mkdir()
+    (recipe / "gateway" / "__pycache__" / "app.cpython-311.pyc").write_bytes(b"\0")
+    (recipe / "gateway" / "stray.pyc").write_bytes(b"\0")
+    assert image.recipe_hash(recipe) == before
+
+
+def test_hash_follows_content_and_names(recipe):
+    before = image.recipe_hash(recipe)
+    (recipe / "gateway" / "app.py").write_text("print('bye')\n")
+    changed = image.recipe_hash(recipe)
+    assert changed != before
+    (recipe / "gateway" / "app.py").rename(recipe / "gateway" / "main.py")
+    assert image.recipe_hash(recipe) not in (before, changed)
+
+
+def test_only_the_top_level_wheels_dir_is_skipped(recipe):
+    before = image.recipe_hash(recipe)
+    (recipe / "gateway" / "wheels").mkdir()
+    (recipe / "gateway" / "wheels" / "data.txt").write_text("kept")
+    assert image.recipe_hash(recipe) != before
+
+
+def test_default_image_is_tagged_by_the_recipe(recipe, monkeypatch):
+    monkeypatch.setattr(image, "context_dir", lambda: recipe)
+    assert image.default_image() == f"enclave-tools/kernel:{image.recipe_hash(recipe)[:12]}"
+
+
+def test_the_repo_recipe_exists():
+    assert (image.context_dir() / "Dockerfile").is_file()
+    assert re.fullmatch(r"enclave-tools/kernel:[0-9a-f]{12}", image.default_image())
+
+
+def test_cache_dir_honours_xdg(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert image.cache_dir() == tmp_path / "enclave-tools"
+
+
+def test_context_tar_holds_the_recipe_and_the_wheelhouse(recipe, tmp_path_factory):
+    (recipe / "wheels").mkdir()
+    (recipe / "wheels" / "stale-1.0-py3-none-any.whl").write_bytes(b"old")
+    house = tmp_path_factory.mktemp("house")
+    wheel = house / "six-1.17.0-py2.py3-none-any.whl"
+    wheel.write_bytes(b"zip")
+    with image._context_tar(recipe, [wheel]) as handle:
+        data = handle.read()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    assert set(members) == {
+        "Dockerfile",
+        "requirements.txt",
+        "gateway/app.py",
+        "wheels",
+        "wheels/six-1.17.0-py2.py3-none-any.whl",
+    }
+    assert all(m.uid == 0 and m.gid == 0 for m in members.values())
+
+
+# --- the Debian mirror -----------------------------------------------------------------
+
+DEB822 = """\
+Types: deb
+# http://snapshot.debian.org/archive/debian/20250520T000000Z
+URIs: http://mirror.example/debian/
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://security.example/debian-security
+Suites: bookworm-security
+Components: main
+"""
+
+
+def _apt(tmp_path: pathlib.Path, files: dict[str, str]) -> pathlib.Path:
+    for name, text in files.items():
+        path = tmp_path / "apt" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return tmp_path / "apt"
+
+
+def test_mirror_from_deb822(tmp_path):
+    apt = _apt(tmp_path, {"sources.list.d/debian.sources": DEB822})
+    assert image.debian_mirror("bookworm", apt) == "http://mirror.example/debian"
+    assert (
+        image.debian_mirror("bookworm-security", apt) == "http://security.example/debian-security"
+    )
+
+
+def test_mirror_skips_disabled_stanzas_and_other_files(tmp_path):
+    disabled = "Types: deb\nURIs: http://off.example/debian\nSuites: bookworm\nEnabled: no\n"
+    apt = _apt(
+        tmp_path,
+        {
+            "sources.list.d/a.sources": disabled,
+            "sources.list.d/b.list.disabled-by-farm": "deb http://nope.example/debian bookworm main\n",
+            "sources.list.d/c.sources": DEB822,
+        },
+    )
+    assert image.debian_mirror("bookworm", apt) == "http://mirror.example/debian"
+
+
+def test_mirror_from_one_line_sources(tmp_path):
+    text = (
+        "# deb http://commented.example/debian bookworm main\n"
+        "deb-src http://src.example/debian bookworm main\n"
+        "deb [arch=amd64 signed-by=/k.gpg] https://one.example/debian/ bookworm main contrib\n"
+    )
+    apt = _apt(tmp_path, {"sources.list": text})
+    assert image.debian_mirror("bookworm", apt) == "https://one.example/debian"
+
+
+def test_mirror_falls_back_to_deb_debian_org(tmp_path):
+    ubuntu = "deb http://archive.ubuntu.com/ubuntu jammy main\n"
+    assert (
+        image.debian_mirror("bookworm", _apt(tmp_path, {"sources.list": ubuntu}))
+        == image.DEFAULT_MIRROR
+    )
+    assert image.debian_mirror("bookworm", tmp_path / "missing") == image.DEFAULT_MIRROR
+
+
+# --- platform tags ---------------------------------------------------------------------
+
+
+def test_x86_64_tags():
+    tags = image.platform_tags("x86_64")
+    assert tags[0] == "manylinux_2_28_x86_64"
+    for tag in (
+        "manylinux_2_27_x86_64",
+        "manylinux_2_17_x86_64",
+        "manylinux2014_x86_64",
+        "manylinux2010_x86_64",
+        "manylinux_2_5_x86_64",
+        "manylinux1_x86_64",
+    ):
+        assert tag in tags
+    assert tags[-2:] == ["linux_x86_64", "any"]
+    assert (
+        tags.index("manylinux_2_28_x86_64")
+        < tags.index("manylinux2014_x86_64")
+        < tags.index("manylinux1_x86_64")
+    )
+
+
+def test_aarch64_tags():
+    tags = image.platform_tags("aarch64")
+    assert tags[0] == "manylinux_2_28_aarch64"
+    assert "manylinux2014_aarch64" in tags and "linux_aarch64" in tags
+    assert not any("manylinux1" in tag or "x86_64" in tag for tag in tags)
+    assert image.platform_tags("arm64") == tags
+
+
+def test_tags_follow_the_base_glibc():
+    assert image.platform_tags("x86_64", (2, 36))[0] == "manylinux_2_36_x86_64"
+    assert "manylinux_2_34_x86_64" in image.platform_tags("x86_64", (2, 36))
+    assert image.platform_tags("amd64", (2, 31)) == image.platform_tags("x86_64", (2, 31))
+    assert image.platform_tags("x86_64", (2, 5))[0] == "manylinux_2_17_x86_64"
+
+
+# --- choosing the wheels ---------------------------------------------------------------
+
+
+def test_parse_pins():
+    text = "# comment\nSix==1.17.0\nJinja2 == 3.1.6  # note\nfoo>=1\n-r other.txt\nbar[x]==2; python_version>'3'\n"
+    assert image.parse_pins(text) == {"six": "1.17.0", "jinja2": "3.1.6", "foo": None, "bar": "2"}
+
+
+def test_select_wheels_drops_stale_versions_and_unresolved_names():
+    names = [
+        "six-1.16.0-py2.py3-none-any.whl",
+        "six-1.17.0-py2.py3-none-any.whl",
+        "foo-1.0-py3-none-any.whl",
+        "foo-2.0-py3-none-any.whl",
+        "jinja2-3.1.6-py3-none-any.whl",
+        "unused-9.9-py3-none-any.whl",
+    ]
+    paths = [pathlib.Path("/w") / n for n in names]
+    pins = {"six": "1.17.0", "foo": None, "jinja2": "3.1.6"}
+    chosen = {p.name for p in image.select_wheels(paths, pins, {"six", "foo", "jinja2"})}
+    assert chosen == {
+        "six-1.17.0-py2.py3-none-any.whl",
+        "foo-1.0-py3-none-any.whl",
+        "foo-2.0-py3-none-any.whl",
+        "jinja2-3.1.6-py3-none-any.whl",
+    }
+    # Without pip's list of resolved names every name is kept.
+    assert "unused-9.9-py3-none-any.whl" in {p.name for p in image.select_wheels(paths, pins, None)}
+
+
+# --- progress --------------------------------------------------------------------------
+
+
+def test_debootstrap_output_is_condensed():
+    lines: list[str] = []
+    counter = image._PackageCounter("debootstrap", lines.append)
+    counter.feed("I: Retrieving InRelease ")
+    for n in range(60):
+        counter.feed(f"I: Retrieving pkg{n} 1.0")
+        counter.feed(f"I: Validating pkg{n} 1.0")
+    counter.feed("I: Base system installed successfully.")
+    assert lines == [
+        "debootstrap: retrieving packages… 25",
+        "debootstrap: validating packages… 25",
+        "debootstrap: retrieving packages… 50",
+        "debootstrap: validating packages… 50",
+        "debootstrap: retrieving packages… 61",
+        "debootstrap: validating packages… 60",
+        "debootstrap: Base system installed successfully.",
+    ]
+
+
+def test_default_progress_goes_to_stderr(capsys):
+    image._reporter(None)("hello")
+    assert capsys.readouterr().err == "enclave-tools: hello\n"
+
+
+# --- errors without Docker -------------------------------------------------------------
+
+
+def test_bootstrap_without_tools_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(image.shutil, "which", lambda _name: None)
+    with pytest.raises(ImageBuildFailed, match="mmdebstrap"):
+        image._bootstrap_tool()
+
+
+def test_debootstrap_needs_root(monkeypatch):
+    monkeypatch.setattr(
+        image.shutil,
+        "which",
+        lambda name: "/usr/sbin/debootstrap" if name == "debootstrap" else None,
+    )
+    monkeypatch.setattr(image.os, "geteuid", lambda: 1000)
+    with pytest.raises(ImageBuildFailed, match="root"):
+        image._bootstrap_tool()
+    monkeypatch.setattr(image.os, "geteuid", lambda: 0)
+    assert image._bootstrap_tool() == "debootstrap"
+
+
+class _Images:
+    def __init__(self, present: dict[str, str]) -> None:
+        self.present = present
+
+    def get(self, name):
+        import docker.errors
+
+        if name not in self.present:
+            raise docker.errors.ImageNotFound(f"No such image: {name}")
+        return type("Image", (), {"id": self.present[name]})()
+
+
+class _Client:
+    def __init__(self, present: dict[str, str]) -> None:
+        self.images = _Images(present)
+
+
+def test_ensure_image_returns_a_local_image_id():
+    assert image.ensure_image(_Client({"mine:1": "sha256:abc"}), "mine:1") == "sha256:abc"
+
+
+def test_ensure_image_never_builds_or_pulls_other_images():
+    with pytest.raises(ImageNotFound, match="never pulls"):
+        image.ensure_image(_Client({}), "someone/else:1")
+
+
+def test_ensure_image_without_build_points_at_the_cli():
+    with pytest.raises(ImageNotFound, match="enclave-tools image build"):
+        image.ensure_image(_Client({}), None, build=False)
