@@ -4,8 +4,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-DISTS  := -e . $(foreach d,$(wildcard adapters/*/pyproject.toml),-e $(dir $(d)))
-TESTS  := tests $(wildcard adapters/*/tests)
+ADAPTERS := $(patsubst %/pyproject.toml,%,$(wildcard adapters/*/pyproject.toml))
+DISTS  := -e . $(foreach a,$(ADAPTERS),-e $(a))
+# Each distribution's tests run from its own directory (each has its own conftest).
+JUNIT  ?= build/junit
 
 .PHONY: help venv image demo test unit bench clean
 
@@ -31,10 +33,17 @@ demo: image
 	$(BIN)/python examples/demo.py
 
 test: image
-	ENCLAVE_REQUIRE_DOCKER=1 $(BIN)/pytest $(TESTS) $(PYTEST_ARGS)
+	@mkdir -p $(dir $(JUNIT))
+	ENCLAVE_REQUIRE_DOCKER=1 $(BIN)/pytest tests --junitxml=$(JUNIT)-core.xml $(PYTEST_ARGS)
+	@set -e; for a in $(ADAPTERS); do \
+	  echo "== $$a"; \
+	  (cd $$a && ENCLAVE_REQUIRE_DOCKER=1 $(CURDIR)/$(BIN)/pytest tests \
+	    --junitxml=$(CURDIR)/$(JUNIT)-$$(basename $$a).xml $(PYTEST_ARGS)); \
+	done
 
 unit: venv
-	$(BIN)/pytest tests/unit $(wildcard adapters/*/tests/unit_tests) $(PYTEST_ARGS)
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+	@set -e; for a in $(ADAPTERS); do (cd $$a && $(CURDIR)/$(BIN)/pytest tests/unit_tests $(PYTEST_ARGS)); done
 
 bench: image
 	$(BIN)/python bench/run.py

@@ -23,6 +23,7 @@ from enclave_tools.errors import (
 )
 from enclave_tools.execution import Execution, ExecutionError, Result
 from enclave_tools.sandbox import Sandbox
+from enclave_tools.sessions import SandboxSessions
 
 __version__ = "0.1.0"
 
@@ -42,6 +43,7 @@ __all__ = [
     "SandboxClosed",
     "SandboxConfig",
     "SandboxDied",
+    "SandboxSessions",
     "SandboxStartFailed",
     "__version__",
 ]

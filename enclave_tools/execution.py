@@ -196,7 +196,12 @@ class Execution:
         return text
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready record of the execution (images as base64)."""
+        """A JSON-ready record of the execution (images as base64); see :meth:`from_dict`."""
+        index = {id(r): i for i, r in enumerate(self.results)}
+        outputs = [
+            {"result": index.get(id(item), -1)} if kind == "result" else {"stream": kind, "text": item}
+            for kind, item in self._transcript
+        ]
         return {
             "status": self.status,
             "stdout": self.stdout,
@@ -212,7 +217,42 @@ class Execution:
             "duration": self.duration,
             "state_lost": self.state_lost,
             "notes": list(self.notes),
+            "output_limit": self.output_limit,
+            "outputs": outputs,
         }
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> Execution:
+        """The :class:`Execution` that :meth:`to_dict` described (e.g. after a checkpoint)."""
+        results = [
+            Result(
+                data=r.get("data") or {},
+                metadata=r.get("metadata") or {},
+                is_main_result=bool(r.get("is_main_result")),
+            )
+            for r in record.get("results") or []
+        ]
+        transcript: list[tuple[str, Any]] = []
+        for out in record.get("outputs") or []:
+            if "result" in out:
+                if 0 <= out["result"] < len(results):
+                    transcript.append(("result", results[out["result"]]))
+            else:
+                transcript.append((out.get("stream", "stdout"), str(out.get("text", ""))))
+        error = record.get("error")
+        return cls(
+            status=record.get("status", "ok"),
+            stdout=record.get("stdout", ""),
+            stderr=record.get("stderr", ""),
+            results=results,
+            error=ExecutionError(error["name"], error["value"], error["traceback"]) if error else None,
+            execution_count=record.get("execution_count"),
+            duration=float(record.get("duration") or 0.0),
+            state_lost=bool(record.get("state_lost")),
+            notes=list(record.get("notes") or []),
+            output_limit=int(record.get("output_limit") or 8000),
+            _transcript=transcript,
+        )
 
     def __str__(self) -> str:
         return self.text

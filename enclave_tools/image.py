@@ -44,10 +44,14 @@ __all__ = [
     "SLIM_BASE",
     "bootstrap_base",
     "build_image",
+    "cache_dir",
     "context_dir",
+    "debian_mirror",
     "default_image",
     "ensure_image",
     "list_images",
+    "platform_tags",
+    "recipe_hash",
 ]
 
 Progress = Callable[[str], None]
@@ -330,6 +334,7 @@ def _docker_build(
     import docker.errors
 
     tail: collections.deque[str] = collections.deque(maxlen=_LOG_TAIL)
+    steps = _StepTimer(report)
     report(f"building {tag} (network: none)")
     try:
         events = client.api.build(
@@ -354,7 +359,7 @@ def _docker_build(
                 if line.strip():
                     tail.append(line)
                     if line.startswith(("Step ", "Successfully")):
-                        report(_shorten(line))
+                        steps.next(line)
     except docker.errors.DockerException as exc:
         raise ImageBuildFailed(
             f"Building {tag} failed: {_first_line(exc)}", log="\n".join(tail)
@@ -363,6 +368,26 @@ def _docker_build(
     if image is None:
         raise ImageBuildFailed(f"The build of {tag} ended without an image.", log="\n".join(tail))
     return image.id
+
+
+class _StepTimer:
+    """Reports each build step, and how long the previous one took when that was long."""
+
+    SLOW = 5.0
+
+    def __init__(self, report: Progress) -> None:
+        self.report = report
+        self.step: str | None = None
+        self.started = time.monotonic()
+
+    def next(self, line: str) -> None:
+        """A new step (or the final "Successfully ...") began."""
+        now = time.monotonic()
+        if self.step and now - self.started >= self.SLOW:
+            self.report(f"  ({self.step} took {now - self.started:.0f} s)")
+        self.step = line.split(" :", 1)[0] if line.startswith("Step ") else None
+        self.started = now
+        self.report(_shorten(line))
 
 
 @contextlib.contextmanager
@@ -537,7 +562,7 @@ def _pip_download(
             report(f"pip: {_shorten(stripped)}")
 
     try:
-        code = _stream([*command], on_line)
+        code = _stream(command, on_line)
     except FileNotFoundError as exc:  # pragma: no cover - sys.executable vanished
         raise ImageBuildFailed(f"could not run pip: {exc}") from exc
     if code != 0 and any("No module named pip" in line for line in lines):
@@ -553,7 +578,7 @@ def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def parse_pins(text: str) -> dict[str, str | None]:
+def _parse_pins(text: str) -> dict[str, str | None]:
     """Requirement names (canonical) to their ``==`` version, or None when not pinned."""
     pins: dict[str, str | None] = {}
     for raw in text.splitlines():
@@ -567,7 +592,7 @@ def parse_pins(text: str) -> dict[str, str | None]:
     return pins
 
 
-def select_wheels(
+def _select_wheels(
     wheels: Iterable[pathlib.Path], pins: dict[str, str | None], resolved: set[str] | None
 ) -> list[pathlib.Path]:
     """The wheels a build needs out of a wheelhouse that may hold other versions too.
@@ -598,8 +623,8 @@ def _needed_wheels(
     for line in log:
         if line.startswith("Successfully downloaded "):
             resolved = {_canonical(name) for name in line.split()[2:]}
-    pins = parse_pins(requirements.read_text())
-    wheels = select_wheels(directory.glob("*.whl"), pins, resolved)
+    pins = _parse_pins(requirements.read_text())
+    wheels = _select_wheels(directory.glob("*.whl"), pins, resolved)
     have = {_canonical(wheel.name.split("-")[0]) for wheel in wheels}
     missing = sorted(n for n in pins if n not in have and (resolved is None or n in resolved))
     if missing:
@@ -620,8 +645,8 @@ def bootstrap_base(
 ) -> str:
     """Make a minimal Debian base with python3 and venv, without a registry; return its id.
 
-    Uses mmdebstrap (preferred when not root; unshare mode) or debootstrap (needs root),
-    from the host's Debian mirror, then ``docker import``-s the root filesystem as ``tag``.
+    Uses mmdebstrap where installed (unshare mode when not root), else debootstrap (root
+    only), from the host's Debian mirror; then ``docker import``-s the result as ``tag``.
     """
     client = _client(client)
     report = _reporter(progress)
@@ -698,15 +723,13 @@ def _deb822_mirrors(text: str) -> Iterator[tuple[str, list[str]]]:
 
 
 def _bootstrap_tool() -> str:
-    """mmdebstrap or debootstrap, whichever can run here; else a clear ImageBuildFailed."""
+    """mmdebstrap (faster, works unprivileged) or debootstrap (root only); else ImageBuildFailed."""
     is_root = hasattr(os, "geteuid") and os.geteuid() == 0
-    has_mm = shutil.which("mmdebstrap") is not None
-    has_deb = shutil.which("debootstrap") is not None
-    if is_root and has_deb:
-        return "debootstrap"
-    if has_mm:
+    if shutil.which("mmdebstrap"):
         return "mmdebstrap"
-    if has_deb:
+    if shutil.which("debootstrap"):
+        if is_root:
+            return "debootstrap"
         raise ImageBuildFailed(
             "Bootstrapping a base needs root for debootstrap. Run `sudo enclave-tools image "
             "build --bootstrap` once, or install mmdebstrap (`sudo apt-get install "
@@ -757,6 +780,11 @@ def _mmdebstrap(suite: str, mirror: str, out: pathlib.Path, report: Progress) ->
     command = ["mmdebstrap", "--variant=minbase", f"--include={','.join(BOOTSTRAP_PACKAGES)}"]
     if os.geteuid() != 0:
         command.append("--mode=unshare")
+    # Without this hook mmdebstrap installs usrmerge, and with it perl (+50 MB).
+    hooks = pathlib.Path(shutil.which("mmdebstrap") or "/usr/bin/mmdebstrap").resolve().parent
+    merged_usr = hooks.parent / "share" / "mmdebstrap" / "hooks" / "maybe-merged-usr"
+    if merged_usr.is_dir():
+        command.append(f"--hook-dir={merged_usr}")
     _run_bootstrap([*command, suite, str(out), mirror], "mmdebstrap", report)
 
 
@@ -788,9 +816,13 @@ class _PackageCounter:
     def feed(self, line: str) -> None:
         """Take one output line: count a per-package line, pass on the others, shortened."""
         line = line.strip()
-        match = re.match(r"I: (\w+) ", line)
-        verb = match.group(1) if match else ""
-        if verb in self.VERBS:
+        # One package: "I: Retrieving libc6 2.36-9" or "I: Unpacking libc6...".
+        words = line.split()
+        verb = words[1] if len(words) > 1 and words[0] == "I:" else ""
+        per_package = (len(words) == 4 and not words[3].endswith("...")) or (
+            len(words) == 3 and words[2].endswith("...")
+        )
+        if verb in self.VERBS and per_package:
             self.counts[verb] += 1
             if self.counts[verb] % self.EVERY == 0:
                 self._show(verb)
@@ -903,5 +935,5 @@ def _shorten(line: str, width: int = 110) -> str:
 
 
 def _first_line(exc: object) -> str:
-    text = str(exc).strip().splitlines()
+    text = str(getattr(exc, "explanation", None) or exc).strip().splitlines()
     return _shorten(text[0] if text else type(exc).__name__, 200)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -86,6 +87,7 @@ class KernelClient:
             target=self._read_loop, args=(ws,), name=f"enclave-ws-{self.kernel_id}", daemon=True
         )
         self._reader.start()
+        self._handshake(timeout)
 
     def disconnect(self) -> None:
         """Close the websocket; calls in flight end as ``disconnected``."""
@@ -148,18 +150,20 @@ class KernelClient:
                 f"the code is {len(code):,} characters; the limit is {MAX_CODE_BYTES // 2**20} MiB. "
                 "Write large data to a file with write_file() instead."
             )
-        msg = new_message(
-            "execute_request",
-            {
-                "code": code,
-                "silent": False,
-                "store_history": True,
-                "user_expressions": {},
-                "allow_stdin": False,
-                "stop_on_error": True,
-            },
-            self.session,
-        )
+        content = {
+            "code": code,
+            "silent": False,
+            "store_history": True,
+            "user_expressions": {},
+            "allow_stdin": False,
+            "stop_on_error": True,
+        }
+        return self._request("execute_request", content, capture_limit, output_limit)
+
+    def _request(
+        self, kind: str, content: dict[str, Any], capture_limit: int = 100_000, output_limit: int = 8000
+    ) -> ExecuteCall:
+        msg = new_message(kind, content, self.session)
         call = ExecuteCall(msg["msg_id"], capture_limit, output_limit)
         event = threading.Event()
         with self._lock:
@@ -174,6 +178,24 @@ class KernelClient:
             log.debug("send failed: %s", exc)
             self._finish(call.msg_id, "disconnected")
         return call
+
+    def _handshake(self, timeout: float) -> None:
+        """Wait until a request's reply *and* its idle status come back, so the output
+        channel is live (a fresh connection can miss a kernel's first messages)."""
+        deadline = time.monotonic() + timeout
+        wait = 0.2
+        while True:
+            call = self._request("kernel_info_request", {})
+            try:
+                if self.wait(call, min(wait, max(deadline - time.monotonic(), 0.01))):
+                    if call.ended:
+                        raise GatewayError(f"the kernel connection failed ({call.ended})")
+                    return
+            finally:
+                self.forget(call)
+            if time.monotonic() >= deadline:
+                raise GatewayError(f"the kernel did not answer within {timeout:.0f} s")
+            wait = min(wait * 2, 2.0)
 
     def wait(self, call: ExecuteCall, timeout: float | None) -> bool:
         """Wait until ``call`` is done or ``timeout`` seconds pass; return whether it is done."""

@@ -148,7 +148,7 @@ class ExecuteCall:
         elif kind == "execute_input":
             if isinstance(content.get("execution_count"), int):
                 self.execution_count = content["execution_count"]
-        elif kind == "execute_reply":
+        elif kind.endswith("_reply"):
             self.reply = content
             if isinstance(content.get("execution_count"), int):
                 self.execution_count = content["execution_count"]

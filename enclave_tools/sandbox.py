@@ -87,6 +87,10 @@ class Sandbox:
         self._closed = False
         self._pending_notes: list[str] = []
         self._oom_kills = 0
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
+        self.last_active = time.monotonic()
+        """``time.monotonic()`` when a run last started or ended."""
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -104,6 +108,15 @@ class Sandbox:
     def handle(self) -> SandboxHandle | None:
         """The backend's handle on the running container (for tools and tests)."""
         return self._handle
+
+    @property
+    def busy(self) -> bool:
+        """Whether a run is in progress or waiting for its turn."""
+        return self._in_flight > 0
+
+    def mark_state_lost(self, reason: str) -> None:
+        """Make the next result say that earlier state is gone, and why."""
+        self._pending_notes.append(f"{reason}. {STATE_LOST}.")
 
     def start(self) -> Sandbox:
         """Start the container and the kernel (builds the image first if needed)."""
@@ -155,11 +168,19 @@ class Sandbox:
         """
         code = check_code(code)
         seconds = check_timeout(timeout, self.config.timeout)
-        with self._run_lock:
-            self._check_open()
-            if self._handle is None:
-                self._start_container()
-            return self._execute(code, seconds)
+        with self._in_flight_lock:
+            self._in_flight += 1
+        try:
+            with self._run_lock:
+                self._check_open()
+                self.last_active = time.monotonic()
+                if self._handle is None:
+                    self._start_container()
+                return self._execute(code, seconds)
+        finally:
+            with self._in_flight_lock:
+                self._in_flight -= 1
+            self.last_active = time.monotonic()
 
     async def arun(self, code: str, timeout: float | None = None) -> Execution:
         """Async :meth:`run`; it never blocks the event loop. Cancelling it interrupts the run."""
@@ -452,7 +473,7 @@ class Sandbox:
         """Forget the dead container and say so; the next run starts a fresh one."""
         logs = self._backend.logs(self._handle, 10) if self._handle else ""
         self._stop_container()
-        self._pending_notes.append(f"The previous sandbox died ({why}); this is a new one. {STATE_LOST}.")
+        self.mark_state_lost(f"The previous sandbox died ({why}); this is a new one")
         detail = f"\nIts last output:\n{logs}" if logs.strip() else ""
         return SandboxDied(
             f"The sandbox died: {why}. Everything in it is lost. The next run starts a new "
@@ -462,7 +483,9 @@ class Sandbox:
     def _died_or(self, exc: BaseException) -> EnclaveError:
         if self._handle is None:
             return SandboxDied("the sandbox is not running")
-        state = self._backend.state(self._handle)
+        # The gateway is unreachable: either the container is stopping, or the gateway
+        # inside it is stuck. Docker may take a moment to notice the former.
+        state = self._backend.wait_stopped(self._handle, timeout=3.0)
         if not state.running:
             return self._died(state.describe())
         if isinstance(exc, EnclaveError):

@@ -251,6 +251,15 @@ class DockerBackend:
             error=state.get("Error", ""),
         )
 
+    def wait_stopped(self, handle: SandboxHandle, timeout: float) -> ContainerState:
+        """Wait up to ``timeout`` seconds for the container to stop (a killed container
+        can still report "running" for a moment); return its state then."""
+        try:
+            self.client.api.wait(handle.container_id, timeout=timeout)
+        except Exception:  # noqa: BLE001 - still running, or already gone
+            pass
+        return self.state(handle)
+
     def logs(self, handle: SandboxHandle, lines: int = 30) -> str:
         """The last lines the container printed."""
         try:

@@ -98,3 +98,24 @@ def test_config_defaults_are_safe():
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValidationError):
         SandboxConfig(**{field: value})
+
+
+def test_to_dict_and_back_keeps_what_a_model_reads():
+    import base64
+    import json
+
+    from enclave_tools import Result
+
+    png = Result({"image/png": base64.b64encode(b"\x89PNG").decode(), "text/plain": "<Figure>"})
+    execution = Execution(
+        status="error",
+        stdout="out\n",
+        results=[png],
+        error=ExecutionError("ValueError", "bad", "ValueError: bad"),
+        notes=["a note"],
+        _transcript=[("stdout", "out\n"), ("result", png)],
+    )
+    again = Execution.from_dict(json.loads(json.dumps(execution.to_dict())))
+    assert again.text == execution.text
+    assert again.images == [b"\x89PNG"]
+    assert again.error.name == "ValueError" and again.status == "error"

@@ -199,7 +199,7 @@ def test_tags_follow_the_base_glibc():
 
 def test_parse_pins():
     text = "# comment\nSix==1.17.0\nJinja2 == 3.1.6  # note\nfoo>=1\n-r other.txt\nbar[x]==2; python_version>'3'\n"
-    assert image.parse_pins(text) == {"six": "1.17.0", "jinja2": "3.1.6", "foo": None, "bar": "2"}
+    assert image._parse_pins(text) == {"six": "1.17.0", "jinja2": "3.1.6", "foo": None, "bar": "2"}
 
 
 def test_select_wheels_drops_stale_versions_and_unresolved_names():
@@ -213,7 +213,7 @@ def test_select_wheels_drops_stale_versions_and_unresolved_names():
     ]
     paths = [pathlib.Path("/w") / n for n in names]
     pins = {"six": "1.17.0", "foo": None, "jinja2": "3.1.6"}
-    chosen = {p.name for p in image.select_wheels(paths, pins, {"six", "foo", "jinja2"})}
+    chosen = {p.name for p in image._select_wheels(paths, pins, {"six", "foo", "jinja2"})}
     assert chosen == {
         "six-1.17.0-py2.py3-none-any.whl",
         "foo-1.0-py3-none-any.whl",
@@ -221,7 +221,9 @@ def test_select_wheels_drops_stale_versions_and_unresolved_names():
         "jinja2-3.1.6-py3-none-any.whl",
     }
     # Without pip's list of resolved names every name is kept.
-    assert "unused-9.9-py3-none-any.whl" in {p.name for p in image.select_wheels(paths, pins, None)}
+    assert "unused-9.9-py3-none-any.whl" in {
+        p.name for p in image._select_wheels(paths, pins, None)
+    }
 
 
 # --- progress --------------------------------------------------------------------------
@@ -232,16 +234,22 @@ def test_debootstrap_output_is_condensed():
     counter = image._PackageCounter("debootstrap", lines.append)
     counter.feed("I: Retrieving InRelease ")
     for n in range(60):
-        counter.feed(f"I: Retrieving pkg{n} 1.0")
-        counter.feed(f"I: Validating pkg{n} 1.0")
+        counter.feed(f"I: Retrieving pkg{n} 1.0-{n}")
+        counter.feed(f"I: Validating pkg{n} 1.0-{n}")
+    counter.feed("I: Unpacking required packages...")
+    for n in range(3):
+        counter.feed(f"I: Unpacking pkg{n}...")
     counter.feed("I: Base system installed successfully.")
     assert lines == [
+        "debootstrap: Retrieving InRelease",
         "debootstrap: retrieving packages… 25",
         "debootstrap: validating packages… 25",
         "debootstrap: retrieving packages… 50",
         "debootstrap: validating packages… 50",
-        "debootstrap: retrieving packages… 61",
+        "debootstrap: retrieving packages… 60",
         "debootstrap: validating packages… 60",
+        "debootstrap: Unpacking required packages...",
+        "debootstrap: unpacking packages… 3",
         "debootstrap: Base system installed successfully.",
     ]
 
@@ -262,15 +270,20 @@ def test_bootstrap_without_tools_says_what_to_install(monkeypatch):
 
 def test_debootstrap_needs_root(monkeypatch):
     monkeypatch.setattr(
-        image.shutil,
-        "which",
-        lambda name: "/usr/sbin/debootstrap" if name == "debootstrap" else None,
+        image.shutil, "which", lambda name: f"/usr/sbin/{name}" if name == "debootstrap" else None
     )
     monkeypatch.setattr(image.os, "geteuid", lambda: 1000)
     with pytest.raises(ImageBuildFailed, match="root"):
         image._bootstrap_tool()
     monkeypatch.setattr(image.os, "geteuid", lambda: 0)
     assert image._bootstrap_tool() == "debootstrap"
+
+
+def test_mmdebstrap_is_preferred(monkeypatch):
+    monkeypatch.setattr(image.shutil, "which", lambda name: f"/usr/bin/{name}")
+    for uid in (0, 1000):
+        monkeypatch.setattr(image.os, "geteuid", lambda uid=uid: uid)
+        assert image._bootstrap_tool() == "mmdebstrap"
 
 
 class _Images:

@@ -1,0 +1,149 @@
+"""Real LangChain agent loops over a real sandbox, driven by a scripted chat model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from enclave_tools import Sandbox
+from langchain.agents import create_agent
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage, ToolMessage
+from langgraph.checkpoint.memory import InMemorySaver
+
+from langchain_enclave import EnclaveNotebookTool
+
+
+class ScriptedChatModel(GenericFakeChatModel):
+    """Replies with the next scripted message; accepts tools as create_agent requires."""
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> ScriptedChatModel:
+        return self
+
+
+def run_code(code: str, call_id: str) -> AIMessage:
+    """The model's turn that calls the notebook tool."""
+    args = {"code": code}
+    return AIMessage(
+        content="",
+        tool_calls=[
+            {"name": "notebook_executor", "args": args, "id": call_id, "type": "tool_call"}
+        ],
+    )
+
+
+def tool_messages(state: dict) -> list[ToolMessage]:
+    return [m for m in state["messages"] if isinstance(m, ToolMessage)]
+
+
+def test_two_user_turns_of_one_thread_keep_state(sandbox: Sandbox) -> None:
+    model = ScriptedChatModel(
+        messages=iter(
+            [
+                run_code("import pandas as pd\ndf = pd.DataFrame({'v': [40, 2]})", "c1"),
+                AIMessage("Loaded the data."),
+                run_code("print(df['v'].sum())", "c2"),
+                AIMessage("The total is 42."),
+            ]
+        )
+    )
+    agent = create_agent(
+        model, tools=[EnclaveNotebookTool(sandbox=sandbox)], checkpointer=InMemorySaver()
+    )
+    config = {"configurable": {"thread_id": "conversation-1"}}
+
+    agent.invoke({"messages": [("user", "Load the data.")]}, config)
+    state = agent.invoke({"messages": [("user", "What is the total?")]}, config)
+
+    results = tool_messages(state)
+    assert [m.tool_call_id for m in results] == ["c1", "c2"]
+    assert results[-1].content == "42"
+    assert results[-1].artifact.ok
+    assert state["messages"][-1].content == "The total is 42."
+
+
+async def test_async_agent_gets_plot_and_recovers_from_error(sandbox: Sandbox) -> None:
+    model = ScriptedChatModel(
+        messages=iter(
+            [
+                run_code("undefined_name", "c1"),
+                run_code("import matplotlib.pyplot as plt\nplt.plot([3, 1, 2])\nplt.show()", "c2"),
+                AIMessage("Here is the plot."),
+            ]
+        )
+    )
+    tool = EnclaveNotebookTool(sandbox=sandbox, include_images=True)
+    state = await create_agent(model, tools=[tool]).ainvoke({"messages": [("user", "Plot it.")]})
+
+    error, plot = tool_messages(state)
+    assert error.status == "success" and "NameError" in error.content
+    assert plot.artifact.images and plot.content[1]["type"] == "image"
+    assert state["messages"][-1].content == "Here is the plot."
+
+
+def test_each_thread_gets_its_own_kernel(make_sandbox: Callable[..., Sandbox]) -> None:
+    made: dict[str, Sandbox] = {}
+
+    def per_thread(thread_id: str) -> Sandbox:
+        made[thread_id] = make_sandbox()
+        return made[thread_id]
+
+    tool = EnclaveNotebookTool(sandbox_factory=per_thread)
+    model = ScriptedChatModel(
+        messages=iter(
+            [
+                run_code("secret = 'alpha'", "a1"),
+                AIMessage("Stored."),
+                run_code("print(secret)", "b1"),
+                AIMessage("Not here."),
+                run_code("print(secret)", "a2"),
+                AIMessage("alpha"),
+            ]
+        )
+    )
+    agent = create_agent(model, tools=[tool], checkpointer=InMemorySaver())
+    thread_a = {"configurable": {"thread_id": "A"}}
+    thread_b = {"configurable": {"thread_id": "B"}}
+    try:
+        agent.invoke({"messages": [("user", "Remember alpha.")]}, thread_a)
+        in_b = tool_messages(agent.invoke({"messages": [("user", "What was it?")]}, thread_b))
+        in_a = tool_messages(agent.invoke({"messages": [("user", "What was it?")]}, thread_a))
+    finally:
+        tool.close()
+
+    assert "NameError" in in_b[-1].content
+    assert in_a[-1].content == "alpha"
+    assert set(made) == {"A", "B"}
+    assert made["A"] is not made["B"]
+    assert not made["A"].started and not made["B"].started  # tool.close() closed both
+
+
+def test_sandbox_failure_reaches_the_model_as_error_message(sandbox: Sandbox) -> None:
+    sandbox.close()
+    model = ScriptedChatModel(
+        messages=iter([run_code("1 + 1", "c1"), AIMessage("The sandbox is down.")])
+    )
+    state = create_agent(model, tools=[EnclaveNotebookTool(sandbox=sandbox)]).invoke(
+        {"messages": [("user", "Add.")]}
+    )
+    (failure,) = tool_messages(state)
+    assert failure.status == "error" and "SandboxClosed" in failure.content
+    assert state["messages"][-1].content == "The sandbox is down."
+
+
+def test_openai_compatible_wiring(sandbox: Sandbox) -> None:
+    """The README's wiring: ChatOpenAI against any OpenAI-compatible server (no call made)."""
+    langchain_openai = pytest.importorskip("langchain_openai")
+    model = langchain_openai.ChatOpenAI(
+        model=os.environ.get("OPENAI_MODEL", "gpt-4o-mini"),
+        api_key="not-used",
+        base_url="http://127.0.0.1:9/v1",
+    )
+    tool = EnclaveNotebookTool(sandbox=sandbox)
+    bound = model.bind_tools([tool])
+    (spec,) = bound.kwargs["tools"]
+    assert spec["function"]["name"] == "notebook_executor"
+    assert spec["function"]["parameters"]["required"] == ["code"]
+    assert create_agent(model, tools=[tool]) is not None

@@ -1,0 +1,9 @@
+"""LlamaIndex integration of enclave-tools: a stateful Python notebook in a sandbox."""
+
+from llama_index.tools.enclave.base import (
+    EnclaveNotebookToolSpec,
+    NotebookFunctionTool,
+    NotebookInput,
+)
+
+__all__ = ["EnclaveNotebookToolSpec", "NotebookFunctionTool", "NotebookInput"]

@@ -1,0 +1,224 @@
+"""EnclaveNotebookToolSpec: a stateful Python notebook for LlamaIndex agents."""
+
+# No ``from __future__ import annotations`` here: FunctionTool finds the ``ctx: Context``
+# parameter by comparing the annotation object with Context, not a string.
+
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from enclave_tools import EnclaveError, Execution, InvalidInput, Sandbox, SandboxConfig
+from llama_index.core.base.llms.types import ContentBlock, ImageBlock, TextBlock
+from llama_index.core.tools import FunctionTool, ToolMetadata, ToolOutput
+from llama_index.core.tools.tool_spec.base import SPEC_FUNCTION_TYPE, BaseToolSpec
+from llama_index.core.workflow import Context
+from pydantic import BaseModel, Field
+
+__all__ = ["EnclaveNotebookToolSpec", "NotebookFunctionTool", "NotebookInput"]
+
+TOOL_NAME = "notebook_executor"
+SESSION_KEY = "enclave_notebook_session"
+"""Key in ``ctx.store`` of the id that picks a context's own sandbox."""
+
+DESCRIPTION = (
+    "Run Python code in a stateful Jupyter notebook kernel inside an isolated sandbox. "
+    "Variables, imports, functions and loaded data persist between calls, so build on "
+    "earlier results instead of repeating them. numpy, pandas and matplotlib are "
+    "installed. As in a notebook cell, the value of the last expression is shown; "
+    "print() anything else you need to see. Plots come back as images: call plt.show() "
+    "or display a figure. There is no network access by default (pip install and "
+    "downloads fail), and input() is unavailable. An error comes back as a traceback: "
+    "read it, fix the code and run it again."
+)
+
+
+class NotebookInput(BaseModel):
+    """Arguments of one call of the notebook tool."""
+
+    code: str = Field(description="Python code to run, like a notebook cell.")
+    timeout: float | None = Field(
+        default=None,
+        description="Seconds the code may run before it is interrupted "
+        "(default: the sandbox's limit).",
+    )
+
+
+class NotebookFunctionTool(FunctionTool):
+    """A FunctionTool whose functions return an :class:`~enclave_tools.Execution`.
+
+    The output's blocks are the execution's text and one ``ImageBlock`` per PNG; its
+    ``raw_output`` is the Execution. A failure of the sandbox comes back as an output
+    with ``is_error=True`` instead of an exception.
+    """
+
+    def _parse_tool_output(self, raw_output: Any) -> list[ContentBlock]:
+        if not isinstance(raw_output, Execution):
+            return super()._parse_tool_output(raw_output)
+        blocks: list[ContentBlock] = [TextBlock(text=raw_output.text)]
+        blocks += [ImageBlock(image=png, image_mimetype="image/png") for png in raw_output.images]
+        return blocks
+
+    def call(self, *args: Any, **kwargs: Any) -> ToolOutput:
+        """Run the tool; sandbox failures become ``is_error`` outputs."""
+        try:
+            return super().call(*args, **self._with_ctx(kwargs))
+        except EnclaveError as exc:
+            return self._failure(exc, args, kwargs)
+
+    async def acall(self, *args: Any, **kwargs: Any) -> ToolOutput:
+        """Run the tool (async); sandbox failures become ``is_error`` outputs."""
+        try:
+            return await super().acall(*args, **self._with_ctx(kwargs))
+        except EnclaveError as exc:
+            return self._failure(exc, args, kwargs)
+
+    def _with_ctx(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        # Without a Context (a direct call, not from an agent) use the default sandbox.
+        if self.ctx_param_name is not None and self.ctx_param_name not in kwargs:
+            return {**kwargs, self.ctx_param_name: None}
+        return kwargs
+
+    def _failure(self, exc: EnclaveError, args: Any, kwargs: dict[str, Any]) -> ToolOutput:
+        if isinstance(exc, InvalidInput):
+            message = f"Invalid input, the code was not run: {exc}"
+        else:
+            message = f"The notebook sandbox failed ({type(exc).__name__}): {exc}"
+        shown = {k: v for k, v in kwargs.items() if k != self.ctx_param_name}
+        return ToolOutput(
+            content=message,
+            tool_name=self.metadata.get_name(),
+            raw_input={"args": args, "kwargs": shown},
+            raw_output=None,
+            is_error=True,
+            exception=exc,
+        )
+
+
+class EnclaveNotebookToolSpec(BaseToolSpec):
+    """Stateful Python notebook in a hardened container (enclave-tools), for LlamaIndex.
+
+    ``to_tool_list()`` gives one tool, ``notebook_executor``, with a sync and an async
+    function. Each call runs a cell in one Jupyter kernel, so state persists from call
+    to call. Its output holds a ``TextBlock`` (what the model reads: output, value or
+    traceback) and one ``ImageBlock`` per plot; ``raw_output`` is the
+    :class:`enclave_tools.Execution`.
+
+    Args:
+        sandbox: a sandbox to use (shared; the spec never closes it). None: the spec
+            creates one on the first call, with ``sandbox_config``.
+        sandbox_config: settings of the sandbox the spec creates.
+        sandbox_factory: one sandbox per agent ``Context``: called with a session id
+            (kept in ``ctx.store``) the first time a context calls the tool. Calls
+            without a context use the default sandbox. ``close()`` closes them.
+
+    Example::
+
+        from llama_index.core.agent.workflow import FunctionAgent
+        from llama_index.tools.enclave import EnclaveNotebookToolSpec
+
+        spec = EnclaveNotebookToolSpec()
+        agent = FunctionAgent(tools=spec.to_tool_list(), llm=llm)
+        ...
+        spec.close()
+    """
+
+    spec_functions: list[SPEC_FUNCTION_TYPE] = [("notebook_executor", "anotebook_executor")]
+
+    def __init__(
+        self,
+        sandbox: Sandbox | None = None,
+        *,
+        sandbox_config: SandboxConfig | None = None,
+        sandbox_factory: Callable[[str], Sandbox] | None = None,
+    ) -> None:
+        self.sandbox = sandbox
+        self.sandbox_config = sandbox_config
+        self.sandbox_factory = sandbox_factory
+        self._own_sandbox: Sandbox | None = None
+        self._context_sandboxes: dict[str, Sandbox] = {}
+        self._lock = threading.Lock()
+
+    def notebook_executor(self, code: str, timeout: float | None = None) -> Execution:
+        """Run Python code in the notebook kernel; state persists between calls."""
+        return self._sandbox_for(None).run(code, timeout=timeout)
+
+    async def anotebook_executor(self, code: str, timeout: float | None = None) -> Execution:
+        """Async :meth:`notebook_executor`."""
+        return await self._sandbox_for(None).arun(code, timeout=timeout)
+
+    async def _anotebook_executor_in_context(
+        self, ctx: Context, code: str, timeout: float | None = None
+    ) -> Execution:
+        session = None
+        if ctx is not None:
+            session = await ctx.store.get(SESSION_KEY, default=None)
+            if session is None:
+                session = uuid.uuid4().hex
+                await ctx.store.set(SESSION_KEY, session)
+        return await self._sandbox_for(session).arun(code, timeout=timeout)
+
+    def to_tool_list(
+        self,
+        spec_functions: list[SPEC_FUNCTION_TYPE] | None = None,
+        func_to_metadata_mapping: dict[str, ToolMetadata] | None = None,
+    ) -> list[FunctionTool]:
+        """The ``notebook_executor`` tool, in a list.
+
+        ``spec_functions`` is ignored; ``func_to_metadata_mapping`` may replace the
+        tool's ``ToolMetadata`` under the key ``"notebook_executor"``.
+        """
+        metadata = (func_to_metadata_mapping or {}).get(TOOL_NAME) or ToolMetadata(
+            name=TOOL_NAME, description=DESCRIPTION, fn_schema=NotebookInput
+        )
+        if self.sandbox_factory is None:
+            fn, async_fn = self.notebook_executor, self.anotebook_executor
+        else:  # the Context-aware function; its sync twin is derived from it
+            fn, async_fn = None, self._anotebook_executor_in_context
+        return [NotebookFunctionTool(fn=fn, async_fn=async_fn, metadata=metadata)]
+
+    def _sandbox_for(self, session: str | None) -> Sandbox:
+        with self._lock:
+            if self.sandbox_factory is not None and session is not None:
+                if session not in self._context_sandboxes:
+                    self._context_sandboxes[session] = self.sandbox_factory(session)
+                return self._context_sandboxes[session]
+            if self.sandbox is not None:
+                return self.sandbox
+            if self._own_sandbox is None:
+                self._own_sandbox = Sandbox(self.sandbox_config)
+            return self._own_sandbox
+
+    def close(self) -> None:
+        """Close the sandboxes this spec created (not a ``sandbox`` passed in).
+
+        The spec stays usable: a later call starts a fresh sandbox.
+        """
+        for sandbox in self._take_created():
+            sandbox.close()
+
+    async def aclose(self) -> None:
+        """Async :meth:`close`."""
+        for sandbox in self._take_created():
+            await sandbox.aclose()
+
+    def _take_created(self) -> list[Sandbox]:
+        with self._lock:
+            made = list(self._context_sandboxes.values())
+            if self._own_sandbox is not None:
+                made.append(self._own_sandbox)
+            self._context_sandboxes.clear()
+            self._own_sandbox = None
+        return made
+
+    def __enter__(self) -> "EnclaveNotebookToolSpec":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> "EnclaveNotebookToolSpec":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,157 @@
+"""Real LlamaIndex agent loops over a real sandbox, driven by a scripted LLM."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pytest
+from enclave_tools import Sandbox
+from llama_index.core.agent.workflow import AgentWorkflow, FunctionAgent, ToolCallResult
+from llama_index.core.base.llms.types import ImageBlock, ToolCallBlock
+from llama_index.core.llms import ChatMessage, MockFunctionCallingLLM
+from llama_index.core.workflow import Context
+
+from llama_index.tools.enclave import EnclaveNotebookToolSpec
+
+
+def scripted_llm(turns: list[ChatMessage]) -> MockFunctionCallingLLM:
+    """A function-calling LLM that answers with the next scripted message."""
+    replies: Iterator[ChatMessage] = iter(turns)
+
+    def respond(messages: Sequence[ChatMessage], **kwargs: Any) -> ChatMessage:
+        return next(replies)
+
+    return MockFunctionCallingLLM(response_generator=respond)
+
+
+def run_code(code: str, call_id: str) -> ChatMessage:
+    """The LLM's turn that calls the notebook tool."""
+    call = ToolCallBlock(
+        tool_call_id=call_id, tool_name="notebook_executor", tool_kwargs={"code": code}
+    )
+    return ChatMessage(role="assistant", blocks=[call])
+
+
+def answer(text: str) -> ChatMessage:
+    return ChatMessage(role="assistant", content=text)
+
+
+async def run(
+    agent: Any, user_msg: str, ctx: Context | None = None
+) -> tuple[list[ToolCallResult], Any]:
+    handler = agent.run(user_msg=user_msg, ctx=ctx)
+    results = [ev async for ev in handler.stream_events() if isinstance(ev, ToolCallResult)]
+    return results, await handler
+
+
+async def test_function_agent_keeps_state_and_gets_plot(sandbox: Sandbox) -> None:
+    llm = scripted_llm(
+        [
+            run_code("import numpy as np\nvalues = np.array([3, 1, 2])", "c1"),
+            run_code("import matplotlib.pyplot as plt\nplt.plot(values)\nplt.show()", "c2"),
+            run_code("print(values.max())", "c3"),
+            answer("The maximum is 3."),
+        ]
+    )
+    agent = FunctionAgent(tools=EnclaveNotebookToolSpec(sandbox).to_tool_list(), llm=llm)
+
+    results, response = await run(agent, "Plot the values.")
+
+    assert [r.tool_id for r in results] == ["c1", "c2", "c3"]
+    plot = results[1].tool_output
+    assert not plot.is_error
+    assert any(isinstance(b, ImageBlock) for b in plot.blocks)
+    assert plot.raw_output.images
+    assert results[2].tool_output.content == "3"
+    assert str(response) == "The maximum is 3."
+
+
+async def test_code_error_reaches_the_llm_and_the_loop_goes_on(sandbox: Sandbox) -> None:
+    llm = scripted_llm([run_code("1 / 0", "c1"), run_code("print('fixed')", "c2"), answer("Done.")])
+    agent = FunctionAgent(tools=EnclaveNotebookToolSpec(sandbox).to_tool_list(), llm=llm)
+    results, _ = await run(agent, "Divide.")
+    error, fixed = (r.tool_output for r in results)
+    assert not error.is_error and "ZeroDivisionError" in error.content
+    assert fixed.content == "fixed"
+
+
+async def test_sandbox_failure_is_an_error_result(sandbox: Sandbox) -> None:
+    sandbox.close()
+    llm = scripted_llm([run_code("1 + 1", "c1"), answer("The sandbox is down.")])
+    agent = FunctionAgent(tools=EnclaveNotebookToolSpec(sandbox).to_tool_list(), llm=llm)
+    (result,), response = await run(agent, "Add.")
+    assert result.tool_output.is_error and "SandboxClosed" in result.tool_output.content
+    assert str(response) == "The sandbox is down."
+
+
+async def test_agent_workflow_two_turns_one_context(sandbox: Sandbox) -> None:
+    llm = scripted_llm(
+        [
+            run_code("total = 40", "c1"),
+            answer("Stored."),
+            run_code("print(total + 2)", "c2"),
+            answer("42"),
+        ]
+    )
+    coder = FunctionAgent(
+        name="coder",
+        description="Runs Python in a notebook.",
+        tools=EnclaveNotebookToolSpec(sandbox).to_tool_list(),
+        llm=llm,
+    )
+    workflow = AgentWorkflow(agents=[coder], root_agent="coder")
+    ctx = Context(workflow)
+
+    await run(workflow, "Store 40.", ctx)
+    results, response = await run(workflow, "Add 2.", ctx)
+
+    assert results[-1].tool_output.content == "42"
+    assert str(response) == "42"
+
+
+async def test_each_context_gets_its_own_kernel(make_sandbox: Callable[..., Sandbox]) -> None:
+    made: dict[str, Sandbox] = {}
+
+    def per_context(session: str) -> Sandbox:
+        made[session] = make_sandbox()
+        return made[session]
+
+    spec = EnclaveNotebookToolSpec(sandbox_factory=per_context)
+    llm = scripted_llm(
+        [
+            run_code("secret = 'alpha'", "a1"),
+            answer("Stored."),
+            run_code("print(secret)", "b1"),
+            answer("Not here."),
+            run_code("print(secret)", "a2"),
+            answer("alpha"),
+        ]
+    )
+    agent = FunctionAgent(tools=spec.to_tool_list(), llm=llm)
+    conversation_a, conversation_b = Context(agent), Context(agent)
+    try:
+        await run(agent, "Remember alpha.", conversation_a)
+        in_b, _ = await run(agent, "What was it?", conversation_b)
+        in_a, _ = await run(agent, "What was it?", conversation_a)
+    finally:
+        await spec.aclose()
+
+    assert "NameError" in in_b[-1].tool_output.content
+    assert in_a[-1].tool_output.content == "alpha"
+    assert len(made) == 2
+    assert not any(s.started for s in made.values())  # spec.aclose() closed both
+
+
+def test_openai_compatible_wiring(sandbox: Sandbox) -> None:
+    """The README's wiring: OpenAILike against any OpenAI-compatible server (no call made)."""
+    openai_like = pytest.importorskip("llama_index.llms.openai_like")
+    llm = openai_like.OpenAILike(
+        model="any-model",
+        api_base="http://127.0.0.1:9/v1",
+        api_key="not-used",
+        is_chat_model=True,
+        is_function_calling_model=True,
+    )
+    agent = FunctionAgent(tools=EnclaveNotebookToolSpec(sandbox).to_tool_list(), llm=llm)
+    assert agent.llm.metadata.is_function_calling_model

@@ -1,0 +1,220 @@
+"""SandboxSessions: one sandbox per session id (a conversation, a thread), with an
+optional warm pool of started sandboxes and retirement of idle ones.
+
+    sessions = SandboxSessions(warm=2, idle_ttl=1800)
+    sb = sessions.get("thread-42")      # the same Sandbox for every call of thread-42
+    sb.run("x = 1")
+    sessions.close()                    # removes every sandbox, warm ones included
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from enclave_tools.config import SandboxConfig
+from enclave_tools.errors import EnclaveError, SandboxClosed
+from enclave_tools.sandbox import Sandbox
+
+__all__ = ["SandboxSessions"]
+
+log = logging.getLogger(__name__)
+
+
+class SandboxSessions:
+    """Hands out one :class:`Sandbox` per session id, creating it on first use.
+
+    ``warm`` sandboxes are kept started in the background, so a new session gets a ready
+    kernel at once; each one handed out is replaced. Sessions idle for longer than
+    ``idle_ttl`` seconds are closed; if such a session comes back, its new sandbox's first
+    result says that its state was lost. ``factory`` makes the sandboxes (default:
+    ``Sandbox(config, **overrides)``).
+    """
+
+    def __init__(
+        self,
+        config: SandboxConfig | None = None,
+        *,
+        warm: int = 0,
+        idle_ttl: float | None = None,
+        factory: Callable[[], Sandbox] | None = None,
+        **overrides: Any,
+    ) -> None:
+        if warm < 0:
+            raise ValueError("warm must be 0 or more")
+        if idle_ttl is not None and idle_ttl <= 0:
+            raise ValueError("idle_ttl must be positive, or None for no limit")
+        self.warm = warm
+        self.idle_ttl = idle_ttl
+        self._factory = factory or (lambda: Sandbox(config, **overrides))
+        self._sessions: dict[str, Sandbox] = {}
+        self._last_used: dict[str, float] = {}
+        self._retired: set[str] = set()
+        self._ready: deque[Sandbox] = deque()
+        self._starting = 0
+        self._closed = False
+        self._wake = threading.Condition()
+        self._worker: threading.Thread | None = None
+        self.last_error: EnclaveError | None = None
+        """The last error the background worker met while warming a sandbox."""
+
+    def start(self) -> SandboxSessions:
+        """Start the background worker (warming and retiring); ``get`` also starts it."""
+        with self._wake:
+            self._check_open()
+            if self._worker is None and (self.warm or self.idle_ttl):
+                self._worker = threading.Thread(target=self._work, name="enclave-sessions", daemon=True)
+                self._worker.start()
+        return self
+
+    def get(self, key: str) -> Sandbox:
+        """The sandbox of session ``key``: its own if it has one, else a warm one, else new."""
+        key = str(key)
+        self.start()
+        with self._wake:
+            self._check_open()
+            self._last_used[key] = time.monotonic()
+            sandbox = self._sessions.get(key)
+            if sandbox is None:
+                sandbox = self._ready.popleft() if self._ready else self._factory()
+                self._sessions[key] = sandbox
+                if key in self._retired:
+                    self._retired.discard(key)
+                    sandbox.mark_state_lost(
+                        f"This conversation's sandbox was closed after more than "
+                        f"{self.idle_ttl:g} s without use, and this is a new one"
+                    )
+                self._wake.notify_all()
+            return sandbox
+
+    async def aget(self, key: str) -> Sandbox:
+        """Async :meth:`get` (creating a sandbox starts nothing, so this does not block)."""
+        return self.get(key)
+
+    def release(self, key: str) -> None:
+        """Close session ``key``'s sandbox; the next ``get(key)`` makes a fresh one."""
+        with self._wake:
+            sandbox = self._sessions.pop(str(key), None)
+            self._last_used.pop(str(key), None)
+        if sandbox is not None:
+            sandbox.close()
+
+    def keys(self) -> list[str]:
+        """The ids of the open sessions."""
+        with self._wake:
+            return list(self._sessions)
+
+    @property
+    def ready(self) -> int:
+        """How many warm sandboxes are waiting to be handed out."""
+        return len(self._ready)
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until the warm pool is full (or ``timeout`` passes); return whether it is."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._wake:
+            while len(self._ready) < self.warm and not self._closed:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._wake.wait(remaining)
+            return len(self._ready) >= self.warm
+
+    def close(self) -> None:
+        """Close every sandbox, warm ones included, and stop the worker."""
+        with self._wake:
+            self._closed = True
+            sandboxes = list(self._sessions.values()) + list(self._ready)
+            self._sessions.clear()
+            self._ready.clear()
+            self._wake.notify_all()
+            worker = self._worker
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout=120)
+        for sandbox in sandboxes:
+            sandbox.close()
+
+    async def aclose(self) -> None:
+        """Async :meth:`close`."""
+        await asyncio.get_running_loop().run_in_executor(None, self.close)
+
+    def __enter__(self) -> SandboxSessions:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> SandboxSessions:
+        return self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    # -- the background worker ---------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SandboxClosed("these sessions were closed; create new SandboxSessions")
+
+    def _work(self) -> None:
+        while True:
+            with self._wake:
+                if self._closed:
+                    return
+                need = self.warm - len(self._ready) - self._starting
+                if need > 0:
+                    self._starting += 1
+            if need > 0:
+                self._warm_one()
+                continue
+            self._retire_idle()
+            with self._wake:
+                if self._closed:
+                    return
+                if self.warm - len(self._ready) - self._starting <= 0:
+                    self._wake.wait(self._check_every())
+
+    def _warm_one(self) -> None:
+        sandbox: Sandbox | None = None
+        try:
+            sandbox = self._factory().start()
+        except Exception as exc:  # noqa: BLE001 - the worker must live on
+            log.warning("could not warm a sandbox: %s", exc)
+            self.last_error = exc if isinstance(exc, EnclaveError) else None
+        with self._wake:
+            self._starting -= 1
+            keep = sandbox is not None and not self._closed
+            if keep:
+                self._ready.append(sandbox)
+            self._wake.notify_all()
+            if sandbox is None and not self._closed:
+                self._wake.wait(5.0)  # a broken engine: back off instead of spinning
+        if sandbox is not None and not keep:
+            sandbox.close()  # the sessions were closed while it started
+
+    def _retire_idle(self) -> None:
+        if not self.idle_ttl:
+            return
+        now = time.monotonic()
+        retired = []
+        with self._wake:
+            for key, sandbox in list(self._sessions.items()):
+                last = max(self._last_used.get(key, 0.0), sandbox.last_active)
+                if sandbox.busy or now - last <= self.idle_ttl:
+                    continue
+                retired.append(self._sessions.pop(key))
+                self._last_used.pop(key, None)
+                self._retired.add(key)
+        for sandbox in retired:
+            sandbox.close()
+
+    def _check_every(self) -> float | None:
+        return None if not self.idle_ttl else max(min(self.idle_ttl / 4, 30.0), 0.05)

@@ -1,0 +1,11 @@
+# IPython inside the sandbox: plain tracebacks without colour, no history file, and the
+# enclave start-up code.  Installed as <venv>/etc/ipython/ipython_kernel_config.py, which
+# IPython reads whatever its (temporary, writable) profile directory is.
+c = get_config()  # noqa: F821
+
+c.InteractiveShell.colors = "nocolor"
+c.InteractiveShell.xmode = "Plain"
+c.HistoryManager.hist_file = ":memory:"
+c.InteractiveShellApp.exec_files = ["/opt/enclave/ipython/startup.py"]
+c.InlineBackend.figure_formats = {"png"}
+c.InlineBackend.rc = {"figure.dpi": 100}
