@@ -40,6 +40,9 @@ test: image
 	  (cd $$a && ENCLAVE_REQUIRE_DOCKER=1 $(CURDIR)/$(BIN)/pytest tests \
 	    --junitxml=$(CURDIR)/$(JUNIT)-$$(basename $$a).xml $(PYTEST_ARGS)); \
 	done
+	@echo "== cookbooks"
+	ENCLAVE_REQUIRE_DOCKER=1 $(BIN)/pytest --nbmake cookbooks -p no:cacheprovider \
+	  --junitxml=$(JUNIT)-cookbooks.xml $(PYTEST_ARGS)
 
 unit: venv
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

@@ -20,6 +20,7 @@ from enclave_tools.errors import (
     SandboxClosed,
     SandboxDied,
     SandboxStartFailed,
+    describe_failure,
 )
 from enclave_tools.execution import Execution, ExecutionError, Result
 from enclave_tools.sandbox import Sandbox
@@ -46,6 +47,7 @@ __all__ = [
     "SandboxSessions",
     "SandboxStartFailed",
     "__version__",
+    "describe_failure",
 ]
 
 for _name in __all__:

@@ -191,9 +191,10 @@ def _run(args: argparse.Namespace) -> int:
     with _sandbox(args) as sandbox:
         print("Python in a sandbox. Variables persist between inputs. Ctrl-D to quit.", file=sys.stderr)
         buffer: list[str] = []
+        prompts = sys.stdin.isatty()  # piped input gets no prompts in its output
         while True:
             try:
-                line = input("... " if buffer else ">>> ")
+                line = input(("... " if buffer else ">>> ") if prompts else "")
             except EOFError:
                 print(file=sys.stderr)
                 return EXIT_OK

@@ -257,8 +257,13 @@ class Execution:
     def __str__(self) -> str:
         return self.text
 
-    def _repr_markdown_(self) -> str:
-        return f"**{self.status}**\n\n```\n{self.text}\n```"
+    def _ipython_display_(self) -> None:
+        """In a notebook: the text, then every image inline."""
+        from IPython.display import Image, display
+
+        print(self.text if self.text else f"[{self.status}, no output]")
+        for png in self.images:
+            display(Image(data=png, format="png"))
 
 
 class OutputLog:
@@ -362,7 +367,8 @@ def error_from_content(content: dict[str, Any]) -> ExecutionError:
     frames = content.get("traceback") or []
     if not isinstance(frames, list):
         frames = [str(frames)]
-    traceback = clean_text("\n".join(str(f) for f in frames)).strip("\n")
+    joined = "".join(f if str(f).endswith("\n") else f"{f}\n" for f in map(str, frames))
+    traceback = clean_text(joined).strip("\n")
     return ExecutionError(
         name=str(content.get("ename", "Error")),
         value=clean_text(str(content.get("evalue", ""))),

@@ -540,7 +540,8 @@ def _pip_download(
 ) -> tuple[bool, list[str]]:
     """Run ``pip download`` for the base's Python and platform; (success, output lines)."""
     command = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check"]
-    command += ["--progress-bar", "off", "--only-binary=:all:", "--implementation", "cp"]
+    # The requirements file is a complete lock: take exactly it, no resolution of extras.
+    command += ["--progress-bar", "off", "--only-binary=:all:", "--implementation", "cp", "--no-deps"]
     command += ["--python-version", python, "-d", str(directory), "-r", str(requirements)]
     for tag in platform_tags(arch, glibc):
         command += ["--platform", tag]

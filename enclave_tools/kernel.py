@@ -108,10 +108,16 @@ class KernelClient:
         self.http.json("POST", f"/api/kernels/{self.kernel_id}/interrupt", expect=(204,), timeout=timeout)
 
     def restart(self, timeout: float = 30.0) -> None:
-        """Restart the kernel (its state is lost) and reconnect."""
+        """Restart the kernel (its state is lost), end the processes it left behind,
+        and reconnect."""
         self.http.json("POST", f"/api/kernels/{self.kernel_id}/restart", {}, expect=(200,), timeout=timeout)
         self.kernel_lost = None
+        self.reap_strays(timeout)
         self.connect(timeout)
+
+    def reap_strays(self, timeout: float = 10.0) -> None:
+        """Kill processes that earlier code left running outside the kernel."""
+        self.http.json("POST", "/api/enclave/reap", {}, expect=(200,), timeout=timeout)
 
     def replace(self, timeout: float = 60.0) -> None:
         """Delete the kernel if it still exists and start a new one."""
@@ -121,6 +127,7 @@ class KernelClient:
                 self.http.request("DELETE", f"/api/kernels/{self.kernel_id}", timeout=timeout)
             except OSError:
                 pass
+        self.reap_strays(timeout)
         self.start(timeout)
 
     def shutdown(self, timeout: float = 5.0) -> None:

@@ -7,7 +7,12 @@ Enable it with ``pytest_plugins = ["enclave_tools.testing"]`` in a ``conftest.py
 * ``make_sandbox``: a factory of sandboxes, each closed when its test ends (extra
   positional arguments are ignored, so it can serve as a ``sandbox_factory``);
 * ``sandbox``: one sandbox, started on first use;
+* ``sessions``: :class:`SandboxSessions` of test sandboxes (warm pool size 0, or ``n`` with
+  ``@pytest.mark.parametrize("sessions", [n], indirect=True)``);
 * ``docker_engine``: the Docker client.
+
+It also offers :class:`FakeSandbox` and the Executions it answers with, for unit tests of
+code that drives a sandbox (an agent, a tool) without Docker.
 
 Without a Docker daemon those fixtures skip their tests, or fail them where
 ``ENCLAVE_REQUIRE_DOCKER=1`` (as in CI). At the end of the run, any container carrying
@@ -17,6 +22,7 @@ processes' sandboxes.
 
 from __future__ import annotations
 
+import base64
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,7 +31,73 @@ from typing import Any
 import pytest
 
 from enclave_tools.config import SandboxConfig
+from enclave_tools.errors import EnclaveError
+from enclave_tools.execution import Execution, ExecutionError, Result
 from enclave_tools.sandbox import Sandbox
+from enclave_tools.sessions import SandboxSessions
+
+__all__ = ["PNG", "FakeSandbox", "failed", "plotted", "printed"]
+
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+)
+"""The smallest valid PNG (1x1, transparent)."""
+
+
+def printed(text: str) -> Execution:
+    """An Execution whose code printed ``text``."""
+    return Execution(stdout=text, _transcript=[("stdout", text)])
+
+
+def plotted() -> Execution:
+    """An Execution whose code displayed one PNG figure."""
+    result = Result(data={"image/png": base64.b64encode(PNG).decode(), "text/plain": "<Figure>"})
+    return Execution(results=[result], _transcript=[("result", result)])
+
+
+def failed() -> Execution:
+    """An Execution whose code raised ZeroDivisionError."""
+    return Execution(
+        status="error",
+        error=ExecutionError("ZeroDivisionError", "division by zero", "ZeroDivisionError: division by zero"),
+    )
+
+
+class FakeSandbox(Sandbox):
+    """A Sandbox that never touches Docker: ``run``/``arun`` record the call and answer
+    with ``answer`` (an Execution, or an EnclaveError to raise)."""
+
+    def __init__(self, answer: Execution | EnclaveError | None = None, *_ignored: object) -> None:
+        super().__init__()
+        self.answer = answer if answer is not None else printed("ok\n")
+        self.calls: list[tuple[str, str, float | None]] = []
+        self.closed = False
+
+    def run(self, code: str, timeout: float | None = None) -> Execution:
+        """Record the call; return (or raise) the prepared answer."""
+        self.calls.append(("run", code, timeout))
+        return self._answer()
+
+    async def arun(self, code: str, timeout: float | None = None) -> Execution:
+        """Record the call; return (or raise) the prepared answer."""
+        self.calls.append(("arun", code, timeout))
+        return self._answer()
+
+    def close(self) -> None:
+        """Mark the fake closed."""
+        self.closed = True
+
+    async def aclose(self) -> None:
+        """Mark the fake closed."""
+        self.closed = True
+
+    def __repr__(self) -> str:
+        return f"<FakeSandbox closed={self.closed}>"
+
+    def _answer(self) -> Execution:
+        if isinstance(self.answer, EnclaveError):
+            raise self.answer
+        return self.answer
 
 RUN_LABEL = "io.enclave-tools.test-run"
 RUN_ID = uuid.uuid4().hex[:12]
@@ -85,6 +157,14 @@ def make_sandbox(sandbox_config: SandboxConfig) -> Iterator[Callable[..., Sandbo
 def sandbox(make_sandbox: Callable[..., Sandbox]) -> Sandbox:
     """One sandbox with the test settings, started on its first run."""
     return make_sandbox()
+
+
+@pytest.fixture
+def sessions(request: pytest.FixtureRequest, sandbox_config: SandboxConfig) -> Iterator[SandboxSessions]:
+    """Started SandboxSessions of test sandboxes, closed when the test ends."""
+    warm = getattr(request, "param", 0)
+    with SandboxSessions(warm=warm, factory=lambda: Sandbox(sandbox_config)) as made:
+        yield made
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

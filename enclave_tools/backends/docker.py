@@ -31,8 +31,9 @@ CREATED = "io.enclave-tools.created"
 RUN_DIR = "io.enclave-tools.run-dir"
 SANDBOX_UID = 10001
 GATEWAY_PORT = 8888
-SOCKET_DIR = "/run/enclave"
+SHARED_DIR = "/run/enclave"
 SOCKET_NAME = "gateway.sock"
+TOKEN_NAME = "token"
 
 
 @dataclass
@@ -146,14 +147,25 @@ class DockerBackend:
         pid = os.getpid()
         labels = {
             LABEL: "1",
+            RUN_DIR: "",
             OWNER_PID: str(pid),
             OWNER_START: process_start_time(pid) or "",
             OWNER_HOST: socket.gethostname(),
             CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **config.labels,
         }
+        # The token travels as a file in a directory shared with this host user only;
+        # the gateway reads and deletes it at start. (An environment variable would stay
+        # readable in /proc/1/environ by the sandboxed code.)
+        run_dir = tempfile.mkdtemp(prefix=f"enclave-{sandbox_id}-")  # 0700: private to us
+        shared = os.path.join(run_dir, "gw")
+        os.mkdir(shared)
+        os.chmod(shared, 0o777)  # the container's user deletes the token, makes the socket
+        token_path = os.path.join(shared, TOKEN_NAME)
+        with open(os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "w") as handle:
+            handle.write(token)
         env = {
-            "KG_AUTH_TOKEN": token,
+            "ENCLAVE_TOKEN_FILE": f"{SHARED_DIR}/{TOKEN_NAME}",
             "ENCLAVE_KERNEL_ENV": ",".join(config.env),
             **config.env,
         }
@@ -184,19 +196,14 @@ class DockerBackend:
             init=True,
             log_config=LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
             use_config_proxy=False,
+            volumes={shared: {"bind": SHARED_DIR, "mode": "rw"}},
         )
         if config.runtime:
             kwargs["runtime"] = config.runtime
-        run_dir = None
+        labels[RUN_DIR] = run_dir
         if transport == "unix":
-            run_dir = tempfile.mkdtemp(prefix=f"enclave-{sandbox_id}-")  # 0700: private to us
-            shared = os.path.join(run_dir, "gw")
-            os.mkdir(shared)
-            os.chmod(shared, 0o777)  # the container's user creates the socket here
-            labels[RUN_DIR] = run_dir
-            env["ENCLAVE_UNIX_SOCKET"] = f"{SOCKET_DIR}/{SOCKET_NAME}"
+            env["ENCLAVE_UNIX_SOCKET"] = f"{SHARED_DIR}/{SOCKET_NAME}"
             kwargs["network_mode"] = "none"
-            kwargs["volumes"] = {shared: {"bind": SOCKET_DIR, "mode": "rw"}}
         else:
             kwargs["network"] = config.network
             kwargs["ports"] = {f"{GATEWAY_PORT}/tcp": ("127.0.0.1", None)}
@@ -213,11 +220,15 @@ class DockerBackend:
         except DockerException as exc:
             self.remove_container(container.id, run_dir)
             raise SandboxStartFailed(f"Docker could not start the sandbox container: {exc}") from exc
-        if run_dir:
-            endpoint = Endpoint(token=token, unix_path=os.path.join(run_dir, "gw", SOCKET_NAME))
+        if transport == "unix":
+            endpoint = Endpoint(token=token, unix_path=os.path.join(shared, SOCKET_NAME))
             return SandboxHandle(container.id, name, endpoint, run_dir)
-        port = self._published_port(container)
-        return SandboxHandle(container.id, name, Endpoint(token=token, port=port), None, port)
+        try:
+            port = self._published_port(container)
+        except SandboxStartFailed:
+            self.remove_container(container.id, run_dir)
+            raise
+        return SandboxHandle(container.id, name, Endpoint(token=token, port=port), run_dir, port)
 
     def _published_port(self, container: Any) -> int:
         for _ in range(50):

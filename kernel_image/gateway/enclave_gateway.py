@@ -1,24 +1,114 @@
 """Jupyter Kernel Gateway, as enclave-tools runs it inside the sandbox container.
 
-Two additions to the stock gateway, both behind the same token:
+Additions to the stock gateway, all behind the same token:
 
 * it can listen on a unix socket (``ENCLAVE_UNIX_SOCKET``), so a container with no
   network at all can still be driven from the host through a shared directory;
-* ``/api/enclave/files`` reads and writes files, and ``/api/enclave/info`` reports the
-  container's memory use and out-of-memory kills, so the host needs no ``docker exec``.
+* ``/api/enclave/files`` reads and writes files, ``/api/enclave/info`` reports memory use
+  and out-of-memory kills, and ``/api/enclave/reap`` ends stray processes, so the host
+  needs no ``docker exec``;
+* TCP connections get TCP_NODELAY, and the process is not dumpable (its token stays
+  out of reach of the sandboxed code, which runs under the same uid);
+* the first kernel is started before the gateway's own (slow) imports, and handed out by
+  the first ``POST /api/kernels``: the two boots overlap instead of adding up.
 
 This file runs inside the container only; the host never imports it.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import os
-import tempfile
+import subprocess
+import sys
+import uuid
 
-from kernel_gateway.gatewayapp import KernelGatewayApp
-from tornado import httpserver, netutil, web
+KERNEL_ENV_NAMES = [
+    "HOME",
+    "LANG",
+    "IPYTHONDIR",
+    "MPLCONFIGDIR",
+    "JUPYTER_RUNTIME_DIR",
+    "JUPYTER_DATA_DIR",
+    "PYTHONUNBUFFERED",
+]
+"""Variables a kernel inherits from the gateway (never KG_AUTH_TOKEN); the host adds the
+names of the user's own variables in ENCLAVE_KERNEL_ENV."""
+
+_prestarted: tuple[subprocess.Popen, str] | None = None
+
+
+def kernel_env_names() -> list[str]:
+    """The gateway variables a kernel may inherit."""
+    extra = [name for name in os.environ.get("ENCLAVE_KERNEL_ENV", "").split(",") if name]
+    return KERNEL_ENV_NAMES + extra
+
+
+def prestart_kernel() -> None:
+    """Start the first kernel now, before the gateway is even imported.
+
+    Its environment is the one the gateway would give it (PATH plus the whitelist);
+    it binds random ports and writes them into its connection file.
+    """
+    global _prestarted
+    runtime = os.environ.get("JUPYTER_RUNTIME_DIR", "/tmp/jupyter-runtime")
+    os.makedirs(runtime, mode=0o700, exist_ok=True)
+    path = os.path.join(runtime, f"kernel-prestarted-{uuid.uuid4().hex[:8]}.json")
+    info = {"ip": "127.0.0.1", "transport": "tcp", "signature_scheme": "hmac-sha256",
+            "key": str(uuid.uuid4()), "kernel_name": "python3"}
+    info.update({f"{name}_port": 0 for name in ("shell", "iopub", "stdin", "control", "hb")})
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(info, handle)
+    env = {name: os.environ[name] for name in ["PATH", *kernel_env_names()] if name in os.environ}
+    env.update(KERNEL_GATEWAY="1", JPY_PARENT_PID=str(os.getpid()))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ipykernel_launcher", "-f", path],
+        env=env, stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    _prestarted = (process, path)
+
+
+def take_prestarted() -> tuple[subprocess.Popen, str] | None:
+    """The prestarted kernel, once; None after that (or if there was none)."""
+    global _prestarted
+    taken, _prestarted = _prestarted, None
+    return taken
+
+
+def make_undumpable() -> None:
+    """Keep code in the sandbox (same uid) from reading this process's memory or
+    environment (/proc/PID/environ, ptrace): that is where the gateway's token lives."""
+    import ctypes
+
+    PR_SET_DUMPABLE = 4
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
+def load_token() -> None:
+    """Take the token from the file the host shared (ENCLAVE_TOKEN_FILE) and delete the
+    file, before any sandboxed code runs; the gateway keeps it in its own environment."""
+    path = os.environ.pop("ENCLAVE_TOKEN_FILE", "")
+    if path:
+        with open(path) as handle:
+            os.environ["KG_AUTH_TOKEN"] = handle.read().strip()
+        os.unlink(path)
+
+
+if __name__ == "__main__":
+    make_undumpable()
+    load_token()
+    # One module, whatever its name: the gateway's config refers to `enclave_gateway`.
+    sys.modules.setdefault("enclave_gateway", sys.modules[__name__])
+    if os.environ.get("ENCLAVE_PRESTART_KERNEL", "1") == "1":
+        prestart_kernel()
+
+import hmac  # noqa: E402 - the kernel above starts before these heavy imports
+import tempfile  # noqa: E402
+
+from kernel_gateway.gatewayapp import KernelGatewayApp  # noqa: E402
+from kernel_gateway.services.kernels.manager import KernelGatewayIOLoopKernelManager  # noqa: E402
+from tornado import httpserver, netutil, web  # noqa: E402
 
 MAX_UPLOAD_BYTES = 4 * 2**30
 CHUNK = 1 << 20
@@ -177,13 +267,101 @@ class NoDelayHTTPServer(httpserver.HTTPServer):
         return super().handle_stream(stream, address)
 
 
+def _parents() -> dict[int, int]:
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    return parents
+
+
+def stray_processes() -> list[int]:
+    """Processes that are neither init, this gateway, nor a descendant of it: what code
+    in the sandbox left running in new sessions (they outlive a kernel restart)."""
+    parents = _parents()
+    keep = {1, os.getpid()}
+    changed = True
+    while changed:
+        changed = False
+        for pid, parent in parents.items():
+            if parent in keep and pid not in keep and parent != 1:
+                keep.add(pid)
+                changed = True
+    return [pid for pid in parents if pid not in keep]
+
+
+class ReapHandler(_TokenHandler):
+    """POST kills stray processes, so a restarted kernel starts from a clean container."""
+
+    def post(self):
+        import signal
+
+        killed = []
+        for pid in stray_processes():
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except OSError:
+                pass
+        self.finish(json.dumps({"killed": killed}))
+
+
+async def _connection_info(process: subprocess.Popen, path: str, timeout: float = 60.0) -> dict | None:
+    """The prestarted kernel's connection info, once it has bound its ports; None if it died."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            with open(path) as handle:
+                info = json.load(handle)
+            if all(info.get(f"{n}_port") for n in ("shell", "iopub", "stdin", "control", "hb")):
+                os.unlink(path)
+                info["key"] = info["key"].encode()
+                return info
+        except (OSError, ValueError):
+            pass  # not written yet, or being written
+        await asyncio.sleep(0.005)
+    return None
+
+
+class PrestartedKernelManager(KernelGatewayIOLoopKernelManager):
+    """Hands out the kernel that ``prestart_kernel`` started, the first time; after that
+    (restarts, new kernels) it starts kernels the ordinary way."""
+
+    async def _async_launch_kernel(self, kernel_cmd, **kw):
+        prestarted = take_prestarted()
+        info = await _connection_info(*prestarted) if prestarted else None
+        if info is None:
+            if prestarted:
+                prestarted[0].kill()
+            return await super()._async_launch_kernel(kernel_cmd, **kw)
+        process = prestarted[0]
+        provisioner = self.provisioner
+        provisioner.process = process
+        provisioner.pid = process.pid
+        provisioner.pgid = os.getpgid(process.pid)
+        provisioner.connection_info = info
+        self._reconcile_connection_info(info)
+
+
 class EnclaveGatewayApp(KernelGatewayApp):
     """The Kernel Gateway, optionally on a unix socket, with the enclave endpoints."""
 
     def init_webapp(self):
         super().init_webapp()
         self.web_app.add_handlers(
-            ".*$", [(r"/api/enclave/files", FilesHandler), (r"/api/enclave/info", InfoHandler)]
+            ".*$",
+            [
+                (r"/api/enclave/files", FilesHandler),
+                (r"/api/enclave/info", InfoHandler),
+                (r"/api/enclave/reap", ReapHandler),
+            ],
         )
 
     def init_http_server(self):

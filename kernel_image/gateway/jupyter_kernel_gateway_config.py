@@ -20,16 +20,9 @@ c.ZMQChannelsWebsocketConnection.iopub_data_rate_limit = 10_000_000
 c.ZMQChannelsWebsocketConnection.iopub_msg_rate_limit = 5_000
 c.ZMQChannelsWebsocketConnection.rate_limit_window = 3.0
 
-# The kernel inherits only these variables from the gateway's environment (never
-# KG_AUTH_TOKEN), plus those the host named in ENCLAVE_KERNEL_ENV (the user's `env`).
-import os  # noqa: E402
+# The kernel inherits only the variables enclave_gateway names (never KG_AUTH_TOKEN);
+# the first kernel is the one enclave_gateway started before the gateway's imports.
+from enclave_gateway import kernel_env_names  # noqa: E402
 
-c.KernelGatewayApp.env_process_whitelist = [
-    "HOME",
-    "LANG",
-    "IPYTHONDIR",
-    "MPLCONFIGDIR",
-    "JUPYTER_RUNTIME_DIR",
-    "JUPYTER_DATA_DIR",
-    "PYTHONUNBUFFERED",
-] + [name for name in os.environ.get("ENCLAVE_KERNEL_ENV", "").split(",") if name]
+c.KernelGatewayApp.env_process_whitelist = kernel_env_names()
+c.SeedingMappingKernelManager.kernel_manager_class = "enclave_gateway.PrestartedKernelManager"

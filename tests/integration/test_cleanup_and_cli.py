@@ -74,3 +74,46 @@ def test_help_and_usage_errors(capsys):
     with pytest.raises(SystemExit) as exited:
         main(["stop"])
     assert exited.value.code == 2
+
+
+def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "enclave_tools.cli", *args],
+        input=stdin, capture_output=True, text=True, timeout=180,
+    )
+
+
+def test_run_is_an_interactive_prompt_with_state(kernel_image, tmp_path):
+    session = "x = 20\ndef double(v):\n    return 2 * v\n\nprint(double(x) + 2)\n"
+    done = _cli("run", "--image", kernel_image, "--output-dir", str(tmp_path), stdin=session)
+    assert done.returncode == 0, done.stderr
+    assert "42" in done.stdout.splitlines()
+    assert "Variables persist" in done.stderr
+
+
+def test_ps_lists_and_stop_removes_a_sandbox(sandbox, docker_engine):
+    listing = _cli("ps")
+    assert listing.returncode == 0
+    name = f"enclave-{sandbox.id}"
+    line = next(row for row in listing.stdout.splitlines() if row.startswith(name))
+    assert str(os.getpid()) in line and "unix socket" in line and "MiB" in line
+    assert _cli("stop", name).returncode == 0
+    assert not _exists(docker_engine, sandbox.container_id)
+    missing = _cli("stop", "no-such-sandbox")
+    assert missing.returncode == 2 and "no sandbox" in missing.stderr
+
+
+def test_image_ls_shows_the_kernel_image(kernel_image):
+    listing = _cli("image", "ls")
+    assert listing.returncode == 0
+    assert "enclave-tools/kernel:" in listing.stdout
+
+
+def test_errors_are_plain_words_with_exit_code_3(monkeypatch, capsys):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    import enclave_tools._docker as docker_module
+
+    monkeypatch.setattr(docker_module, "_client", None)
+    assert main(["gc"]) == 3
+    err = capsys.readouterr().err
+    assert "Cannot reach the Docker daemon" in err and "Traceback" not in err

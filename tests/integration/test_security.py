@@ -94,3 +94,22 @@ def test_socket_directory_is_private_to_the_host_user(sandbox):
     assert os.stat(run_dir).st_mode & 0o077 == 0
     assert socket.AF_UNIX  # the endpoint is a unix socket inside that directory
     assert sandbox.handle.endpoint.unix_path.startswith(run_dir)
+
+
+def test_token_is_out_of_reach_of_the_sandboxed_code(sandbox):
+    """Nothing the code can read holds the token: not the environment of any process it
+    can see (init's included), not the shared directory, not the gateway's memory."""
+    dump = sandbox.run(
+        "import os\n"
+        "for pid in sorted(p for p in os.listdir('/proc') if p.isdigit()):\n"
+        "    for name in ('environ', 'cmdline'):\n"
+        "        try:\n"
+        "            print(pid, name, open(f'/proc/{pid}/{name}', 'rb').read())\n"
+        "        except OSError as exc:\n"
+        "            print(pid, name, type(exc).__name__)\n"
+        "print('shared dir:', os.listdir('/run/enclave'))\n"
+    )
+    assert dump.ok, dump.text
+    assert "1 environ" in dump.stdout  # init's environment was readable, and is clean
+    assert sandbox.handle.endpoint.token not in dump.stdout
+    assert "'token'" not in dump.stdout.split("shared dir:")[1]

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import base64
-import threading
 from collections.abc import Callable
 from typing import Any, Literal
 
-from enclave_tools import EnclaveError, Execution, InvalidInput, Sandbox, SandboxConfig
+from enclave_tools import (
+    EnclaveError,
+    Execution,
+    Sandbox,
+    SandboxConfig,
+    SandboxSessions,
+    describe_failure,
+)
+from enclave_tools.sessions import ToolSandboxes
 from langchain_core.callbacks import (
     AsyncCallbackManagerForToolRun,
     CallbackManagerForToolRun,
@@ -17,6 +24,10 @@ from langchain_core.tools import BaseTool, ToolException
 from pydantic import BaseModel, Field, PrivateAttr
 
 __all__ = ["EnclaveNotebookTool", "NotebookInput"]
+
+NO_OUTPUT = "(no output)"
+"""The content for code that printed and displayed nothing (some providers reject an
+empty tool result)."""
 
 DESCRIPTION = (
     "Run Python code in a stateful Jupyter notebook kernel inside an isolated sandbox. "
@@ -50,7 +61,8 @@ class EnclaveNotebookTool(BaseTool):
     Each call runs a cell in one Jupyter kernel, so state persists from call to call.
     Errors in the model's code come back as ordinary content (a traceback); a failure of
     the sandbox itself raises ``ToolException``, which the agent receives as an error
-    ``ToolMessage`` (``handle_tool_error=True``).
+    ``ToolMessage`` (``handle_tool_error=True``). Code that shows nothing gives the
+    content ``"(no output)"``.
 
     Setup:
         Install ``langchain-enclave`` and have a Docker daemon running.
@@ -62,15 +74,16 @@ class EnclaveNotebookTool(BaseTool):
     Instantiation:
         .. code-block:: python
 
-            from enclave_tools import Sandbox
+            from enclave_tools import Sandbox, SandboxSessions
             from langchain_enclave import EnclaveNotebookTool
 
             tool = EnclaveNotebookTool()  # its own sandbox, started on the first call
             # or share one sandbox (it stays open until you close it):
             sandbox = Sandbox(memory="4g")
             tool = EnclaveNotebookTool(sandbox=sandbox, include_images=True)
-            # or one kernel per LangGraph thread_id:
-            tool = EnclaveNotebookTool(sandbox_factory=lambda thread_id: Sandbox())
+            # or one kernel per LangGraph thread_id, two kept warm (you close them):
+            sessions = SandboxSessions(warm=2).start()
+            tool = EnclaveNotebookTool(sessions=sessions)
 
     Invocation with args:
         .. code-block:: python
@@ -102,7 +115,7 @@ class EnclaveNotebookTool(BaseTool):
 
         ``message.artifact`` is the full :class:`enclave_tools.Execution`;
         ``message.artifact.images`` holds the PNG bytes. Call ``tool.close()`` (or use
-        the tool as a context manager) to remove the sandboxes the tool created.
+        the tool as a context manager) to remove the sandbox the tool created.
     """
 
     name: str = "notebook_executor"
@@ -115,16 +128,21 @@ class EnclaveNotebookTool(BaseTool):
     """A sandbox to use (shared; the tool never closes it). None: the tool creates one."""
     sandbox_config: SandboxConfig | None = None
     """Settings of the sandbox the tool creates when ``sandbox`` is not given."""
-    sandbox_factory: Callable[[str], Sandbox] | None = None
-    """Makes one sandbox per LangGraph ``thread_id``; the tool closes them in ``close()``.
+    sessions: SandboxSessions | None = None
+    """One sandbox per LangGraph ``thread_id`` (yours to close; the tool never does).
     Calls without a thread_id use the default sandbox."""
     include_images: bool = False
     """Also put PNG images into the content as image blocks (for models that read
     images in tool results). They are always in the artifact."""
 
-    _own_sandbox: Sandbox | None = PrivateAttr(default=None)
-    _thread_sandboxes: dict[str, Sandbox] = PrivateAttr(default_factory=dict)
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _sandboxes: ToolSandboxes | None = PrivateAttr(default=None)
+
+    @property
+    def sandboxes(self) -> ToolSandboxes:
+        """Which sandbox each call uses (the shared one, the thread's, or the tool's own)."""
+        if self._sandboxes is None:
+            self._sandboxes = ToolSandboxes(self.sandbox, self.sessions, self.sandbox_config)
+        return self._sandboxes
 
     def _run(
         self,
@@ -135,9 +153,9 @@ class EnclaveNotebookTool(BaseTool):
         run_manager: CallbackManagerForToolRun | None = None,
     ) -> tuple[str | list[dict[str, Any]], Execution]:
         try:
-            execution = self._sandbox_for(config).run(code, timeout=timeout)
+            execution = self.sandboxes.pick(_thread_id(config)).run(code, timeout=timeout)
         except EnclaveError as exc:
-            raise _tool_exception(exc) from exc
+            raise ToolException(describe_failure(exc)) from exc
         return self._content(execution), execution
 
     async def _arun(
@@ -149,55 +167,31 @@ class EnclaveNotebookTool(BaseTool):
         run_manager: AsyncCallbackManagerForToolRun | None = None,
     ) -> tuple[str | list[dict[str, Any]], Execution]:
         try:
-            execution = await self._sandbox_for(config).arun(code, timeout=timeout)
+            execution = await self.sandboxes.pick(_thread_id(config)).arun(code, timeout=timeout)
         except EnclaveError as exc:
-            raise _tool_exception(exc) from exc
+            raise ToolException(describe_failure(exc)) from exc
         return self._content(execution), execution
 
-    def _sandbox_for(self, config: RunnableConfig | None) -> Sandbox:
-        thread_id = ((config or {}).get("configurable") or {}).get("thread_id")
-        with self._lock:
-            if self.sandbox_factory is not None and thread_id is not None:
-                key = str(thread_id)
-                if key not in self._thread_sandboxes:
-                    self._thread_sandboxes[key] = self.sandbox_factory(key)
-                return self._thread_sandboxes[key]
-            if self.sandbox is not None:
-                return self.sandbox
-            if self._own_sandbox is None:
-                self._own_sandbox = Sandbox(self.sandbox_config)
-            return self._own_sandbox
-
     def _content(self, execution: Execution) -> str | list[dict[str, Any]]:
+        text = execution.text or NO_OUTPUT
         images = execution.images if self.include_images else []
         if not images:
-            return execution.text
-        return [{"type": "text", "text": execution.text}] + [
+            return text
+        return [{"type": "text", "text": text}] + [
             {"type": "image", "base64": base64.b64encode(png).decode(), "mime_type": "image/png"}
             for png in images
         ]
 
     def close(self) -> None:
-        """Close the sandboxes this tool created (not a ``sandbox`` passed in).
+        """Close the sandbox this tool created (not a ``sandbox`` or ``sessions`` passed in).
 
         The tool stays usable: a later call starts a fresh sandbox.
         """
-        for sandbox in self._take_created():
-            sandbox.close()
+        self.sandboxes.close()
 
     async def aclose(self) -> None:
         """Async :meth:`close`."""
-        for sandbox in self._take_created():
-            await sandbox.aclose()
-
-    def _take_created(self) -> list[Sandbox]:
-        with self._lock:
-            made = list(self._thread_sandboxes.values())
-            if self._own_sandbox is not None:
-                made.append(self._own_sandbox)
-            self._thread_sandboxes.clear()
-            self._own_sandbox = None
-        return made
+        await self.sandboxes.aclose()
 
     def __enter__(self) -> EnclaveNotebookTool:
         return self
@@ -212,7 +206,7 @@ class EnclaveNotebookTool(BaseTool):
         await self.aclose()
 
 
-def _tool_exception(exc: EnclaveError) -> ToolException:
-    if isinstance(exc, InvalidInput):
-        return ToolException(f"Invalid input, the code was not run: {exc}")
-    return ToolException(f"The notebook sandbox failed ({type(exc).__name__}): {exc}")
+
+def _thread_id(config: RunnableConfig | None) -> str | None:
+    thread_id = ((config or {}).get("configurable") or {}).get("thread_id")
+    return None if thread_id is None else str(thread_id)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from enclave_tools import Sandbox
+from enclave_tools import Sandbox, SandboxSessions
 from langchain.agents import create_agent
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, ToolMessage
@@ -83,14 +82,8 @@ async def test_async_agent_gets_plot_and_recovers_from_error(sandbox: Sandbox) -
     assert state["messages"][-1].content == "Here is the plot."
 
 
-def test_each_thread_gets_its_own_kernel(make_sandbox: Callable[..., Sandbox]) -> None:
-    made: dict[str, Sandbox] = {}
-
-    def per_thread(thread_id: str) -> Sandbox:
-        made[thread_id] = make_sandbox()
-        return made[thread_id]
-
-    tool = EnclaveNotebookTool(sandbox_factory=per_thread)
+def test_each_thread_gets_its_own_kernel(sessions: SandboxSessions) -> None:
+    tool = EnclaveNotebookTool(sessions=sessions)
     model = ScriptedChatModel(
         messages=iter(
             [
@@ -106,18 +99,17 @@ def test_each_thread_gets_its_own_kernel(make_sandbox: Callable[..., Sandbox]) -
     agent = create_agent(model, tools=[tool], checkpointer=InMemorySaver())
     thread_a = {"configurable": {"thread_id": "A"}}
     thread_b = {"configurable": {"thread_id": "B"}}
-    try:
-        agent.invoke({"messages": [("user", "Remember alpha.")]}, thread_a)
-        in_b = tool_messages(agent.invoke({"messages": [("user", "What was it?")]}, thread_b))
-        in_a = tool_messages(agent.invoke({"messages": [("user", "What was it?")]}, thread_a))
-    finally:
-        tool.close()
+    agent.invoke({"messages": [("user", "Remember alpha.")]}, thread_a)
+    in_b = tool_messages(agent.invoke({"messages": [("user", "What was it?")]}, thread_b))
+    in_a = tool_messages(agent.invoke({"messages": [("user", "What was it?")]}, thread_a))
+    tool.close()
 
     assert "NameError" in in_b[-1].content
     assert in_a[-1].content == "alpha"
-    assert set(made) == {"A", "B"}
-    assert made["A"] is not made["B"]
-    assert not made["A"].started and not made["B"].started  # tool.close() closed both
+    assert sorted(sessions.keys()) == ["A", "B"]
+    kernel_a, kernel_b = sessions.get("A"), sessions.get("B")
+    assert kernel_a is not kernel_b
+    assert kernel_a.started and kernel_b.started  # the sessions' to close, not the tool's
 
 
 def test_sandbox_failure_reaches_the_model_as_error_message(sandbox: Sandbox) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from enclave_tools import Execution, Sandbox
+import pytest
+from enclave_tools import Execution, Sandbox, SandboxSessions
 from langchain_core.messages import ToolMessage
 
 from langchain_enclave import EnclaveNotebookTool
@@ -21,7 +22,7 @@ def call(code: str, id: str = "call_1", **args: object) -> dict:
 
 def test_state_persists_across_calls(sandbox: Sandbox) -> None:
     tool = EnclaveNotebookTool(sandbox=sandbox)
-    assert tool.invoke({"code": "import numpy as np\nx = np.arange(5)"}) == ""
+    assert tool.invoke({"code": "import numpy as np\nx = np.arange(5)"}) == "(no output)"
     assert tool.invoke({"code": "print(int(x.sum()))"}) == "10"
 
 
@@ -83,11 +84,22 @@ async def test_async_calls_share_state(sandbox: Sandbox) -> None:
 
 def test_own_sandbox_is_created_lazily_and_closed(sandbox_config) -> None:
     tool = EnclaveNotebookTool(sandbox_config=sandbox_config)
-    assert tool._own_sandbox is None
+    assert tool.sandboxes.own is None
     try:
         assert tool.invoke({"code": "print('hi')"}) == "hi"
-        own = tool._own_sandbox
+        own = tool.sandboxes.own
         assert own is not None and own.started
     finally:
         tool.close()
     assert not own.started
+
+
+@pytest.mark.parametrize("sessions", [1], indirect=True)
+def test_warm_pool_gives_a_started_kernel(sessions: SandboxSessions) -> None:
+    assert sessions.wait_ready(timeout=180)
+    tool = EnclaveNotebookTool(sessions=sessions)
+    thread = {"configurable": {"thread_id": "warm"}}
+    sandbox = sessions.get("warm")
+    assert sandbox.started  # started in the background, before the thread's first call
+    assert tool.invoke(call("w = 'ready'"), config=thread).content == "(no output)"
+    assert sandbox.run("print(w)").text == "ready"

@@ -5,12 +5,12 @@ from __future__ import annotations
 import base64
 
 import pytest
-from enclave_tools import Execution, InvalidInput, SandboxDied
+from enclave_tools import Execution, InvalidInput, SandboxDied, SandboxSessions
+from enclave_tools.testing import PNG, FakeSandbox, failed, plotted, printed
 from langchain_core.messages import ToolMessage
 
-import langchain_enclave.tools as tools_module
+import enclave_tools.sessions as sessions_module
 from langchain_enclave import EnclaveNotebookTool
-from tests.unit_tests.fakes import PNG, FakeSandbox, failed, plotted, printed
 
 
 def call(code: str, **args: object) -> dict:
@@ -24,7 +24,7 @@ def call(code: str, **args: object) -> dict:
 
 def test_constructing_starts_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     made: list[object] = []
-    monkeypatch.setattr(tools_module, "Sandbox", lambda *a: made.append(a) or FakeSandbox())
+    monkeypatch.setattr(sessions_module, "Sandbox", lambda *a: made.append(a) or FakeSandbox())
     tool = EnclaveNotebookTool()
     assert made == []
     tool.invoke({"code": "1"})
@@ -57,6 +57,13 @@ def test_tool_call_gives_text_and_execution_artifact() -> None:
     assert message.content == "hello"
     assert message.artifact is execution
     assert message.status == "success"
+
+
+def test_no_output_is_a_marker_not_empty_content() -> None:
+    execution = Execution()
+    message = EnclaveNotebookTool(sandbox=FakeSandbox(execution)).invoke(call("x = 1"))
+    assert message.content == "(no output)"
+    assert message.artifact is execution
 
 
 def test_images_stay_in_artifact_by_default() -> None:
@@ -134,38 +141,51 @@ async def test_async_sandbox_failure_becomes_error_tool_message() -> None:
     assert "gone" in message.content
 
 
-def test_sandbox_per_thread_id_and_close() -> None:
+def test_sandbox_per_thread_id_from_sessions() -> None:
     shared = FakeSandbox()
-    made: dict[str, FakeSandbox] = {}
-    tool = EnclaveNotebookTool(
-        sandbox=shared, sandbox_factory=lambda key: made.setdefault(key, FakeSandbox())
-    )
+    sessions = SandboxSessions(factory=FakeSandbox)
+    tool = EnclaveNotebookTool(sandbox=shared, sessions=sessions)
 
     tool.invoke(call("a1"), config={"configurable": {"thread_id": "a"}})
     tool.invoke(call("b1"), config={"configurable": {"thread_id": "b"}})
     tool.invoke(call("a2"), config={"configurable": {"thread_id": "a"}})
     tool.invoke(call("none"))  # no thread_id: the default sandbox
 
-    assert [c[1] for c in made["a"].calls] == ["a1", "a2"]
-    assert [c[1] for c in made["b"].calls] == ["b1"]
+    assert sorted(sessions.keys()) == ["a", "b"]
+    assert [c[1] for c in sessions.get("a").calls] == ["a1", "a2"]
+    assert [c[1] for c in sessions.get("b").calls] == ["b1"]
     assert [c[1] for c in shared.calls] == ["none"]
     tool.close()
-    assert made["a"].closed and made["b"].closed
-    assert not shared.closed  # passed in: not ours to close
+    # Passed in: not the tool's to close.
+    assert not shared.closed and not sessions.get("a").closed and len(sessions) == 2
+    sessions.close()
 
 
-async def test_async_sandbox_per_thread_id() -> None:
-    made: dict[str, FakeSandbox] = {}
-    tool = EnclaveNotebookTool(sandbox_factory=lambda key: made.setdefault(key, FakeSandbox()))
+async def test_async_sandbox_per_thread_id_from_sessions() -> None:
+    sessions = SandboxSessions(factory=FakeSandbox)
+    tool = EnclaveNotebookTool(sessions=sessions)
     await tool.ainvoke(call("x"), config={"configurable": {"thread_id": 7}})
-    assert made["7"].calls == [("arun", "x", None)]
+    assert sessions.get("7").calls == [("arun", "x", None)]
+    assert tool.sandboxes.own is None  # every call had a thread_id
     await tool.aclose()
-    assert made["7"].closed
+    assert not sessions.get("7").closed
+    await sessions.aclose()
+
+
+def test_sessions_without_thread_id_use_own_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
+    own = FakeSandbox()
+    monkeypatch.setattr(sessions_module, "Sandbox", lambda *a: own)
+    sessions = SandboxSessions(factory=FakeSandbox)
+    tool = EnclaveNotebookTool(sessions=sessions)
+    tool.invoke({"code": "1"})
+    assert own.calls == [("run", "1", None)] and len(sessions) == 0
+    tool.close()
+    assert own.closed
 
 
 def test_context_manager_closes_own_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
     own = FakeSandbox()
-    monkeypatch.setattr(tools_module, "Sandbox", lambda *a: own)
+    monkeypatch.setattr(sessions_module, "Sandbox", lambda *a: own)
     with EnclaveNotebookTool() as tool:
         tool.invoke({"code": "1"})
     assert own.closed

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from enclave_tools import Sandbox
+from enclave_tools import Sandbox, SandboxSessions
 from llama_index.core.agent.workflow import AgentWorkflow, FunctionAgent, ToolCallResult
 from llama_index.core.base.llms.types import ImageBlock, ToolCallBlock
 from llama_index.core.llms import ChatMessage, MockFunctionCallingLLM
@@ -110,14 +110,8 @@ async def test_agent_workflow_two_turns_one_context(sandbox: Sandbox) -> None:
     assert str(response) == "42"
 
 
-async def test_each_context_gets_its_own_kernel(make_sandbox: Callable[..., Sandbox]) -> None:
-    made: dict[str, Sandbox] = {}
-
-    def per_context(session: str) -> Sandbox:
-        made[session] = make_sandbox()
-        return made[session]
-
-    spec = EnclaveNotebookToolSpec(sandbox_factory=per_context)
+async def test_each_context_gets_its_own_kernel(sessions: SandboxSessions) -> None:
+    spec = EnclaveNotebookToolSpec(sessions=sessions)
     llm = scripted_llm(
         [
             run_code("secret = 'alpha'", "a1"),
@@ -130,17 +124,16 @@ async def test_each_context_gets_its_own_kernel(make_sandbox: Callable[..., Sand
     )
     agent = FunctionAgent(tools=spec.to_tool_list(), llm=llm)
     conversation_a, conversation_b = Context(agent), Context(agent)
-    try:
-        await run(agent, "Remember alpha.", conversation_a)
-        in_b, _ = await run(agent, "What was it?", conversation_b)
-        in_a, _ = await run(agent, "What was it?", conversation_a)
-    finally:
-        await spec.aclose()
+    await run(agent, "Remember alpha.", conversation_a)
+    in_b, _ = await run(agent, "What was it?", conversation_b)
+    in_a, _ = await run(agent, "What was it?", conversation_a)
+    await spec.aclose()
 
     assert "NameError" in in_b[-1].tool_output.content
     assert in_a[-1].tool_output.content == "alpha"
-    assert len(made) == 2
-    assert not any(s.started for s in made.values())  # spec.aclose() closed both
+    kernels = [sessions.get(key) for key in sessions.keys()]
+    assert len(kernels) == 2 and kernels[0] is not kernels[1]
+    assert all(k.started for k in kernels)  # the sessions' to close, not the spec's
 
 
 def test_openai_compatible_wiring(sandbox: Sandbox) -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from enclave_tools import Sandbox
+from enclave_tools import Sandbox, SandboxSessions
+from llama_index.core.agent.workflow import FunctionAgent
 from llama_index.core.base.llms.types import ImageBlock, TextBlock
+from llama_index.core.llms import MockFunctionCallingLLM
+from llama_index.core.workflow import Context
 
 from llama_index.tools.enclave import EnclaveNotebookToolSpec
+from llama_index.tools.enclave.base import SESSION_KEY
 
 PLOT = "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.show()"
 
@@ -18,7 +22,7 @@ def notebook(sandbox: Sandbox):
 
 def test_state_persists_across_calls(sandbox: Sandbox) -> None:
     tool = notebook(sandbox)
-    tool.call(code="import numpy as np\nx = np.arange(5)")
+    assert tool.call(code="import numpy as np\nx = np.arange(5)").content == "(no output)"
     assert tool.call(code="print(int(x.sum()))").content == "10"
 
 
@@ -54,9 +58,9 @@ def test_closed_sandbox_is_an_error_output(sandbox: Sandbox) -> None:
 def test_own_sandbox_is_created_lazily_and_closed(sandbox_config) -> None:
     with EnclaveNotebookToolSpec(sandbox_config=sandbox_config) as spec:
         (tool,) = spec.to_tool_list()
-        assert spec._own_sandbox is None
+        assert spec.sandboxes.own is None
         assert tool.call(code="print('hi')").content == "hi"
-        own = spec._own_sandbox
+        own = spec.sandboxes.own
         assert own.started
     assert not own.started
 
@@ -71,3 +75,15 @@ def test_one_sandbox_shared_with_langchain(sandbox: Sandbox) -> None:
     assert li_tool.call(code="print(shared['from'])").content == "langchain"
     li_tool.call(code="shared['back'] = 'llama_index'")
     assert lc_tool.invoke({"code": "print(shared['back'])"}) == "llama_index"
+
+
+@pytest.mark.parametrize("sessions", [1], indirect=True)
+async def test_warm_pool_gives_a_started_kernel(sessions: SandboxSessions) -> None:
+    assert sessions.wait_ready(timeout=180)
+    (tool,) = EnclaveNotebookToolSpec(sessions=sessions).to_tool_list()
+    ctx = Context(FunctionAgent(tools=[tool], llm=MockFunctionCallingLLM()))
+    await ctx.store.set(SESSION_KEY, "warm")  # the id the tool would pick for this context
+    sandbox = sessions.get("warm")
+    assert sandbox.started  # started in the background, before the context's first call
+    assert (await tool.acall(ctx=ctx, code="w = 'ready'")).content == "(no output)"
+    assert sandbox.run("print(w)").text == "ready"

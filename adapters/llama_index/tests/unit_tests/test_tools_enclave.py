@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from enclave_tools import Execution, InvalidInput, SandboxDied
+from enclave_tools import Execution, InvalidInput, SandboxDied, SandboxSessions
+from enclave_tools.testing import PNG, FakeSandbox, failed, plotted, printed
 from llama_index.core.base.llms.types import ImageBlock, TextBlock
 from llama_index.core.tools import FunctionTool
 from llama_index.core.tools.tool_spec.base import BaseToolSpec
 
-import llama_index.tools.enclave.base as base_module
+import enclave_tools.sessions as sessions_module
 from llama_index.tools.enclave import EnclaveNotebookToolSpec
-from tests.unit_tests.fakes import PNG, FakeSandbox, failed, plotted, printed
 
 
 def test_class() -> None:
@@ -46,7 +46,7 @@ def test_one_tool_with_sync_and_async_functions() -> None:
 
 def test_constructing_starts_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     made: list[FakeSandbox] = []
-    monkeypatch.setattr(base_module, "Sandbox", lambda *a: made.append(FakeSandbox()) or made[-1])
+    monkeypatch.setattr(sessions_module, "Sandbox", lambda *a: made.append(FakeSandbox()) or made[-1])
     spec = EnclaveNotebookToolSpec()
     (tool,) = spec.to_tool_list()
     assert made == []
@@ -67,6 +67,14 @@ def test_output_is_text_block_and_execution_in_raw_output() -> None:
     assert output.raw_output is execution
     assert not output.is_error
     assert sandbox.calls == [("run", "print(42)", 3)]
+
+
+def test_no_output_is_a_marker_not_empty_text() -> None:
+    execution = Execution()
+    (tool,) = EnclaveNotebookToolSpec(sandbox=FakeSandbox(execution)).to_tool_list()
+    output = tool.call(code="x = 1")
+    assert output.blocks == [TextBlock(text="(no output)")]
+    assert output.raw_output is execution
 
 
 def test_images_become_image_blocks() -> None:
@@ -117,7 +125,7 @@ async def test_async_uses_arun() -> None:
     assert sandbox.calls == [("arun", "print(7)", None)]
 
 
-async def test_sandbox_per_context() -> None:
+async def test_sandbox_per_context_from_sessions() -> None:
     from llama_index.core.workflow import Context, StartEvent, StopEvent, Workflow, step
 
     class Noop(Workflow):
@@ -126,10 +134,8 @@ async def test_sandbox_per_context() -> None:
             return StopEvent()
 
     shared = FakeSandbox()
-    made: dict[str, FakeSandbox] = {}
-    spec = EnclaveNotebookToolSpec(
-        shared, sandbox_factory=lambda key: made.setdefault(key, FakeSandbox())
-    )
+    sessions = SandboxSessions(factory=FakeSandbox)
+    spec = EnclaveNotebookToolSpec(shared, sessions=sessions)
     (tool,) = spec.to_tool_list()
     assert tool.requires_context
     assert "ctx" not in tool.metadata.get_parameters_dict()["properties"]
@@ -137,12 +143,14 @@ async def test_sandbox_per_context() -> None:
     first, second = Context(Noop()), Context(Noop())
     await tool.acall(ctx=first, code="a1")
     await tool.acall(ctx=second, code="b1")
-    await tool.acall(ctx=first, code="a2")
+    tool.call(ctx=first, code="a2")  # the sync twin reaches the same session
     await tool.acall(code="none")  # no context: the default sandbox
 
     key = await first.store.get("enclave_notebook_session")
-    assert [c[1] for c in made[key].calls] == ["a1", "a2"]
-    assert len(made) == 2
+    assert [c[1] for c in sessions.get(key).calls] == ["a1", "a2"]
+    assert len(sessions) == 2
     assert [c[1] for c in shared.calls] == ["none"]
     spec.close()
-    assert all(s.closed for s in made.values()) and not shared.closed
+    # Passed in: not the spec's to close.
+    assert not shared.closed and not sessions.get(key).closed and len(sessions) == 2
+    sessions.close()

@@ -3,12 +3,18 @@
 # No ``from __future__ import annotations`` here: FunctionTool finds the ``ctx: Context``
 # parameter by comparing the annotation object with Context, not a string.
 
-import threading
 import uuid
-from collections.abc import Callable
 from typing import Any
 
-from enclave_tools import EnclaveError, Execution, InvalidInput, Sandbox, SandboxConfig
+from enclave_tools import (
+    EnclaveError,
+    Execution,
+    Sandbox,
+    SandboxConfig,
+    SandboxSessions,
+    describe_failure,
+)
+from enclave_tools.sessions import ToolSandboxes
 from llama_index.core.base.llms.types import ContentBlock, ImageBlock, TextBlock
 from llama_index.core.tools import FunctionTool, ToolMetadata, ToolOutput
 from llama_index.core.tools.tool_spec.base import SPEC_FUNCTION_TYPE, BaseToolSpec
@@ -20,6 +26,9 @@ __all__ = ["EnclaveNotebookToolSpec", "NotebookFunctionTool", "NotebookInput"]
 TOOL_NAME = "notebook_executor"
 SESSION_KEY = "enclave_notebook_session"
 """Key in ``ctx.store`` of the id that picks a context's own sandbox."""
+NO_OUTPUT = "(no output)"
+"""The text for code that printed and displayed nothing (some providers reject an empty
+tool result)."""
 
 DESCRIPTION = (
     "Run Python code in a stateful Jupyter notebook kernel inside an isolated sandbox. "
@@ -47,15 +56,15 @@ class NotebookInput(BaseModel):
 class NotebookFunctionTool(FunctionTool):
     """A FunctionTool whose functions return an :class:`~enclave_tools.Execution`.
 
-    The output's blocks are the execution's text and one ``ImageBlock`` per PNG; its
-    ``raw_output`` is the Execution. A failure of the sandbox comes back as an output
-    with ``is_error=True`` instead of an exception.
+    The output's blocks are the execution's text (``"(no output)"`` if it is empty) and
+    one ``ImageBlock`` per PNG; its ``raw_output`` is the Execution. A failure of the
+    sandbox comes back as an output with ``is_error=True`` instead of an exception.
     """
 
     def _parse_tool_output(self, raw_output: Any) -> list[ContentBlock]:
         if not isinstance(raw_output, Execution):
             return super()._parse_tool_output(raw_output)
-        blocks: list[ContentBlock] = [TextBlock(text=raw_output.text)]
+        blocks: list[ContentBlock] = [TextBlock(text=raw_output.text or NO_OUTPUT)]
         blocks += [ImageBlock(image=png, image_mimetype="image/png") for png in raw_output.images]
         return blocks
 
@@ -80,13 +89,9 @@ class NotebookFunctionTool(FunctionTool):
         return kwargs
 
     def _failure(self, exc: EnclaveError, args: Any, kwargs: dict[str, Any]) -> ToolOutput:
-        if isinstance(exc, InvalidInput):
-            message = f"Invalid input, the code was not run: {exc}"
-        else:
-            message = f"The notebook sandbox failed ({type(exc).__name__}): {exc}"
         shown = {k: v for k, v in kwargs.items() if k != self.ctx_param_name}
         return ToolOutput(
-            content=message,
+            content=describe_failure(exc),
             tool_name=self.metadata.get_name(),
             raw_input={"args": args, "kwargs": shown},
             raw_output=None,
@@ -108,19 +113,21 @@ class EnclaveNotebookToolSpec(BaseToolSpec):
         sandbox: a sandbox to use (shared; the spec never closes it). None: the spec
             creates one on the first call, with ``sandbox_config``.
         sandbox_config: settings of the sandbox the spec creates.
-        sandbox_factory: one sandbox per agent ``Context``: called with a session id
-            (kept in ``ctx.store``) the first time a context calls the tool. Calls
-            without a context use the default sandbox. ``close()`` closes them.
+        sessions: one sandbox per agent ``Context``, keyed by a session id the tool
+            keeps in ``ctx.store``; with ``SandboxSessions(warm=N)`` a new context gets
+            an already started kernel. Yours to close (the spec never does). Calls
+            without a context use the default sandbox.
 
     Example::
 
+        from enclave_tools import SandboxSessions
         from llama_index.core.agent.workflow import FunctionAgent
         from llama_index.tools.enclave import EnclaveNotebookToolSpec
 
-        spec = EnclaveNotebookToolSpec()
-        agent = FunctionAgent(tools=spec.to_tool_list(), llm=llm)
-        ...
-        spec.close()
+        with SandboxSessions(warm=1) as sessions:
+            spec = EnclaveNotebookToolSpec(sessions=sessions)
+            agent = FunctionAgent(tools=spec.to_tool_list(), llm=llm)
+            ...
     """
 
     spec_functions: list[SPEC_FUNCTION_TYPE] = [("notebook_executor", "anotebook_executor")]
@@ -130,33 +137,32 @@ class EnclaveNotebookToolSpec(BaseToolSpec):
         sandbox: Sandbox | None = None,
         *,
         sandbox_config: SandboxConfig | None = None,
-        sandbox_factory: Callable[[str], Sandbox] | None = None,
+        sessions: SandboxSessions | None = None,
     ) -> None:
         self.sandbox = sandbox
         self.sandbox_config = sandbox_config
-        self.sandbox_factory = sandbox_factory
-        self._own_sandbox: Sandbox | None = None
-        self._context_sandboxes: dict[str, Sandbox] = {}
-        self._lock = threading.Lock()
+        self.sessions = sessions
+        self.sandboxes = ToolSandboxes(sandbox, sessions, sandbox_config)
+        """Which sandbox each call uses (the shared one, the Context's, or the spec's own)."""
 
     def notebook_executor(self, code: str, timeout: float | None = None) -> Execution:
         """Run Python code in the notebook kernel; state persists between calls."""
-        return self._sandbox_for(None).run(code, timeout=timeout)
+        return self.sandboxes.pick().run(code, timeout=timeout)
 
     async def anotebook_executor(self, code: str, timeout: float | None = None) -> Execution:
         """Async :meth:`notebook_executor`."""
-        return await self._sandbox_for(None).arun(code, timeout=timeout)
+        return await self.sandboxes.pick().arun(code, timeout=timeout)
 
     async def _anotebook_executor_in_context(
         self, ctx: Context, code: str, timeout: float | None = None
     ) -> Execution:
-        session = None
-        if ctx is not None:
-            session = await ctx.store.get(SESSION_KEY, default=None)
-            if session is None:
-                session = uuid.uuid4().hex
-                await ctx.store.set(SESSION_KEY, session)
-        return await self._sandbox_for(session).arun(code, timeout=timeout)
+        if ctx is None or self.sessions is None:
+            return await self.anotebook_executor(code, timeout)
+        session = await ctx.store.get(SESSION_KEY, default=None)
+        if session is None:
+            session = uuid.uuid4().hex
+            await ctx.store.set(SESSION_KEY, session)
+        return await self.sandboxes.pick(session).arun(code, timeout=timeout)
 
     def to_tool_list(
         self,
@@ -171,45 +177,22 @@ class EnclaveNotebookToolSpec(BaseToolSpec):
         metadata = (func_to_metadata_mapping or {}).get(TOOL_NAME) or ToolMetadata(
             name=TOOL_NAME, description=DESCRIPTION, fn_schema=NotebookInput
         )
-        if self.sandbox_factory is None:
+        if self.sessions is None:
             fn, async_fn = self.notebook_executor, self.anotebook_executor
         else:  # the Context-aware function; its sync twin is derived from it
             fn, async_fn = None, self._anotebook_executor_in_context
         return [NotebookFunctionTool(fn=fn, async_fn=async_fn, metadata=metadata)]
 
-    def _sandbox_for(self, session: str | None) -> Sandbox:
-        with self._lock:
-            if self.sandbox_factory is not None and session is not None:
-                if session not in self._context_sandboxes:
-                    self._context_sandboxes[session] = self.sandbox_factory(session)
-                return self._context_sandboxes[session]
-            if self.sandbox is not None:
-                return self.sandbox
-            if self._own_sandbox is None:
-                self._own_sandbox = Sandbox(self.sandbox_config)
-            return self._own_sandbox
-
     def close(self) -> None:
-        """Close the sandboxes this spec created (not a ``sandbox`` passed in).
+        """Close the sandbox this spec created (not a ``sandbox`` or ``sessions`` passed in).
 
         The spec stays usable: a later call starts a fresh sandbox.
         """
-        for sandbox in self._take_created():
-            sandbox.close()
+        self.sandboxes.close()
 
     async def aclose(self) -> None:
         """Async :meth:`close`."""
-        for sandbox in self._take_created():
-            await sandbox.aclose()
-
-    def _take_created(self) -> list[Sandbox]:
-        with self._lock:
-            made = list(self._context_sandboxes.values())
-            if self._own_sandbox is not None:
-                made.append(self._own_sandbox)
-            self._context_sandboxes.clear()
-            self._own_sandbox = None
-        return made
+        await self.sandboxes.aclose()
 
     def __enter__(self) -> "EnclaveNotebookToolSpec":
         return self
