@@ -21,7 +21,6 @@ _ANSI = re.compile(
     r"|\x1b[@-Z\\-_]"  # other two-byte escapes
 )
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_LINE_REWRITE = re.compile(r"[^\n]*\r(?!\n)")
 
 
 def clean_text(text: str) -> str:
@@ -29,8 +28,13 @@ def clean_text(text: str) -> str:
     carriage-return progress lines collapsed to their final state."""
     text = _ANSI.sub("", text)
     text = text.replace("\r\n", "\n")
-    text = _LINE_REWRITE.sub("", text)
+    if "\r" in text:  # a line rewritten in place shows its last state (linear time)
+        text = "\n".join(_last_state(line) for line in text.split("\n"))
     return _CONTROL.sub("", text)
+
+
+def _last_state(line: str) -> str:
+    return next((part for part in reversed(line.split("\r")) if part), "")
 
 
 def cut_middle(text: str, limit: int) -> str:

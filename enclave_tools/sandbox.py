@@ -13,7 +13,6 @@ import atexit
 import logging
 import os
 import posixpath
-import secrets
 import threading
 import time
 import uuid
@@ -22,7 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from enclave_tools.backends.docker import DockerBackend, SandboxHandle
+from enclave_tools.backends.base import Backend, SandboxHandle
+from enclave_tools.backends.docker import DockerBackend
 from enclave_tools.config import SandboxConfig
 from enclave_tools.errors import (
     EnclaveError,
@@ -69,7 +69,7 @@ class Sandbox:
         self,
         config: SandboxConfig | None = None,
         *,
-        backend: DockerBackend | None = None,
+        backend: Backend | None = None,
         progress: Callable[[str], None] | None = None,
         **overrides: Any,
     ) -> None:
@@ -272,14 +272,7 @@ class Sandbox:
             raise SandboxClosed("this sandbox was closed; create a new Sandbox to run code")
 
     def _start_container(self) -> None:
-        from enclave_tools.image import ensure_image
-
-        _reap_quietly(self._backend)
-        image_id = ensure_image(
-            self._backend.client, self.config.image, build=self.config.build_image, progress=self._progress
-        )
-        token = secrets.token_urlsafe(32)
-        handle = self._backend.start(self.config, image_id, self.id, token)
+        handle = self._backend.start(self.config, self.id, progress=self._progress)
         _live.add(self)
         try:
             http = GatewayHTTP(handle.endpoint)
@@ -534,13 +527,6 @@ def _reason(data: bytes) -> str:
         return str(json.loads(data).get("reason"))
     except (ValueError, AttributeError):
         return data[:200].decode("utf-8", "replace")
-
-
-def _reap_quietly(backend: DockerBackend) -> None:
-    try:
-        backend.reap_orphans()
-    except Exception as exc:  # noqa: BLE001 - cleanup must never break a start
-        log.debug("reaping orphans failed: %s", exc)
 
 
 @atexit.register

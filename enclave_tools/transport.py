@@ -128,7 +128,9 @@ class GatewayHTTP:
             raise GatewayError(
                 f"the gateway answered {method} {path} with {status}: {_reason(data)}", status
             )
-        return json.loads(data) if data.strip() else None
+        if status >= 300 or not data.strip():
+            return None  # an expected error status: its body is not the answer
+        return json.loads(data)
 
     def close(self) -> None:
         """Close every connection this client opened."""

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import socket
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
 from enclave_tools._docker import docker_client
+from enclave_tools.backends.base import ContainerState, SandboxHandle
 from enclave_tools.config import SandboxConfig
 from enclave_tools.errors import DockerUnavailable, SandboxStartFailed
 from enclave_tools.transport import Endpoint
@@ -34,39 +35,6 @@ GATEWAY_PORT = 8888
 SHARED_DIR = "/run/enclave"
 SOCKET_NAME = "gateway.sock"
 TOKEN_NAME = "token"
-
-
-@dataclass
-class SandboxHandle:
-    """A started container and how to reach its gateway."""
-
-    container_id: str
-    name: str
-    endpoint: Endpoint
-    run_dir: str | None
-    host_port: int | None = None
-
-
-@dataclass
-class ContainerState:
-    """What Docker says about a container: running or not, and why it stopped."""
-
-    running: bool
-    exists: bool
-    exit_code: int | None = None
-    oom_killed: bool = False
-    error: str = ""
-
-    def describe(self) -> str:
-        """A sentence on how the container ended."""
-        if not self.exists:
-            return "the container was removed"
-        if self.running:
-            return "the container is running"
-        why = " (out of memory)" if self.oom_killed else ""
-        if self.exit_code == 137 and not self.oom_killed:
-            why = " (killed)"
-        return f"the container stopped with exit code {self.exit_code}{why}"
 
 
 def process_start_time(pid: int) -> str | None:
@@ -125,11 +93,18 @@ class DockerBackend:
         return "unix" if not config.egress and self.is_local_linux() else "tcp"
 
     def start(
-        self, config: SandboxConfig, image_id: str, sandbox_id: str, token: str
+        self, config: SandboxConfig, sandbox_id: str, progress: Callable[[str], None] | None = None
     ) -> SandboxHandle:
-        """Create and start one container; return how to reach its gateway."""
+        """Create and start one container (building the image first if needed, never
+        pulling one); return how to reach its gateway."""
         from docker.errors import APIError, DockerException
         from docker.types import LogConfig, Ulimit
+
+        from enclave_tools.image import ensure_image
+
+        self.reap_orphans_quietly()
+        image_id = ensure_image(self.client, config.image, build=config.build_image, progress=progress)
+        token = secrets.token_urlsafe(32)
 
         transport = self.transport_for(config)
         if transport == "unix" and config.egress:
@@ -298,6 +273,13 @@ class DockerBackend:
     def list_sandboxes(self) -> list[Any]:
         """Every container enclave-tools created on this engine."""
         return self.client.containers.list(all=True, filters={"label": f"{LABEL}=1"}, ignore_removed=True)
+
+    def reap_orphans_quietly(self) -> None:
+        """:meth:`reap_orphans`, never failing a start because of it."""
+        try:
+            self.reap_orphans()
+        except Exception as exc:  # noqa: BLE001 - cleanup must never break a start
+            log.debug("reaping orphans failed: %s", exc)
 
     def reap_orphans(self, on_removed: Callable[[Any], None] | None = None) -> int:
         """Remove sandboxes whose owner process on this host is gone; return how many."""

@@ -92,7 +92,10 @@ def load_token() -> None:
     if path:
         with open(path) as handle:
             os.environ["KG_AUTH_TOKEN"] = handle.read().strip()
-        os.unlink(path)
+        try:
+            os.unlink(path)
+        except OSError as exc:  # a read-only mount (a Kubernetes Secret): say so, go on
+            print(f"enclave-gateway: could not delete the token file {path}: {exc}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -150,6 +150,15 @@ def test_huge_single_print_is_bounded(sandbox):
     assert sandbox.run("1").text == "1"
 
 
+def test_ten_megabyte_line_is_cut_head_and_tail(sandbox):
+    execution = sandbox.run("print('a' + 'x' * 10**7 + 'z')", timeout=60)
+    assert execution.ok
+    assert len(execution.stdout) <= sandbox.config.capture_limit + 500
+    assert execution.text.startswith("axxx") and "xz\n[" in execution.text  # head, tail, notes
+    assert "characters cut" in execution.text and "dropped to bound memory" in execution.text
+    assert len(execution.text) <= sandbox.config.output_limit + 500
+
+
 def test_print_loop_for_ten_seconds_is_bounded(sandbox):
     rss_before = _max_rss_mb()
     execution = sandbox.run(

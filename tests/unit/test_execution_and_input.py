@@ -119,3 +119,11 @@ def test_to_dict_and_back_keeps_what_a_model_reads():
     assert again.text == execution.text
     assert again.images == [b"\x89PNG"]
     assert again.error.name == "ValueError" and again.status == "error"
+
+
+def test_clean_text_is_linear_on_huge_lines():
+    # A quadratic regex here once hung a 10 MB print for minutes.
+    huge = "x" * 4_000_000
+    assert clean_text(huge) == huge
+    assert clean_text(huge + "\r" + "done") == "done"
+    assert clean_text("kept\r\n") == "kept\n"

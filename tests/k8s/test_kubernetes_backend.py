@@ -1,0 +1,212 @@
+"""KubernetesBackend against the fake API server, whose kubelet runs real gateways on Docker."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from conftest import NAMESPACE
+
+from enclave_tools import SandboxConfig, SandboxDied, SandboxStartFailed
+from enclave_tools.backends.kubernetes import MANAGED_BY, POOL, SANDBOX, pod_manifest
+
+pytestmark = pytest.mark.docker
+
+
+def _pods(cluster, selector=""):
+    return cluster.list("pods", selector)
+
+
+def _wait_for(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_pod_manifest_is_hardened():
+    config = SandboxConfig(memory="512m", cpus=0.5, env={"A": "1"})
+    pod = pod_manifest(config, name="enclave-x", image="img", secret="enclave-x", labels={"l": "v"},
+                       annotations={}, max_lifetime=600, runtime_class="gvisor",
+                       overrides={"spec": {"nodeSelector": {"pool": "sandboxes"}}})
+    spec, container = pod["spec"], pod["spec"]["containers"][0]
+    assert spec["automountServiceAccountToken"] is False and spec["enableServiceLinks"] is False
+    assert spec["activeDeadlineSeconds"] == 600 and spec["restartPolicy"] == "Never"
+    assert spec["runtimeClassName"] == "gvisor" and spec["nodeSelector"] == {"pool": "sandboxes"}
+    assert spec["securityContext"]["runAsNonRoot"] and spec["securityContext"]["runAsUser"] == 10001
+    ctx = container["securityContext"]
+    assert ctx["allowPrivilegeEscalation"] is False and ctx["capabilities"] == {"drop": ["ALL"]}
+    assert ctx["readOnlyRootFilesystem"] is True
+    assert container["resources"]["limits"] == {"cpu": "500m", "memory": "512Mi"}
+    assert container["resources"]["requests"] == container["resources"]["limits"]
+    assert "command" not in container and "args" not in container
+    assert not any("TOKEN" in e["name"] and "value" in e and e["name"] != "ENCLAVE_TOKEN_FILE"
+                   for e in container["env"])
+    assert {"name": "A", "value": "1"} in container["env"]
+
+
+def test_sandbox_in_a_pod_keeps_state(fake_cluster, make_pod_sandbox):
+    sb = make_pod_sandbox()
+    assert sb.run("x = 20").ok
+    assert sb.run("x + 22").text == "42"
+    assert sb.run("1/0").error.name == "ZeroDivisionError"
+    pod = fake_cluster.get("pods", NAMESPACE, sb.container_id)
+    labels = pod["metadata"]["labels"]
+    assert labels[MANAGED_BY] == "enclave-tools" and labels[SANDBOX] == sb.id
+    assert "io.enclave-tools/owner" in labels
+    token = sb.handle.endpoint.token
+    assert token not in str(pod["spec"])  # the token lives in the Secret only
+    assert fake_cluster.get("secrets", NAMESPACE, sb.container_id) is not None
+    sb.close()
+    assert fake_cluster.get("pods", NAMESPACE, pod["metadata"]["name"]) is None
+    assert fake_cluster.get("secrets", NAMESPACE, pod["metadata"]["name"]) is None
+
+
+def test_port_forward_mode(make_backend, make_pod_sandbox, fake_cluster):
+    sb = make_pod_sandbox(make_backend(connect="port_forward"))
+    assert sb.run("y = 5").ok
+    assert sb.run("print(y * 2)").text == "10"
+    assert any(path.endswith("/portforward?ports=8888") for _, path in fake_cluster.requests)
+    assert sb.run("import time; time.sleep(3)", timeout=1).status == "timeout"
+    assert sb.run("y").text == "5"
+
+
+def test_url_template_mode(make_backend, make_pod_sandbox):
+    sb = make_pod_sandbox(make_backend(connect="url", url_template="http://{pod_ip}:8888"))
+    assert sb.run("'via url'").text == "'via url'"
+    path = sb.write_file("data.txt", "hello")
+    assert sb.read_file(path) == b"hello"
+
+
+def test_kernel_death_and_restart(make_pod_sandbox):
+    sb = make_pod_sandbox()
+    sb.run("z = 1")
+    died = sb.run("import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    assert died.status == "kernel_died" and died.state_lost
+    assert sb.run("'z' in dir()").text == "False"
+
+
+def test_pod_deleted_behind_the_backends_back(fake_cluster, make_pod_sandbox):
+    sb = make_pod_sandbox()
+    sb.run("a = 1")
+    first = sb.container_id
+    fake_cluster.remove("pods", NAMESPACE, first)  # someone ran kubectl delete
+    fake_cluster.kubelet.pod_deleted({"metadata": {"namespace": NAMESPACE, "name": first}})
+    with pytest.raises(SandboxDied, match="pod was deleted"):
+        sb.run("a")
+    execution = sb.run("'a' in dir()")  # the next run starts a new pod and says state was lost
+    assert execution.text.startswith("False") and execution.state_lost
+    assert sb.container_id != first
+
+
+def test_gateway_killed_in_the_pod(fake_cluster, make_pod_sandbox):
+    sb = make_pod_sandbox()
+    sb.run("b = 1")
+    fake_cluster.kubelet.container_of(NAMESPACE, sb.container_id).kill()
+    with pytest.raises(SandboxDied, match="exit code 137"):
+        sb.run("b")
+
+
+def test_deadline_stops_the_pod_and_the_reaper_removes_it(fake_cluster, make_backend, make_pod_sandbox):
+    backend = make_backend(max_lifetime=6)
+    sb = make_pod_sandbox(backend)
+    sb.run("c = 1")
+    name = sb.container_id
+    assert _wait_for(lambda: fake_cluster.get("pods", NAMESPACE, name)["status"]["phase"] == "Failed")
+    assert fake_cluster.get("pods", NAMESPACE, name)["status"]["reason"] == "DeadlineExceeded"
+    with pytest.raises(SandboxDied, match="time limit"):
+        sb.run("c")
+    assert backend.reap_orphans() == 0  # the Sandbox already removed it; nothing is left over
+    assert fake_cluster.get("pods", NAMESPACE, name) is None
+
+
+def test_reaper_removes_pods_of_a_crashed_client(fake_cluster, make_backend, k8s_config):
+    crashed = make_backend()
+    name = crashed._create(k8s_config, "orphan1", idle=False)["metadata"]["name"]
+    # As a crashed client leaves it: its owner pid is gone (the kubelet keeps the container).
+    with fake_cluster._lock:
+        fake_cluster.objects["pods"][(NAMESPACE, name)]["metadata"]["annotations"][
+            "io.enclave-tools/owner-pid"] = "999999999"
+    assert make_backend().reap_orphans() == 1
+    assert not _pods(fake_cluster, f"{SANDBOX}=orphan1")
+
+
+def test_image_that_cannot_be_pulled(make_pod_sandbox, fake_cluster):
+    sb = make_pod_sandbox(image="registry.invalid/nothing:1")
+    with pytest.raises(SandboxStartFailed, match="could not be pulled"):
+        sb.start()
+    assert not _pods(fake_cluster)  # the failed pod was deleted
+
+
+def test_unschedulable_pod(make_pod_sandbox, fake_cluster):
+    sb = make_pod_sandbox(memory="100g")
+    with pytest.raises(SandboxStartFailed, match="cannot be scheduled.*Insufficient memory"):
+        sb.start()
+    assert not _pods(fake_cluster)
+
+
+def test_api_errors_500_and_410_are_survived(fake_cluster, make_pod_sandbox):
+    fake_cluster.fail("POST", "/pods$", 500)
+    fake_cluster.fail("GET", "/pods/enclave-[0-9a-f]+$", 503)
+    fake_cluster.expire_watches(1)
+    sb = make_pod_sandbox()
+    assert sb.run("'up'").text == "'up'"
+    assert any("watch=true" in path for _, path in fake_cluster.requests)
+
+
+def test_api_conflict_on_create_fails_clearly(fake_cluster, make_pod_sandbox):
+    fake_cluster.fail("POST", "/secrets$", 409)
+    with pytest.raises(SandboxStartFailed, match="409"):
+        make_pod_sandbox().start()
+
+
+def test_pool_claim_race(fake_cluster, make_backend, k8s_config):
+    """Two clients see the same idle pod; the resourceVersion precondition lets one win."""
+    first, second = make_backend(pool_size=2), make_backend(pool_size=2)
+    assert first.fill_pool(k8s_config) == 2
+    assert second.fill_pool(k8s_config) == 0  # the pool is shared by config, not by client
+    idle = _pods(fake_cluster, f"{POOL}=idle")
+    assert len(idle) == 2
+    stale = idle[0]
+    assert first.try_claim(stale, "s1") is not None
+    assert second.try_claim(stale, "s2") is None  # 409: the pod changed since it was listed
+    # Many clients at once over the remaining idle pod: exactly one gets it.
+    results, barrier = [], threading.Barrier(4)
+
+    def claim(n):
+        backend = make_backend(pool_size=2)
+        barrier.wait()
+        results.append(backend._claim(k8s_config, f"r{n}"))
+
+    threads = [threading.Thread(target=claim, args=(n,)) for n in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1 and winners[0]["metadata"]["name"] == idle[1]["metadata"]["name"]
+
+
+def test_warm_pool_start_claims_a_ready_pod(fake_cluster, make_backend, make_pod_sandbox, k8s_config):
+    backend = make_backend(pool_size=1)
+    backend.fill_pool(k8s_config)
+    warm = _pods(fake_cluster, f"{POOL}=idle")[0]["metadata"]["name"]
+    assert _wait_for(lambda: any(c["type"] == "Ready" and c["status"] == "True" for c in
+                                 fake_cluster.get("pods", NAMESPACE, warm)["status"].get("conditions", [])))
+    sb = make_pod_sandbox(backend)
+    started = time.monotonic()
+    assert sb.run("'warm'").text == "'warm'"
+    assert sb.container_id == warm
+    assert time.monotonic() - started < 5
+    assert _pods(fake_cluster, f"{POOL}=idle")  # refilled
+    backend.drain_pool()
+
+
+def test_network_policy_is_created_once(fake_cluster, make_backend, make_pod_sandbox):
+    backend = make_backend(network_policy=True)
+    make_pod_sandbox(backend).start()
+    make_pod_sandbox(backend).start()
+    policies = fake_cluster.list("networkpolicies")
+    assert len(policies) == 1
+    assert policies[0]["spec"]["policyTypes"] == ["Egress"] and policies[0]["spec"]["egress"] == []
