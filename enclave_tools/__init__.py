@@ -20,11 +20,11 @@ from enclave_tools.errors import (
     SandboxClosed,
     SandboxDied,
     SandboxStartFailed,
-    describe_failure,
 )
 from enclave_tools.execution import Execution, ExecutionError, Result
 from enclave_tools.sandbox import Sandbox
 from enclave_tools.sessions import SandboxSessions
+from enclave_tools.tooling import describe_failure
 
 __version__ = "0.1.0"
 

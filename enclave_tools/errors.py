@@ -23,7 +23,6 @@ Exception tree::
 from __future__ import annotations
 
 __all__ = [
-    "describe_failure",
     "DockerUnavailable",
     "EnclaveError",
     "FileTransferError",
@@ -92,9 +91,3 @@ class FileTransferError(EnclaveError):
 class InvalidInput(EnclaveError, ValueError):
     """An argument was rejected before it reached the kernel (bad type, too large, ...)."""
 
-
-def describe_failure(exc: EnclaveError) -> str:
-    """``exc`` as a tool should report it to a model: what failed, and whether the code ran."""
-    if isinstance(exc, InvalidInput):
-        return f"Invalid input, the code was not run: {exc}"
-    return f"The notebook sandbox failed ({type(exc).__name__}): {exc}"

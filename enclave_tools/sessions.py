@@ -21,7 +21,7 @@ from enclave_tools.config import SandboxConfig
 from enclave_tools.errors import EnclaveError, SandboxClosed
 from enclave_tools.sandbox import Sandbox
 
-__all__ = ["SandboxSessions", "ToolSandboxes"]
+__all__ = ["SandboxSessions"]
 
 log = logging.getLogger(__name__)
 
@@ -222,55 +222,3 @@ class SandboxSessions:
     def _check_every(self) -> float | None:
         return None if not self.idle_ttl else max(min(self.idle_ttl / 4, 30.0), 0.05)
 
-
-class ToolSandboxes:
-    """Which sandbox a tool call uses, for the framework adapters.
-
-    A call that belongs to a session (a LangGraph thread, a LlamaIndex Context) uses that
-    session's sandbox from ``sessions``; any other call uses the shared ``sandbox``, or
-    else one made here on first use from ``config``. :meth:`close` closes only that last
-    one: a ``sandbox`` or ``sessions`` passed in belong to the caller.
-    """
-
-    def __init__(
-        self,
-        sandbox: Sandbox | None = None,
-        sessions: SandboxSessions | None = None,
-        config: SandboxConfig | None = None,
-    ) -> None:
-        self.sandbox = sandbox
-        self.sessions = sessions
-        self.config = config
-        self._own: Sandbox | None = None
-        self._lock = threading.Lock()
-
-    def pick(self, session: str | None = None) -> Sandbox:
-        """The sandbox for a call of ``session`` (None: a call outside any session)."""
-        if self.sessions is not None and session is not None:
-            return self.sessions.get(session)
-        if self.sandbox is not None:
-            return self.sandbox
-        with self._lock:
-            if self._own is None:
-                self._own = Sandbox(self.config)
-            return self._own
-
-    def close(self) -> None:
-        """Close the sandbox made here, if any; a later call makes a fresh one."""
-        if own := self._take_own():
-            own.close()
-
-    async def aclose(self) -> None:
-        """Async :meth:`close`."""
-        if own := self._take_own():
-            await own.aclose()
-
-    @property
-    def own(self) -> Sandbox | None:
-        """The sandbox made here, if one was."""
-        return self._own
-
-    def _take_own(self) -> Sandbox | None:
-        with self._lock:
-            own, self._own = self._own, None
-        return own

@@ -152,6 +152,9 @@ def pod_manifest(
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "hostname": "sandbox",
+        # The pause container becomes PID 1 and reaps zombies (Docker's --init); with the
+        # gateway as PID 1, kernel restarts fail now and then.
+        "shareProcessNamespace": True,
         "securityContext": {
             "runAsNonRoot": True, "runAsUser": SANDBOX_UID, "runAsGroup": SANDBOX_UID,
             "fsGroup": SANDBOX_UID, "seccompProfile": {"type": "RuntimeDefault"},
@@ -258,7 +261,8 @@ class PortForwardEndpoint(Endpoint):
                                   self.namespace, ports=str(GATEWAY_PORT))
         except ApiException as exc:
             raise ConnectionError(f"port-forward to pod {self.pod} failed: {exc.reason}") from exc
-        sock = forward.socket(GATEWAY_PORT)._socket  # the real socket under the client's wrapper
+        sock = forward.socket(GATEWAY_PORT)
+        sock = getattr(sock, "_socket", sock)  # newer clients wrap the real socket
         sock.settimeout(timeout)
         return sock
 

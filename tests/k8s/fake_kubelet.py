@@ -8,7 +8,7 @@ What it applies from the pod spec: the first container's image (never pulled: a 
 image gives ErrImagePull, then ImagePullBackOff), env (values and secretKeyRef), secret
 volumes (as read-only files, group-owned by fsGroup), emptyDirs (as sized tmpfs),
 runAsUser/runAsGroup, dropped capabilities, allowPrivilegeEscalation, readOnlyRootFilesystem,
-memory and CPU limits, workingDir. A memory request above ``node_memory`` leaves the pod
+memory and CPU limits, workingDir, shareProcessNamespace (as Docker's --init: a reaping PID 1). A memory request above ``node_memory`` leaves the pod
 Unschedulable. It ignores runtimeClassName, nodeSelector, tolerations and probes other
 than tcpSocket.
 """
@@ -222,6 +222,8 @@ class _PodRunner:
             cap_drop=(ctx.get("capabilities") or {}).get("drop") or None,
             security_opt=["no-new-privileges"] if ctx.get("allowPrivilegeEscalation") is False else None,
         )
+        if spec.get("shareProcessNamespace"):
+            kwargs["init"] = True  # the pause container as PID 1, approximated by Docker's init
         if uid is not None:
             kwargs["user"] = f"{uid}:{gid}"
         if shm:

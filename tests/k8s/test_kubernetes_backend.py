@@ -46,6 +46,9 @@ def test_pod_manifest_is_hardened():
     assert not any("TOKEN" in e["name"] and "value" in e and e["name"] != "ENCLAVE_TOKEN_FILE"
                    for e in container["env"])
     assert {"name": "A", "value": "1"} in container["env"]
+    from kubernetes import client
+
+    assert client.V1Pod.from_dict(pod).spec.containers[0].security_context.capabilities.drop == ["ALL"]
 
 
 def test_sandbox_in_a_pod_keeps_state(fake_cluster, make_pod_sandbox):
@@ -87,6 +90,10 @@ def test_kernel_death_and_restart(make_pod_sandbox):
     died = sb.run("import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
     assert died.status == "kernel_died" and died.state_lost
     assert sb.run("'z' in dir()").text == "False"
+    for _ in range(3):
+        sb.run("w = 2")
+        sb.restart()
+        assert sb.run("'w' in dir()").text == "False"
 
 
 def test_pod_deleted_behind_the_backends_back(fake_cluster, make_pod_sandbox):

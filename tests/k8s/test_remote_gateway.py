@@ -19,7 +19,7 @@ pytestmark = pytest.mark.docker
 def _run_gateway(docker_engine, kernel_image, token, command=None):
     return docker_engine.containers.run(
         kernel_image, command, detach=True, labels={RUN_LABEL: RUN_ID}, environment={"KG_AUTH_TOKEN": token, "KG_LIST_KERNELS": "True", "KG_MAX_KERNELS": "8"},
-        ports={"8888/tcp": ("127.0.0.1", None)}, network="bridge", read_only=True, cap_drop=["ALL"],
+        ports={"8888/tcp": ("127.0.0.1", None)}, network="bridge", read_only=True, cap_drop=["ALL"], init=True,
         tmpfs={"/tmp": "size=64m,mode=1777", "/home/sandbox": "uid=10001,gid=10001,mode=0700",
                "/workspace": "uid=10001,gid=10001,mode=0755,exec"},
     )

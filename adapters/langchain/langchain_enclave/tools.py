@@ -12,48 +12,25 @@ from enclave_tools import (
     Sandbox,
     SandboxConfig,
     SandboxSessions,
-    describe_failure,
 )
-from enclave_tools.sessions import ToolSandboxes
+from enclave_tools.tooling import (
+    TOOL_DESCRIPTION,
+    TOOL_NAME,
+    NotebookInput,
+    ToolSandboxes,
+    describe_bad_arguments,
+    describe_failure,
+    model_text,
+)
 from langchain_core.callbacks import (
     AsyncCallbackManagerForToolRun,
     CallbackManagerForToolRun,
 )
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, ToolException
-from pydantic import BaseModel, Field, PrivateAttr
+from pydantic import BaseModel, PrivateAttr, ValidationError
 
 __all__ = ["EnclaveNotebookTool", "NotebookInput"]
-
-NO_OUTPUT = "(no output)"
-"""The content for code that printed and displayed nothing (some providers reject an
-empty tool result)."""
-
-DESCRIPTION = (
-    "Run Python code in a stateful Jupyter notebook kernel inside an isolated sandbox. "
-    "Variables, imports, functions and loaded data persist between calls, so build on "
-    "earlier results instead of repeating them. numpy, pandas and matplotlib are "
-    "installed. As in a notebook cell, the value of the last expression is shown; "
-    "print() anything else you need to see. Plots come back as images: call plt.show() "
-    "or display a figure. There is no network access by default (pip install and "
-    "downloads fail), and input() is unavailable. An error comes back as a traceback: "
-    "read it, fix the code and run it again."
-)
-
-
-class NotebookInput(BaseModel):
-    """Arguments of one call of the notebook tool."""
-
-    code: str = Field(
-        description="Python code to run, like a notebook cell.",
-        examples=["import pandas as pd\ndf = pd.DataFrame({'x': [1, 2, 3]})\ndf.describe()"],
-    )
-    timeout: float | None = Field(
-        default=None,
-        description="Seconds the code may run before it is interrupted "
-        "(default: the sandbox's limit).",
-    )
-
 
 class EnclaveNotebookTool(BaseTool):
     """Stateful Python notebook in a hardened container (enclave-tools).
@@ -118,11 +95,15 @@ class EnclaveNotebookTool(BaseTool):
         the tool as a context manager) to remove the sandbox the tool created.
     """
 
-    name: str = "notebook_executor"
-    description: str = DESCRIPTION
+    name: str = TOOL_NAME
+    description: str = TOOL_DESCRIPTION
     args_schema: type[BaseModel] = NotebookInput
     response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
     handle_tool_error: bool | str | Callable[[ToolException], str] | None = True
+    handle_validation_error: bool | str | Callable[[ValidationError], str] | None = (
+        lambda error: describe_bad_arguments(error)
+    )
+    """Bad arguments from a model come back to it as a message, not as an exception."""
 
     sandbox: Sandbox | None = None
     """A sandbox to use (shared; the tool never closes it). None: the tool creates one."""
@@ -173,7 +154,7 @@ class EnclaveNotebookTool(BaseTool):
         return self._content(execution), execution
 
     def _content(self, execution: Execution) -> str | list[dict[str, Any]]:
-        text = execution.text or NO_OUTPUT
+        text = model_text(execution)
         images = execution.images if self.include_images else []
         if not images:
             return text
@@ -210,3 +191,4 @@ class EnclaveNotebookTool(BaseTool):
 def _thread_id(config: RunnableConfig | None) -> str | None:
     thread_id = ((config or {}).get("configurable") or {}).get("thread_id")
     return None if thread_id is None else str(thread_id)
+

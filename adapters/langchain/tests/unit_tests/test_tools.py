@@ -9,7 +9,7 @@ from enclave_tools import Execution, InvalidInput, SandboxDied, SandboxSessions
 from enclave_tools.testing import PNG, FakeSandbox, failed, plotted, printed
 from langchain_core.messages import ToolMessage
 
-import enclave_tools.sessions as sessions_module
+import enclave_tools.tooling as tooling_module
 from langchain_enclave import EnclaveNotebookTool
 
 
@@ -24,7 +24,7 @@ def call(code: str, **args: object) -> dict:
 
 def test_constructing_starts_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     made: list[object] = []
-    monkeypatch.setattr(sessions_module, "Sandbox", lambda *a: made.append(a) or FakeSandbox())
+    monkeypatch.setattr(tooling_module, "Sandbox", lambda *a: made.append(a) or FakeSandbox())
     tool = EnclaveNotebookTool()
     assert made == []
     tool.invoke({"code": "1"})
@@ -119,11 +119,11 @@ def test_handle_tool_error_false_raises() -> None:
         tool.invoke(call("x"))
 
 
-def test_schema_rejects_missing_code() -> None:
-    from pydantic import ValidationError
-
-    with pytest.raises(ValidationError):
-        EnclaveNotebookTool(sandbox=FakeSandbox()).invoke({"timeout": 1})
+def test_missing_code_is_a_message_not_an_exception() -> None:
+    sandbox = FakeSandbox()
+    answer = EnclaveNotebookTool(sandbox=sandbox).invoke({"timeout": 1})
+    assert "Invalid arguments" in answer and "code" in answer
+    assert sandbox.calls == []
 
 
 async def test_async_uses_arun() -> None:
@@ -174,7 +174,7 @@ async def test_async_sandbox_per_thread_id_from_sessions() -> None:
 
 def test_sessions_without_thread_id_use_own_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
     own = FakeSandbox()
-    monkeypatch.setattr(sessions_module, "Sandbox", lambda *a: own)
+    monkeypatch.setattr(tooling_module, "Sandbox", lambda *a: own)
     sessions = SandboxSessions(factory=FakeSandbox)
     tool = EnclaveNotebookTool(sessions=sessions)
     tool.invoke({"code": "1"})
@@ -185,7 +185,7 @@ def test_sessions_without_thread_id_use_own_sandbox(monkeypatch: pytest.MonkeyPa
 
 def test_context_manager_closes_own_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
     own = FakeSandbox()
-    monkeypatch.setattr(sessions_module, "Sandbox", lambda *a: own)
+    monkeypatch.setattr(tooling_module, "Sandbox", lambda *a: own)
     with EnclaveNotebookTool() as tool:
         tool.invoke({"code": "1"})
     assert own.closed

@@ -9,7 +9,7 @@ from llama_index.core.base.llms.types import ImageBlock, TextBlock
 from llama_index.core.tools import FunctionTool
 from llama_index.core.tools.tool_spec.base import BaseToolSpec
 
-import enclave_tools.sessions as sessions_module
+import enclave_tools.tooling as tooling_module
 from llama_index.tools.enclave import EnclaveNotebookToolSpec
 
 
@@ -46,7 +46,7 @@ def test_one_tool_with_sync_and_async_functions() -> None:
 
 def test_constructing_starts_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     made: list[FakeSandbox] = []
-    monkeypatch.setattr(sessions_module, "Sandbox", lambda *a: made.append(FakeSandbox()) or made[-1])
+    monkeypatch.setattr(tooling_module, "Sandbox", lambda *a: made.append(FakeSandbox()) or made[-1])
     spec = EnclaveNotebookToolSpec()
     (tool,) = spec.to_tool_list()
     assert made == []

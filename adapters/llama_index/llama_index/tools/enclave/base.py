@@ -12,45 +12,26 @@ from enclave_tools import (
     Sandbox,
     SandboxConfig,
     SandboxSessions,
-    describe_failure,
 )
-from enclave_tools.sessions import ToolSandboxes
+from enclave_tools.tooling import (
+    TOOL_DESCRIPTION,
+    TOOL_NAME,
+    NotebookInput,
+    ToolSandboxes,
+    describe_bad_arguments,
+    describe_failure,
+    model_text,
+)
 from llama_index.core.base.llms.types import ContentBlock, ImageBlock, TextBlock
 from llama_index.core.tools import FunctionTool, ToolMetadata, ToolOutput
 from llama_index.core.tools.tool_spec.base import SPEC_FUNCTION_TYPE, BaseToolSpec
 from llama_index.core.workflow import Context
-from pydantic import BaseModel, Field
+from pydantic import ValidationError
 
 __all__ = ["EnclaveNotebookToolSpec", "NotebookFunctionTool", "NotebookInput"]
 
-TOOL_NAME = "notebook_executor"
 SESSION_KEY = "enclave_notebook_session"
 """Key in ``ctx.store`` of the id that picks a context's own sandbox."""
-NO_OUTPUT = "(no output)"
-"""The text for code that printed and displayed nothing (some providers reject an empty
-tool result)."""
-
-DESCRIPTION = (
-    "Run Python code in a stateful Jupyter notebook kernel inside an isolated sandbox. "
-    "Variables, imports, functions and loaded data persist between calls, so build on "
-    "earlier results instead of repeating them. numpy, pandas and matplotlib are "
-    "installed. As in a notebook cell, the value of the last expression is shown; "
-    "print() anything else you need to see. Plots come back as images: call plt.show() "
-    "or display a figure. There is no network access by default (pip install and "
-    "downloads fail), and input() is unavailable. An error comes back as a traceback: "
-    "read it, fix the code and run it again."
-)
-
-
-class NotebookInput(BaseModel):
-    """Arguments of one call of the notebook tool."""
-
-    code: str = Field(description="Python code to run, like a notebook cell.")
-    timeout: float | None = Field(
-        default=None,
-        description="Seconds the code may run before it is interrupted "
-        "(default: the sandbox's limit).",
-    )
 
 
 class NotebookFunctionTool(FunctionTool):
@@ -64,34 +45,42 @@ class NotebookFunctionTool(FunctionTool):
     def _parse_tool_output(self, raw_output: Any) -> list[ContentBlock]:
         if not isinstance(raw_output, Execution):
             return super()._parse_tool_output(raw_output)
-        blocks: list[ContentBlock] = [TextBlock(text=raw_output.text or NO_OUTPUT)]
+        blocks: list[ContentBlock] = [TextBlock(text=model_text(raw_output))]
         blocks += [ImageBlock(image=png, image_mimetype="image/png") for png in raw_output.images]
         return blocks
 
     def call(self, *args: Any, **kwargs: Any) -> ToolOutput:
-        """Run the tool; sandbox failures become ``is_error`` outputs."""
+        """Run the tool; bad arguments and sandbox failures become ``is_error`` outputs."""
         try:
-            return super().call(*args, **self._with_ctx(kwargs))
+            return super().call(**self._checked(args, kwargs))
+        except ValidationError as exc:
+            return self._failure(describe_bad_arguments(exc), exc, args, kwargs)
         except EnclaveError as exc:
-            return self._failure(exc, args, kwargs)
+            return self._failure(describe_failure(exc), exc, args, kwargs)
 
     async def acall(self, *args: Any, **kwargs: Any) -> ToolOutput:
-        """Run the tool (async); sandbox failures become ``is_error`` outputs."""
+        """Run the tool (async); bad arguments and sandbox failures become ``is_error`` outputs."""
         try:
-            return await super().acall(*args, **self._with_ctx(kwargs))
+            return await super().acall(**self._checked(args, kwargs))
+        except ValidationError as exc:
+            return self._failure(describe_bad_arguments(exc), exc, args, kwargs)
         except EnclaveError as exc:
-            return self._failure(exc, args, kwargs)
+            return self._failure(describe_failure(exc), exc, args, kwargs)
 
-    def _with_ctx(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        # Without a Context (a direct call, not from an agent) use the default sandbox.
-        if self.ctx_param_name is not None and self.ctx_param_name not in kwargs:
-            return {**kwargs, self.ctx_param_name: None}
-        return kwargs
+    def _checked(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The call's arguments, validated as a model's would be; unknown ones dropped."""
+        given = {k: v for k, v in kwargs.items() if k != self.ctx_param_name}
+        given.update(zip(("code", "timeout"), args, strict=False))
+        checked = NotebookInput.model_validate(given).model_dump()
+        if self.ctx_param_name is not None:
+            # Without a Context (a direct call, not from an agent) use the default sandbox.
+            checked[self.ctx_param_name] = kwargs.get(self.ctx_param_name)
+        return checked
 
-    def _failure(self, exc: EnclaveError, args: Any, kwargs: dict[str, Any]) -> ToolOutput:
+    def _failure(self, message: str, exc: Exception, args: Any, kwargs: dict[str, Any]) -> ToolOutput:
         shown = {k: v for k, v in kwargs.items() if k != self.ctx_param_name}
         return ToolOutput(
-            content=describe_failure(exc),
+            content=message,
             tool_name=self.metadata.get_name(),
             raw_input={"args": args, "kwargs": shown},
             raw_output=None,
@@ -175,7 +164,7 @@ class EnclaveNotebookToolSpec(BaseToolSpec):
         tool's ``ToolMetadata`` under the key ``"notebook_executor"``.
         """
         metadata = (func_to_metadata_mapping or {}).get(TOOL_NAME) or ToolMetadata(
-            name=TOOL_NAME, description=DESCRIPTION, fn_schema=NotebookInput
+            name=TOOL_NAME, description=TOOL_DESCRIPTION, fn_schema=NotebookInput
         )
         if self.sessions is None:
             fn, async_fn = self.notebook_executor, self.anotebook_executor

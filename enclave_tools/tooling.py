@@ -1,0 +1,138 @@
+"""What every framework adapter shares: the tool's name, description and arguments, the
+text a model reads, how a failure is put to it, and which sandbox a call uses.
+
+The adapters (``langchain_enclave``, ``llama_index.tools.enclave``) add only what their
+framework needs on top of this.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from pydantic import BaseModel, Field, ValidationError
+
+from enclave_tools.config import SandboxConfig
+from enclave_tools.errors import EnclaveError, InvalidInput
+from enclave_tools.execution import Execution
+from enclave_tools.sandbox import Sandbox
+from enclave_tools.sessions import SandboxSessions
+
+__all__ = [
+    "NO_OUTPUT",
+    "TOOL_DESCRIPTION",
+    "TOOL_NAME",
+    "NotebookInput",
+    "ToolSandboxes",
+    "describe_bad_arguments",
+    "describe_failure",
+    "model_text",
+]
+
+TOOL_NAME = "notebook_executor"
+"""The tool's name, as a model sees it."""
+
+TOOL_DESCRIPTION = (
+    "Run Python code in a stateful Jupyter notebook kernel inside an isolated sandbox. "
+    "Variables, imports, functions and loaded data persist between calls, so build on "
+    "earlier results instead of repeating them. numpy, pandas and matplotlib are "
+    "installed. As in a notebook cell, the value of the last expression is shown; "
+    "print() anything else you need to see. Plots come back as images: call plt.show() "
+    "or display a figure. There is no network access by default (pip install and "
+    "downloads fail), and input() is unavailable. An error comes back as a traceback: "
+    "read it, fix the code and run it again."
+)
+"""What the tool tells a model about itself."""
+
+NO_OUTPUT = "(no output)"
+"""The text for code that printed and displayed nothing (some providers reject an empty
+tool result)."""
+
+
+class NotebookInput(BaseModel):
+    """Arguments of one call of the notebook tool."""
+
+    code: str = Field(
+        description="Python code to run, like a notebook cell.",
+        examples=["import pandas as pd\ndf = pd.DataFrame({'x': [1, 2, 3]})\ndf.describe()"],
+    )
+    timeout: float | None = Field(
+        default=None,
+        description="Seconds the code may run before it is interrupted "
+        "(default: the sandbox's limit).",
+    )
+
+
+def model_text(execution: Execution) -> str:
+    """What a model reads of ``execution``: its text, or a marker when there is none."""
+    return execution.text or NO_OUTPUT
+
+
+def describe_bad_arguments(error: ValidationError) -> str:
+    """Arguments that do not fit :class:`NotebookInput`, as a tool should put it to a model."""
+    problems = "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in error.errors()
+    )
+    return (
+        f"Invalid arguments, the code was not run ({problems}). {TOOL_NAME} takes `code`, a "
+        "string of Python, and optionally `timeout`, a number of seconds."
+    )
+
+
+def describe_failure(exc: EnclaveError) -> str:
+    """``exc`` as a tool should report it to a model: what failed, and whether the code ran."""
+    if isinstance(exc, InvalidInput):
+        return f"Invalid input, the code was not run: {exc}"
+    return f"The notebook sandbox failed ({type(exc).__name__}): {exc}"
+
+
+class ToolSandboxes:
+    """Which sandbox a tool call uses, for the framework adapters.
+
+    A call that belongs to a session (a LangGraph thread, a LlamaIndex Context) uses that
+    session's sandbox from ``sessions``; any other call uses the shared ``sandbox``, or
+    else one made here on first use from ``config``. :meth:`close` closes only that last
+    one: a ``sandbox`` or ``sessions`` passed in belong to the caller.
+    """
+
+    def __init__(
+        self,
+        sandbox: Sandbox | None = None,
+        sessions: SandboxSessions | None = None,
+        config: SandboxConfig | None = None,
+    ) -> None:
+        self.sandbox = sandbox
+        self.sessions = sessions
+        self.config = config
+        self._own: Sandbox | None = None
+        self._lock = threading.Lock()
+
+    def pick(self, session: str | None = None) -> Sandbox:
+        """The sandbox for a call of ``session`` (None: a call outside any session)."""
+        if self.sessions is not None and session is not None:
+            return self.sessions.get(session)
+        if self.sandbox is not None:
+            return self.sandbox
+        with self._lock:
+            if self._own is None:
+                self._own = Sandbox(self.config)
+            return self._own
+
+    def close(self) -> None:
+        """Close the sandbox made here, if any; a later call makes a fresh one."""
+        if own := self._take_own():
+            own.close()
+
+    async def aclose(self) -> None:
+        """Async :meth:`close`."""
+        if own := self._take_own():
+            await own.aclose()
+
+    @property
+    def own(self) -> Sandbox | None:
+        """The sandbox made here, if one was."""
+        return self._own
+
+    def _take_own(self) -> Sandbox | None:
+        with self._lock:
+            own, self._own = self._own, None
+        return own
