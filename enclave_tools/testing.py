@@ -33,7 +33,7 @@ import pytest
 from enclave_tools.config import SandboxConfig
 from enclave_tools.errors import EnclaveError
 from enclave_tools.execution import Execution, ExecutionError, Result
-from enclave_tools.sandbox import Sandbox
+from enclave_tools.sandbox import Sandbox, check_code, check_timeout
 from enclave_tools.sessions import SandboxSessions
 
 __all__ = ["PNG", "FakeSandbox", "failed", "plotted", "printed"]
@@ -64,8 +64,9 @@ def failed() -> Execution:
 
 
 class FakeSandbox(Sandbox):
-    """A Sandbox that never touches Docker: ``run``/``arun`` record the call and answer
-    with ``answer`` (an Execution, or an EnclaveError to raise)."""
+    """A Sandbox that never touches Docker: ``run``/``arun`` check their arguments as a
+    real sandbox does, record the call and answer with ``answer`` (an Execution, or an
+    EnclaveError to raise)."""
 
     def __init__(self, answer: Execution | EnclaveError | None = None, *_ignored: object) -> None:
         super().__init__()
@@ -75,11 +76,15 @@ class FakeSandbox(Sandbox):
 
     def run(self, code: str, timeout: float | None = None) -> Execution:
         """Record the call; return (or raise) the prepared answer."""
+        check_code(code)
+        check_timeout(timeout, self.config.timeout)
         self.calls.append(("run", code, timeout))
         return self._answer()
 
     async def arun(self, code: str, timeout: float | None = None) -> Execution:
         """Record the call; return (or raise) the prepared answer."""
+        check_code(code)
+        check_timeout(timeout, self.config.timeout)
         self.calls.append(("arun", code, timeout))
         return self._answer()
 
