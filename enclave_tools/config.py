@@ -51,8 +51,8 @@ class SandboxConfig(BaseModel):
         "auto",
         description=(
             "How the host reaches the gateway: a unix socket in a private directory, or a "
-            "TCP port published on 127.0.0.1. 'auto': unix socket with network='none' on a "
-            "local Linux engine, otherwise TCP."
+            "TCP port published on 127.0.0.1. 'auto': the unix socket on a local Linux "
+            "engine (whatever the network), otherwise TCP."
         ),
     )
     timeout: float = Field(60.0, gt=0, description="Default seconds a run may take.")

@@ -90,7 +90,7 @@ class DockerBackend:
         """'unix' or 'tcp' for ``config``."""
         if config.transport != "auto":
             return config.transport
-        return "unix" if not config.egress and self.is_local_linux() else "tcp"
+        return "unix" if self.is_local_linux() else "tcp"
 
     def start(
         self, config: SandboxConfig, sandbox_id: str, progress: Callable[[str], None] | None = None
@@ -107,11 +107,6 @@ class DockerBackend:
         token = secrets.token_urlsafe(32)
 
         transport = self.transport_for(config)
-        if transport == "unix" and config.egress:
-            raise SandboxStartFailed(
-                "transport='unix' goes with network='none'; use transport='tcp' or 'auto' "
-                "for a sandbox with network access"
-            )
         if transport == "tcp" and not config.egress:
             raise SandboxStartFailed(
                 "network='none' needs transport='unix' (a Linux Docker engine on this machine): "

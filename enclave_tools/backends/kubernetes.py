@@ -30,6 +30,7 @@ container) raises :class:`SandboxStartFailed`; a pod deleted or past its deadlin
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import logging
@@ -70,6 +71,7 @@ OWNER_START = PREFIX + "owner-start"
 GATEWAY_PORT = 8888
 SANDBOX_UID = 10001
 TOKEN_DIR = "/run/enclave"
+SECRET_DIR = "/run/enclave-secret"
 NETWORK_POLICY = "enclave-tools-deny-egress"
 START_FAILURES = {
     "ErrImagePull": "the image could not be pulled",
@@ -110,7 +112,10 @@ def _label_value(text: str) -> str:
 
 def default_owner() -> str:
     """``user.host`` of this process, as a label value."""
-    user = os.environ.get("USER") or str(os.getuid())
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
     return _label_value(f"{user}.{socket.gethostname()}")
 
 
@@ -146,6 +151,12 @@ def pod_manifest(
     def scratch(name: str, size: str, **more: str) -> dict[str, Any]:
         return {"name": name, "emptyDir": {"sizeLimit": quantity(size), **more}}
 
+    hardened = {
+        "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True, "runAsNonRoot": True, "privileged": False,
+    }
+    resources = {"requests": dict(limits), "limits": limits}
+
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "activeDeadlineSeconds": max_lifetime,
@@ -159,6 +170,21 @@ def pod_manifest(
             "runAsNonRoot": True, "runAsUser": SANDBOX_UID, "runAsGroup": SANDBOX_UID,
             "fsGroup": SANDBOX_UID, "seccompProfile": {"type": "RuntimeDefault"},
         },
+        # The token reaches the gateway as a file it deletes once read, as on Docker: an
+        # init container copies it out of the (read-only) Secret volume into memory, and
+        # the gateway's container never mounts the Secret.
+        "initContainers": [{
+            "name": "token",
+            "image": image,
+            "imagePullPolicy": "IfNotPresent",
+            "command": ["cp", f"{SECRET_DIR}/token", f"{TOKEN_DIR}/token"],
+            "resources": resources,
+            "securityContext": hardened,
+            "volumeMounts": [
+                {"name": "token-secret", "mountPath": SECRET_DIR, "readOnly": True},
+                {"name": "token", "mountPath": TOKEN_DIR},
+            ],
+        }],
         "containers": [{
             "name": "gateway",
             "image": image,
@@ -166,16 +192,13 @@ def pod_manifest(
             "ports": [{"name": "gateway", "containerPort": GATEWAY_PORT}],
             "env": env,
             "workingDir": config.workdir,
-            "resources": {"requests": dict(limits), "limits": limits},
-            "securityContext": {
-                "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-                "readOnlyRootFilesystem": True, "runAsNonRoot": True, "privileged": False,
-            },
+            "resources": resources,
+            "securityContext": hardened,
             # The gateway's HTTP API wants the token, so the kubelet probes the port; the
             # client then checks that the gateway answers before it uses the pod.
             "readinessProbe": {"tcpSocket": {"port": GATEWAY_PORT}, "periodSeconds": 1},
             "volumeMounts": [
-                {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True},
+                {"name": "token", "mountPath": TOKEN_DIR},
                 {"name": "tmp", "mountPath": "/tmp"},
                 {"name": "home", "mountPath": "/home/sandbox"},
                 {"name": "workspace", "mountPath": config.workdir},
@@ -183,7 +206,8 @@ def pod_manifest(
             ],
         }],
         "volumes": [
-            {"name": "token", "secret": {"secretName": secret, "defaultMode": 0o440}},
+            {"name": "token-secret", "secret": {"secretName": secret, "defaultMode": 0o440}},
+            scratch("token", "1m", medium="Memory"),
             scratch("tmp", config.tmp_size),
             scratch("home", "64m"),
             scratch("workspace", config.workspace_size),
@@ -519,12 +543,7 @@ class KubernetesBackend:
 
     def _owner_annotations(self) -> dict[str, str]:
         pid = os.getpid()
-        expires = datetime.now(timezone.utc) + timedelta(seconds=self.max_lifetime)
-        return {
-            OWNER_HOST: socket.gethostname(), OWNER_PID: str(pid),
-            OWNER_START: process_start_time(pid) or "",
-            EXPIRES: expires.isoformat(timespec="seconds"),
-        }
+        return {OWNER_HOST: socket.gethostname(), OWNER_PID: str(pid), OWNER_START: process_start_time(pid) or ""}
 
     def _create(self, config: SandboxConfig, sandbox_id: str, *, idle: bool) -> dict[str, Any]:
         """Create the Secret and the Pod of one sandbox (or one idle pool pod). Names are
@@ -543,9 +562,10 @@ class KubernetesBackend:
             "stringData": {"token": secrets.token_urlsafe(32)},
         }
         self._call(self.api.create_namespaced_secret, self.namespace, secret)
+        expires = (datetime.now(timezone.utc) + timedelta(seconds=self.max_lifetime)).isoformat(timespec="seconds")
         manifest = pod_manifest(
             config, name=name, image=self._image(config), secret=name, labels=labels,
-            annotations=self._owner_annotations(), max_lifetime=self.max_lifetime,
+            annotations={**self._owner_annotations(), EXPIRES: expires}, max_lifetime=self.max_lifetime,
             runtime_class=self.runtime_class, overrides=self.pod_overrides,
         )
         try:
@@ -612,7 +632,7 @@ class KubernetesBackend:
     def _token(self, pod: dict[str, Any]) -> str:
         import base64
 
-        secret_name = next(v["secret"]["secretName"] for v in pod["spec"]["volumes"] if v["name"] == "token")
+        secret_name = next(v["secret"]["secretName"] for v in pod["spec"]["volumes"] if v["name"] == "token-secret")
         secret = self._call(self.api.read_namespaced_secret, secret_name, self.namespace)
         return base64.b64decode(secret["data"]["token"]).decode()
 
@@ -684,19 +704,25 @@ def _container_status(pod: dict[str, Any]) -> dict[str, Any]:
 def _check_start(pod: dict[str, Any]) -> bool:
     """Whether the pod is ready; raises SandboxStartFailed if it never will be."""
     name = pod["metadata"]["name"]
-    if _ready(pod) and pod["status"].get("podIP"):
+    status = pod.get("status") or {}
+    if _ready(pod) and status.get("podIP"):
         return True
-    state = _container_status(pod).get("state") or {}
-    waiting = state.get("waiting") or {}
-    if waiting.get("reason") in START_FAILURES:
-        raise SandboxStartFailed(
-            f"pod {name} cannot start: {START_FAILURES[waiting['reason']]} "
-            f"({waiting['reason']}: {waiting.get('message', '')})".rstrip(" :()") + ")"
-        )
+    for container in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        state = container.get("state") or {}
+        waiting = state.get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason in START_FAILURES:
+            detail = f": {waiting['message']}" if waiting.get("message") else ""
+            raise SandboxStartFailed(f"pod {name} cannot start: {START_FAILURES[reason]} ({reason}{detail})")
+        code = (state.get("terminated") or {}).get("exitCode")
+        if code:
+            raise SandboxStartFailed(
+                f"pod {name} cannot start: its container {container.get('name')!r} exited with code {code}"
+            )
     scheduled = _conditions(pod).get("PodScheduled", {})
     if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
         raise SandboxStartFailed(f"pod {name} cannot be scheduled: {scheduled.get('message', '')}")
-    if _terminal(pod) or state.get("terminated"):
+    if _terminal(pod):
         raise SandboxStartFailed(f"pod {name} stopped while starting: {pod_state(pod).describe()}")
     return False
 

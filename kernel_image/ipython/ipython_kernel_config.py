@@ -6,6 +6,9 @@ c = get_config()  # noqa: F821
 c.InteractiveShell.colors = "nocolor"
 c.InteractiveShell.xmode = "Plain"
 c.HistoryManager.hist_file = ":memory:"
+# No output cache (Out[n], _, __): over a long session it keeps every result alive and,
+# after 1000 cells, prints "Output cache limit ... hit" into the model's output.
+c.InteractiveShell.cache_size = 0
 c.InteractiveShellApp.exec_files = ["/opt/enclave/ipython/startup.py"]
 c.InlineBackend.figure_formats = {"png"}
 c.InlineBackend.rc = {"figure.dpi": 100}

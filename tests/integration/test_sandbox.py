@@ -251,7 +251,7 @@ def test_idle_sandbox_still_answers_after_two_minutes(sandbox):
 
 
 def test_eight_sandboxes_at_once(make_sandbox, docker_engine):
-    boxes = [make_sandbox(network="bridge") for _ in range(8)]
+    boxes = [make_sandbox(network="bridge", transport="tcp") for _ in range(8)]
     results = {}
 
     def work(i, sb):

@@ -12,6 +12,13 @@ import pytest
 import websocket
 
 
+def test_bridge_sandbox_is_still_reached_through_the_private_socket(make_sandbox, docker_engine):
+    sb = make_sandbox(network="bridge").start()
+    assert sb.handle.endpoint.unix_path  # egress for the code; no port for anyone else
+    assert not docker_engine.api.inspect_container(sb.container_id)["HostConfig"]["PortBindings"]
+    assert sb.run("'reached'").text == "'reached'"
+
+
 def test_default_sandbox_has_no_network_and_no_port(sandbox, docker_engine):
     attrs = docker_engine.api.inspect_container(sandbox.container_id)
     assert attrs["HostConfig"]["NetworkMode"] == "none"
@@ -24,7 +31,7 @@ def test_default_sandbox_has_no_network_and_no_port(sandbox, docker_engine):
 
 
 def test_published_port_is_loopback_only_and_docker_picked(make_sandbox, docker_engine):
-    sb = make_sandbox(network="bridge").start()
+    sb = make_sandbox(network="bridge", transport="tcp").start()
     bindings = docker_engine.api.inspect_container(sb.container_id)["NetworkSettings"]["Ports"]["8888/tcp"]
     assert bindings and all(b["HostIp"] == "127.0.0.1" for b in bindings)
     assert int(bindings[0]["HostPort"]) != 8888
@@ -41,9 +48,9 @@ def _raw_request(endpoint, path, token=None):
     return status
 
 
-@pytest.mark.parametrize("network", ["none", "bridge"])
-def test_every_request_needs_the_token(make_sandbox, network):
-    sb = make_sandbox(network=network).start()
+@pytest.mark.parametrize("network, transport", [("none", "unix"), ("bridge", "tcp")])
+def test_every_request_needs_the_token(make_sandbox, network, transport):
+    sb = make_sandbox(network=network, transport=transport).start()
     endpoint = sb.handle.endpoint
     assert _raw_request(endpoint, "/api", endpoint.token) == 200
     for path in ("/api", "/api/kernels", "/api/kernelspecs", "/api/enclave/files?path=/etc/hostname",
