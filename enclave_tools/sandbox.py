@@ -101,7 +101,7 @@ class Sandbox:
 
     @property
     def container_id(self) -> str | None:
-        """The Docker container id, once started."""
+        """The backend's id for the running gateway (container id, pod name), once started."""
         return self._handle.container_id if self._handle else None
 
     @property
@@ -120,6 +120,8 @@ class Sandbox:
 
     def start(self) -> Sandbox:
         """Start the container and the kernel (builds the image first if needed)."""
+        if self._handle is not None and not self._closed:
+            return self  # running: no need to wait for the run lock
         with self._run_lock:
             self._check_open()
             if self._handle is None:
@@ -255,12 +257,19 @@ class Sandbox:
             raise InvalidInput("a sandbox path must be a non-empty string without NUL bytes")
         self.start()
         try:
-            return self._http.request(
+            status, data = self._http.request(
                 method, f"/api/enclave/files?path={quote_path(self._remote(path))}", body,
                 headers=headers, timeout=max(self.config.timeout, 60.0),
             )
         except _CONNECT_ERRORS as exc:
             raise self._died_or(exc) from exc
+        if status == 404 and not data.lstrip().startswith(b"{"):  # the route, not the file
+            raise FileTransferError(
+                "this gateway has no file API (/api/enclave/files): it is a stock Jupyter "
+                "Kernel or Enterprise Gateway. Use the enclave-tools kernel image, or move "
+                "data with code."
+            )
+        return status, data
 
     def _remote(self, path: str) -> str:
         return posixpath.normpath(posixpath.join(self.config.workdir, path))
@@ -318,7 +327,10 @@ class Sandbox:
         handle, kernel, http = self._handle, self._kernel, self._http
         self._handle = self._kernel = self._http = None
         if kernel is not None:
-            kernel.disconnect()
+            if getattr(self._backend, "owns_gateway", True):
+                kernel.disconnect()  # the gateway goes with its container
+            else:
+                kernel.shutdown(timeout=5)  # the gateway outlives us: delete our kernel
         if http is not None:
             http.close()
         if handle is not None:

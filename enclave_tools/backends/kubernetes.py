@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from enclave_tools.backends.base import ContainerState, SandboxHandle
@@ -404,12 +404,12 @@ class KubernetesBackend:
             pod = self._claim(config, sandbox_id) if self.pool_size else None
             if pod is None:
                 pod = self._create(config, sandbox_id, idle=False)
-            name = pod["metadata"]["name"]
-            if self.pool_size:
-                self.fill_pool(config)
         except ApiException as exc:
             raise SandboxStartFailed(f"the Kubernetes API refused the sandbox pod: {_api_reason(exc)}") from exc
+        name = pod["metadata"]["name"]
         try:
+            if self.pool_size:
+                self._refill_quietly(config)  # the new idle pods start while we wait for ours
             pod = self._wait_ready(name, config.startup_timeout)
             token = self._token(pod)
             endpoint = self._endpoint(pod, token, sandbox_id)
@@ -487,6 +487,12 @@ class KubernetesBackend:
             made += 1
         return made
 
+    def _refill_quietly(self, config: SandboxConfig) -> None:
+        try:
+            self.fill_pool(config)
+        except Exception as exc:  # noqa: BLE001 - a short pool must never fail a start
+            log.warning("could not refill the warm pool: %s", exc)
+
     def drain_pool(self) -> int:
         """Delete every idle pod of this owner; return how many."""
         selector = f"{MANAGED_BY}={MANAGER},{POOL}=idle,{OWNER}={self.owner}"
@@ -562,7 +568,7 @@ class KubernetesBackend:
             "stringData": {"token": secrets.token_urlsafe(32)},
         }
         self._call(self.api.create_namespaced_secret, self.namespace, secret)
-        expires = (datetime.now(timezone.utc) + timedelta(seconds=self.max_lifetime)).isoformat(timespec="seconds")
+        expires = (datetime.now(UTC) + timedelta(seconds=self.max_lifetime)).isoformat(timespec="seconds")
         manifest = pod_manifest(
             config, name=name, image=self._image(config), secret=name, labels=labels,
             annotations={**self._owner_annotations(), EXPIRES: expires}, max_lifetime=self.max_lifetime,
@@ -752,7 +758,7 @@ def _orphaned(pod: dict[str, Any]) -> bool:
         return True
     notes = pod["metadata"].get("annotations") or {}
     try:
-        if datetime.fromisoformat(notes[EXPIRES]) < datetime.now(timezone.utc):
+        if datetime.fromisoformat(notes[EXPIRES]) < datetime.now(UTC):
             return True
     except (KeyError, ValueError):
         pass

@@ -17,8 +17,8 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 from urllib.parse import urlsplit
 
 from enclave_tools.backends.base import ContainerState, SandboxHandle

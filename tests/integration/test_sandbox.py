@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from enclave_tools import InvalidInput, Sandbox, SandboxDied
+from enclave_tools import InvalidInput, SandboxDied
 
 
 def test_state_persists_across_calls(sandbox):

@@ -24,7 +24,7 @@ import json
 import re
 import threading
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
@@ -44,7 +44,7 @@ class Kubelet(Protocol):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -345,7 +345,7 @@ class FakeAPIServer:
             while (left := end - loop.time()) > 0:
                 try:
                     _, event_type, obj = await asyncio.wait_for(queue.get(), left)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
                 if wanted(obj):
                     await send(event_type, obj)

@@ -4,9 +4,10 @@ pod's status back: Pending with a waiting reason, Running with its podIP, Ready 
 readiness probe's TCP port accepts, then Failed/Succeeded when the container exits or
 ``activeDeadlineSeconds`` passes (reason ``DeadlineExceeded``).
 
-What it applies from the pod spec: the first container's image (never pulled: a missing
+What it applies from the pod spec: init containers (run to completion, in order; emptyDirs
+they share with the pod are host directories, the others sized tmpfs), the first container's image (never pulled: a missing
 image gives ErrImagePull, then ImagePullBackOff), env (values and secretKeyRef), secret
-volumes (as read-only files, group-owned by fsGroup), emptyDirs (as sized tmpfs),
+volumes (as read-only files, group-owned by fsGroup),
 runAsUser/runAsGroup, dropped capabilities, allowPrivilegeEscalation, readOnlyRootFilesystem,
 memory and CPU limits, workingDir, shareProcessNamespace (as Docker's --init: a reaping PID 1). A memory request above ``node_memory`` leaves the pod
 Unschedulable. It ignores runtimeClassName, nodeSelector, tolerations and probes other
@@ -21,7 +22,7 @@ import socket
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from fake_apiserver import FakeAPIServer
@@ -40,7 +41,7 @@ def parse_quantity(text: str) -> float:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class FakeKubelet:
@@ -102,6 +103,7 @@ class _PodRunner:
         self.status: dict[str, Any] = {"phase": "Pending", "conditions": []}
         self._stopped = threading.Event()
         self._dirs: list[str] = []
+        self._empty_dirs: dict[str, str] = {}
         self._thread = threading.Thread(target=self._run, name=f"kubelet-{self.key[1]}", daemon=True)
 
     @property
@@ -130,11 +132,12 @@ class _PodRunner:
             entry.update(reason=reason, message=message)
         self.status["conditions"] = conditions + [entry]
 
-    def _container_state(self, state: dict[str, Any], ready: bool = False) -> None:
+    def _container_state(self, state: dict[str, Any], ready: bool = False, field: str = "containerStatuses",
+                         name: str | None = None) -> None:
         spec = self.pod["spec"]["containers"][0]
         ids = {"imageID": "", "containerID": f"docker://{self.container.id}" if self.container else ""}
-        self.status["containerStatuses"] = [{"name": spec["name"], "image": spec["image"], "ready": ready,
-                                              "restartCount": 0, "state": state, **ids}]
+        self.status[field] = [{"name": name or spec["name"], "image": spec["image"], "ready": ready,
+                               "restartCount": 0, "state": state, **ids}]
 
     # -- the pod's life ------------------------------------------------------------------
 
@@ -161,18 +164,22 @@ class _PodRunner:
         from docker.errors import ImageNotFound
 
         spec = self.pod["spec"]
-        container = spec["containers"][0]
+        inits, container = spec.get("initContainers") or [], spec["containers"][0]
         try:
             self.kubelet.docker.images.get(container["image"])
         except ImageNotFound:
+            # A real kubelet pulls the init containers' images first, and reports them there.
+            field = "initContainerStatuses" if inits else "containerStatuses"
             message = f'Failed to pull image "{container["image"]}": not found (the fake kubelet never pulls)'
-            self._container_state({"waiting": {"reason": "ErrImagePull", "message": message}})
-            self._write()
-            if self._stopped.wait(0.5):
-                return False
-            self._container_state({"waiting": {"reason": "ImagePullBackOff", "message": message}})
-            self._write()
+            for reason in ("ErrImagePull", "ImagePullBackOff"):
+                self._container_state({"waiting": {"reason": reason, "message": message}}, field=field)
+                self._write()
+                if self._stopped.wait(0.5):
+                    break
             return False
+        for init in inits:
+            if not self._run_init(spec, init):
+                return False
         kwargs = self._docker_args(spec, container)
         if kwargs is None:
             return False
@@ -186,6 +193,29 @@ class _PodRunner:
         self._container_state({"running": {"startedAt": _now()}})
         self._write(phase="Running", podIP=ip, podIPs=[{"ip": ip}], startTime=_now())
         return True
+
+    def _run_init(self, spec: dict[str, Any], init: dict[str, Any]) -> bool:
+        """Run one init container to completion; False (pod Failed) if it fails."""
+        self._container_state({"waiting": {"reason": "PodInitializing"}})
+        self._write()
+        kwargs = self._docker_args(spec, init)
+        if kwargs is None:
+            return False
+        kwargs.update(entrypoint=init.get("command"), command=init.get("args"))
+        runner = self.kubelet.docker.containers.create(init["image"], **kwargs)
+        try:
+            runner.start()
+            code = runner.wait(timeout=60)["StatusCode"]
+            output = runner.logs(tail=5).decode("utf-8", "replace")
+        finally:
+            runner.remove(force=True)
+        if code == 0:
+            return True
+        self._container_state({"terminated": {"exitCode": code, "reason": "Error", "message": output}},
+                              field="initContainerStatuses", name=init["name"])
+        self._condition("Ready", False, "PodFailed")
+        self._write(phase="Failed")
+        return False
 
     def _docker_args(self, spec: dict[str, Any], container: dict[str, Any]) -> dict[str, Any] | None:
         pod_ctx = spec.get("securityContext") or {}
@@ -205,6 +235,8 @@ class _PodRunner:
                 if path is None:
                     return None
                 volumes[path] = {"bind": mount["mountPath"], "mode": "ro"}
+            elif "emptyDir" in source and self._shared_with_init(mount["name"]):
+                volumes[self._empty_dir(mount["name"])] = {"bind": mount["mountPath"], "mode": "rw"}
             elif "emptyDir" in source:
                 size = source["emptyDir"].get("sizeLimit")
                 if mount["mountPath"] == "/dev/shm":
@@ -214,14 +246,14 @@ class _PodRunner:
                 tmpfs[mount["mountPath"]] = f"rw,exec,mode=1777{owner}" + (
                     f",size={int(parse_quantity(size))}" if size else "")
         limits = (container.get("resources") or {}).get("limits") or {}
-        kwargs: dict[str, Any] = dict(
-            detach=True, hostname=spec.get("hostname") or self.key[1], environment=env, tmpfs=tmpfs,
-            volumes=volumes, labels={**self.kubelet.labels, "io.enclave-tools.fake-pod": "/".join(self.key)},
-            network="bridge", working_dir=container.get("workingDir"),
-            read_only=bool(ctx.get("readOnlyRootFilesystem")),
-            cap_drop=(ctx.get("capabilities") or {}).get("drop") or None,
-            security_opt=["no-new-privileges"] if ctx.get("allowPrivilegeEscalation") is False else None,
-        )
+        kwargs: dict[str, Any] = {
+            "detach": True, "hostname": spec.get("hostname") or self.key[1], "environment": env, "tmpfs": tmpfs,
+            "volumes": volumes, "labels": {**self.kubelet.labels, "io.enclave-tools.fake-pod": "/".join(self.key)},
+            "network": "bridge", "working_dir": container.get("workingDir"),
+            "read_only": bool(ctx.get("readOnlyRootFilesystem")),
+            "cap_drop": (ctx.get("capabilities") or {}).get("drop") or None,
+            "security_opt": ["no-new-privileges"] if ctx.get("allowPrivilegeEscalation") is False else None,
+        }
         if spec.get("shareProcessNamespace"):
             kwargs["init"] = True  # the pause container as PID 1, approximated by Docker's init
         if uid is not None:
@@ -233,6 +265,19 @@ class _PodRunner:
         if "cpu" in limits:
             kwargs["nano_cpus"] = int(parse_quantity(limits["cpu"]) * 1e9)
         return kwargs
+
+    def _shared_with_init(self, volume: str) -> bool:
+        inits = self.pod["spec"].get("initContainers") or []
+        return any(m["name"] == volume for init in inits for m in init.get("volumeMounts") or [])
+
+    def _empty_dir(self, volume: str) -> str:
+        """A host directory standing in for an emptyDir that init containers share."""
+        if volume not in self._empty_dirs:
+            path = tempfile.mkdtemp(prefix="fake-kubelet-emptydir-")
+            os.chmod(path, 0o777)  # as a kubelet makes an emptyDir
+            self._dirs.append(path)
+            self._empty_dirs[volume] = path
+        return self._empty_dirs[volume]
 
     def _secret(self, name: str) -> dict[str, Any] | None:
         """The secret, waiting a little for it as a kubelet does (then CreateContainerConfigError)."""
@@ -289,7 +334,7 @@ class _PodRunner:
                 self._kill()
                 self._condition("Ready", False, "PodFailed")
                 self._write(phase="Failed", reason="DeadlineExceeded",
-                            message=f"Pod was active on the node longer than the specified deadline")
+                            message="Pod was active on the node longer than the specified deadline")
                 return
             self.container.reload()
             state = self.container.attrs["State"]
@@ -319,14 +364,14 @@ class _PodRunner:
     def _kill(self) -> None:
         try:
             self.container.kill()
-        except Exception:  # noqa: BLE001 - already stopped
+        except Exception:  # noqa: BLE001, S110 - already stopped
             pass
 
     def _remove_container(self) -> None:
         if self.container is not None:
             try:
                 self.container.remove(force=True)
-            except Exception:  # noqa: BLE001 - already gone
+            except Exception:  # noqa: BLE001, S110 - already gone
                 pass
         for path in self._dirs:
             shutil.rmtree(path, ignore_errors=True)

@@ -62,6 +62,9 @@ def test_sandbox_in_a_pod_keeps_state(fake_cluster, make_pod_sandbox):
     assert "io.enclave-tools/owner" in labels
     token = sb.handle.endpoint.token
     assert token not in str(pod["spec"])  # the token lives in the Secret only
+    # ...and the gateway deleted its copy: code in the sandbox cannot read it.
+    seen = sb.run("import os; os.listdir('/run/enclave'), os.path.exists('/run/enclave-secret')")
+    assert seen.text == "([], False)"
     assert fake_cluster.get("secrets", NAMESPACE, sb.container_id) is not None
     sb.close()
     assert fake_cluster.get("pods", NAMESPACE, pod["metadata"]["name"]) is None
@@ -217,3 +220,12 @@ def test_network_policy_is_created_once(fake_cluster, make_backend, make_pod_san
     policies = fake_cluster.list("networkpolicies")
     assert len(policies) == 1
     assert policies[0]["spec"]["policyTypes"] == ["Egress"] and policies[0]["spec"]["egress"] == []
+
+
+def test_an_api_outage_is_not_a_dead_pod(fake_cluster, make_pod_sandbox):
+    sb = make_pod_sandbox()
+    sb.run("d = 4")
+    fake_cluster.fail("GET", f"/pods/{sb.container_id}$", 500, times=10)
+    state = sb._backend.state(sb.handle)
+    assert state.running and "500" in state.error
+    assert sb.run("d").text == "4"  # the kernel never depended on the API server

@@ -163,3 +163,49 @@ def test_stock_gateway_without_enclave_endpoints(docker_engine, kernel_image):
                 sb.read_file("x.txt")
     finally:
         container.remove(force=True)
+
+
+def test_https_gateway_with_a_private_ca(docker_engine, kernel_image, tmp_path):
+    """TLS end to end (REST and websocket), verified against the gateway's own certificate."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    tmp_path.chmod(0o755)
+    key.chmod(0o644)
+    token = secrets.token_urlsafe(24)
+    container = docker_engine.containers.run(
+        kernel_image, detach=True, labels={RUN_LABEL: RUN_ID}, init=True, read_only=True,
+        environment={"KG_AUTH_TOKEN": token, "KG_CERTFILE": "/tls/cert.pem", "KG_KEYFILE": "/tls/key.pem"},
+        volumes={str(tmp_path): {"bind": "/tls", "mode": "ro"}}, ports={"8888/tcp": ("127.0.0.1", None)},
+        tmpfs={"/tmp": "mode=1777", "/home/sandbox": "uid=10001,gid=10001,mode=0700",
+               "/workspace": "uid=10001,gid=10001,mode=0755,exec"},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            container.reload()
+            bindings = container.attrs["NetworkSettings"]["Ports"].get("8888/tcp")
+            if bindings:
+                break
+            time.sleep(0.1)
+        url = f"https://localhost:{bindings[0]['HostPort']}"
+        backend = RemoteGatewayBackend(url, token, verify=str(cert))
+        sb = Sandbox(backend=backend, startup_timeout=30)
+        for _ in range(100):  # the gateway takes a moment to listen
+            try:
+                sb.start()
+                break
+            except SandboxStartFailed:
+                time.sleep(0.2)
+        assert sb.run("v = 'tls'; v").text == "'tls'"
+        sb.close()
+        with pytest.raises(SandboxStartFailed, match="does not answer.*CERTIFICATE_VERIFY_FAILED"):
+            Sandbox(backend=RemoteGatewayBackend(url, token)).start()  # the system CAs do not know it
+    finally:
+        container.remove(force=True)
