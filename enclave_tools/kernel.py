@@ -93,11 +93,17 @@ class KernelClient:
         """Close the websocket; calls in flight end as ``disconnected``."""
         ws, self._ws = self._ws, None
         if ws is not None:
+            sock = ws.sock
             try:
-                ws.sock and ws.sock.shutdown(2)
+                if sock is not None:
+                    sock.shutdown(2)  # wakes the reader thread
             except OSError:
                 pass
-            ws.close(timeout=0.2)
+            try:
+                ws.close(timeout=0.2)
+            finally:
+                if sock is not None:
+                    sock.close()  # websocket-client leaves it open once the peer is gone
         reader, self._reader = self._reader, None
         if reader is not None and reader is not threading.current_thread():
             reader.join(timeout=2)

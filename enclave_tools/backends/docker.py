@@ -7,7 +7,6 @@ import logging
 import os
 import secrets
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -16,6 +15,7 @@ from typing import Any, Callable
 
 from enclave_tools._docker import docker_client
 from enclave_tools.backends.base import ContainerState, SandboxHandle
+from enclave_tools.backends.owner import owner_alive, this_owner
 from enclave_tools.config import SandboxConfig
 from enclave_tools.errors import DockerUnavailable, SandboxStartFailed
 from enclave_tools.transport import Endpoint
@@ -37,31 +37,8 @@ SOCKET_NAME = "gateway.sock"
 TOKEN_NAME = "token"
 
 
-def process_start_time(pid: int) -> str | None:
-    """The start time of process ``pid`` (from /proc), to tell a live owner from a reused pid."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-        return fields[19]
-    except (OSError, IndexError):
-        return None
-
-
 def _owner_alive(labels: dict[str, str]) -> bool:
-    if labels.get(OWNER_HOST) != socket.gethostname():
-        return True  # another machine's sandbox: not ours to judge
-    try:
-        pid = int(labels.get(OWNER_PID, ""))
-    except ValueError:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    started = labels.get(OWNER_START)
-    return not started or started == process_start_time(pid)
+    return owner_alive(labels.get(OWNER_HOST), labels.get(OWNER_PID), labels.get(OWNER_START))
 
 
 class DockerBackend:
@@ -114,13 +91,13 @@ class DockerBackend:
                 "allow egress, or run on a local Linux engine."
             )
         name = f"enclave-{sandbox_id}"
-        pid = os.getpid()
+        host, pid, started = this_owner()
         labels = {
             LABEL: "1",
             RUN_DIR: "",
-            OWNER_PID: str(pid),
-            OWNER_START: process_start_time(pid) or "",
-            OWNER_HOST: socket.gethostname(),
+            OWNER_PID: pid,
+            OWNER_START: started,
+            OWNER_HOST: host,
             CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **config.labels,
         }

@@ -27,8 +27,9 @@ def _open_fds() -> int:
 
 
 def test_fifty_cycles_leak_no_containers_threads_or_descriptors(sandbox_config, docker_engine):
-    with Sandbox(sandbox_config) as warmup:  # the first cycle opens lasting client pools
-        warmup.run("1")
+    for _ in range(5):  # the first cycles fill the Docker client's connection pool (10 sockets)
+        with Sandbox(sandbox_config) as warmup:
+            warmup.run("1")
     gc.collect()
     threads, fds = threading.active_count(), _open_fds()
     networks, volumes = len(docker_engine.networks.list()), len(docker_engine.volumes.list())
@@ -41,4 +42,4 @@ def test_fifty_cycles_leak_no_containers_threads_or_descriptors(sandbox_config, 
     assert len(docker_engine.networks.list()) == networks
     assert len(docker_engine.volumes.list()) == volumes
     assert threading.active_count() <= threads + 1
-    assert _open_fds() <= fds + 3
+    assert _open_fds() <= fds + 2

@@ -206,8 +206,10 @@ def test_no_route_to_host_services_or_other_sandboxes(make_sandbox):
         attacker = make_sandbox().start()
         import docker
 
-        ip = docker.from_env().containers.get(target.container_id).attrs["NetworkSettings"]["IPAddress"]
-        for host, probe_port in (("172.17.0.1", port), ("127.0.0.1", port), (ip, 8888)):
+        client = docker.from_env()
+        ip = client.containers.get(target.container_id).attrs["NetworkSettings"]["IPAddress"]
+        bridge = client.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]  # the host
+        for host, probe_port in ((bridge, port), ("127.0.0.1", port), (ip, 8888)):
             execution = attacker.run(
                 "import socket\n"
                 f"try:\n    socket.create_connection(({host!r}, {probe_port}), timeout=3)\n"

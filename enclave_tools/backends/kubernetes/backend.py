@@ -1,87 +1,55 @@
-"""Sandboxes as Kubernetes pods: one pod per sandbox, running the same kernel image.
-
-Needs the ``kubernetes`` extra (``pip install "enclave-tools[kubernetes]"``)::
-
-    from enclave_tools import Sandbox
-    from enclave_tools.backends.kubernetes import KubernetesBackend
-
-    backend = KubernetesBackend(namespace="sandboxes", image="registry.example/enclave-kernel:1")
-    with Sandbox(backend=backend) as sb:
-        sb.run("1 + 1")
-
-What a pod gets (see :func:`pod_manifest`): the per-sandbox token in a Secret, mounted as a
-file (never on a command line); requests = limits from :class:`SandboxConfig`; non-root, no
-privilege escalation, every capability dropped, a read-only root filesystem; no
-service-account token; ``activeDeadlineSeconds`` as a server-side lifetime, so a crashed
-client cannot leak running pods; labels naming the owner and the sandbox.
-
-How the host reaches the gateway (``connect``):
-
-* ``"pod_ip"``: straight to the pod IP (the client runs inside the cluster);
-* ``"port_forward"``: through the API server's port-forward (a laptop, CI);
-* ``"url"``: a ``url_template`` such as ``"https://{name}.sandboxes.example"`` (fields:
-  ``name``, ``namespace``, ``pod_ip``, ``sandbox_id``);
-* ``"auto"`` (default): ``"pod_ip"`` inside a cluster, ``"port_forward"`` outside.
-
-Exception tree mapping: a pod that cannot start (image pull errors, unschedulable, a failed
-container) raises :class:`SandboxStartFailed`; a pod deleted or past its deadline is reported
-"not running", so the Sandbox raises :class:`SandboxDied` as it does on Docker.
-"""
+"""KubernetesBackend: one pod per sandbox, a warm pool with atomic claims, a reaper."""
 
 from __future__ import annotations
 
-import getpass
-import hashlib
 import json
 import logging
 import math
-import os
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from enclave_tools.backends.base import ContainerState, SandboxHandle
-from enclave_tools.backends.docker import process_start_time
+from enclave_tools.backends.base import SandboxHandle
+from enclave_tools.backends.kubernetes.manifests import (
+    EGRESS,
+    EXPIRES,
+    GATEWAY_PORT,
+    MANAGED_BY,
+    MANAGER,
+    OWNER,
+    OWNER_HOST,
+    OWNER_PID,
+    OWNER_START,
+    POOL,
+    POOL_KEY,
+    SANDBOX,
+    _label_value,
+    default_owner,
+    network_policy_manifest,
+    pod_manifest,
+    pool_key,
+)
+from enclave_tools.backends.kubernetes.portforward import PortForwardEndpoint
+from enclave_tools.backends.kubernetes.status import (
+    PodState,
+    _check_start,
+    _orphaned,
+    _pending_reason,
+    _ready,
+    _terminal,
+    pod_state,
+)
+from enclave_tools.backends.owner import this_owner
 from enclave_tools.backends.remote import endpoint_from_url
 from enclave_tools.config import SandboxConfig
 from enclave_tools.errors import SandboxStartFailed
 from enclave_tools.transport import Endpoint
 
-__all__ = ["KubernetesBackend", "PodState", "PortForwardEndpoint", "pod_manifest"]
-
 log = logging.getLogger(__name__)
 
-PREFIX = "io.enclave-tools/"
-MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGER = "enclave-tools"
-SANDBOX = PREFIX + "sandbox"
-OWNER = PREFIX + "owner"
-POOL = PREFIX + "pool"
-POOL_KEY = PREFIX + "pool-key"
-EGRESS = PREFIX + "egress"
-EXPIRES = PREFIX + "expires-at"
-OWNER_HOST = PREFIX + "owner-host"
-OWNER_PID = PREFIX + "owner-pid"
-OWNER_START = PREFIX + "owner-start"
-GATEWAY_PORT = 8888
-SANDBOX_UID = 10001
-TOKEN_DIR = "/run/enclave"
-SECRET_DIR = "/run/enclave-secret"
-NETWORK_POLICY = "enclave-tools-deny-egress"
-START_FAILURES = {
-    "ErrImagePull": "the image could not be pulled",
-    "ImagePullBackOff": "the image could not be pulled",
-    "InvalidImageName": "the image name is invalid",
-    "ErrImageNeverPull": "the image is not on the node and imagePullPolicy is Never",
-    "CreateContainerConfigError": "the container's configuration is invalid",
-    "CreateContainerError": "the container could not be created",
-    "RunContainerError": "the container could not be run",
-}
 _RETRYABLE = {429, 500, 502, 503, 504}
 
 
@@ -94,210 +62,6 @@ def _k8s() -> Any:
             'pip install "enclave-tools[kubernetes]"'
         ) from exc
     return kubernetes
-
-
-def quantity(size: str) -> str:
-    """A SandboxConfig size ('2g', '512m', '100') as a Kubernetes quantity ('2Gi', '512Mi')."""
-    unit = size[-1].lower()
-    if unit in "kmg":
-        return f"{size[:-1]}{unit.upper()}i"
-    return size.rstrip("bB")
-
-
-def _label_value(text: str) -> str:
-    """``text`` as a valid label value (63 chars of [A-Za-z0-9._-], alphanumeric ends)."""
-    cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in text)[:63]
-    return cleaned.strip("._-") or "unknown"
-
-
-def default_owner() -> str:
-    """``user.host`` of this process, as a label value."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = str(os.getuid())
-    return _label_value(f"{user}.{socket.gethostname()}")
-
-
-def pool_key(config: SandboxConfig, image: str, extra: dict[str, Any]) -> str:
-    """A short hash of everything in a pod that depends on the config, so that a sandbox only
-    takes a warm pod made for the same settings."""
-    wanted = {"config": config.model_dump(mode="json", exclude={"timeout", "labels"}),
-              "image": image, **extra}
-    return hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def pod_manifest(
-    config: SandboxConfig,
-    *,
-    name: str,
-    image: str,
-    secret: str,
-    labels: dict[str, str],
-    annotations: dict[str, str],
-    max_lifetime: int,
-    runtime_class: str | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The Pod for one sandbox, as a plain dict (``overrides`` is merged in last, so a cluster
-    admin can add nodeSelector, tolerations, imagePullSecrets...)."""
-    limits = {"cpu": f"{int(config.cpus * 1000)}m", "memory": quantity(config.memory)}
-    env = [
-        {"name": "ENCLAVE_TOKEN_FILE", "value": f"{TOKEN_DIR}/token"},
-        {"name": "ENCLAVE_KERNEL_ENV", "value": ",".join(config.env)},
-        *({"name": key, "value": value} for key, value in config.env.items()),
-    ]
-
-    def scratch(name: str, size: str, **more: str) -> dict[str, Any]:
-        return {"name": name, "emptyDir": {"sizeLimit": quantity(size), **more}}
-
-    hardened = {
-        "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-        "readOnlyRootFilesystem": True, "runAsNonRoot": True, "privileged": False,
-    }
-    resources = {"requests": dict(limits), "limits": limits}
-
-    spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "activeDeadlineSeconds": max_lifetime,
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "hostname": "sandbox",
-        # The pause container becomes PID 1 and reaps zombies (Docker's --init); with the
-        # gateway as PID 1, kernel restarts fail now and then.
-        "shareProcessNamespace": True,
-        "securityContext": {
-            "runAsNonRoot": True, "runAsUser": SANDBOX_UID, "runAsGroup": SANDBOX_UID,
-            "fsGroup": SANDBOX_UID, "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        # The token reaches the gateway as a file it deletes once read, as on Docker: an
-        # init container copies it out of the (read-only) Secret volume into memory, and
-        # the gateway's container never mounts the Secret.
-        "initContainers": [{
-            "name": "token",
-            "image": image,
-            "imagePullPolicy": "IfNotPresent",
-            "command": ["cp", f"{SECRET_DIR}/token", f"{TOKEN_DIR}/token"],
-            "resources": resources,
-            "securityContext": hardened,
-            "volumeMounts": [
-                {"name": "token-secret", "mountPath": SECRET_DIR, "readOnly": True},
-                {"name": "token", "mountPath": TOKEN_DIR},
-            ],
-        }],
-        "containers": [{
-            "name": "gateway",
-            "image": image,
-            "imagePullPolicy": "IfNotPresent",
-            "ports": [{"name": "gateway", "containerPort": GATEWAY_PORT}],
-            "env": env,
-            "workingDir": config.workdir,
-            "resources": resources,
-            "securityContext": hardened,
-            # The gateway's HTTP API wants the token, so the kubelet probes the port; the
-            # client then checks that the gateway answers before it uses the pod.
-            "readinessProbe": {"tcpSocket": {"port": GATEWAY_PORT}, "periodSeconds": 1},
-            "volumeMounts": [
-                {"name": "token", "mountPath": TOKEN_DIR},
-                {"name": "tmp", "mountPath": "/tmp"},
-                {"name": "home", "mountPath": "/home/sandbox"},
-                {"name": "workspace", "mountPath": config.workdir},
-                {"name": "shm", "mountPath": "/dev/shm"},
-            ],
-        }],
-        "volumes": [
-            {"name": "token-secret", "secret": {"secretName": secret, "defaultMode": 0o440}},
-            scratch("token", "1m", medium="Memory"),
-            scratch("tmp", config.tmp_size),
-            scratch("home", "64m"),
-            scratch("workspace", config.workspace_size),
-            scratch("shm", config.shm_size, medium="Memory"),
-        ],
-    }
-    if runtime_class:
-        spec["runtimeClassName"] = runtime_class
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": labels, "annotations": annotations},
-        "spec": spec,
-    }
-    return _merge(pod, overrides or {})
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """``extra`` deep-merged into ``base`` (dicts merge, anything else replaces)."""
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
-def network_policy_manifest() -> dict[str, Any]:
-    """A NetworkPolicy denying all egress to sandbox pods made with ``network='none'``."""
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": {"name": NETWORK_POLICY, "labels": {MANAGED_BY: MANAGER}},
-        "spec": {"podSelector": {"matchLabels": {MANAGED_BY: MANAGER, EGRESS: "deny"}},
-                 "policyTypes": ["Egress"], "egress": []},
-    }
-
-
-@dataclass
-class PodState(ContainerState):
-    """A sandbox pod's state, described in pod terms."""
-
-    reason: str = ""
-
-    def describe(self) -> str:
-        """A sentence on how the pod ended."""
-        if not self.exists:
-            return "its pod was deleted"
-        if self.running:
-            return "its pod is running"
-        if self.reason == "DeadlineExceeded":
-            return "its pod reached its time limit (activeDeadlineSeconds) and was stopped"
-        if self.oom_killed:
-            return "its pod ran out of memory"
-        if self.exit_code is not None:
-            return f"its pod's container stopped with exit code {self.exit_code}"
-        return f"its pod is not running ({self.reason or self.error or 'unknown reason'})"
-
-
-@dataclass(frozen=True)
-class PortForwardEndpoint(Endpoint):
-    """An endpoint reached through the API server's port-forward to a pod."""
-
-    pod: str = ""
-    namespace: str = ""
-    api: Any = field(default=None, compare=False, repr=False)
-
-    def connect(self, timeout: float | None = 10.0) -> socket.socket:
-        """A new stream to the pod's gateway port (one port-forward per connection)."""
-        from kubernetes.client.exceptions import ApiException
-        from kubernetes.stream import portforward
-
-        try:
-            forward = portforward(self.api.connect_get_namespaced_pod_portforward, self.pod,
-                                  self.namespace, ports=str(GATEWAY_PORT))
-        except ApiException as exc:
-            raise ConnectionError(f"port-forward to pod {self.pod} failed: {exc.reason}") from exc
-        sock = forward.socket(GATEWAY_PORT)
-        sock = getattr(sock, "_socket", sock)  # newer clients wrap the real socket
-        sock.settimeout(timeout)
-        return sock
-
-    @property
-    def netloc(self) -> str:
-        """The ``Host`` header value."""
-        return f"{self.pod}:{GATEWAY_PORT}"
-
-    def describe(self) -> str:
-        """Where it is, for messages."""
-        return f"port-forward to {self.namespace}/{self.pod}:{GATEWAY_PORT}"
 
 
 class KubernetesBackend:
@@ -548,8 +312,8 @@ class KubernetesBackend:
         return default_image()
 
     def _owner_annotations(self) -> dict[str, str]:
-        pid = os.getpid()
-        return {OWNER_HOST: socket.gethostname(), OWNER_PID: str(pid), OWNER_START: process_start_time(pid) or ""}
+        host, pid, started = this_owner()
+        return {OWNER_HOST: host, OWNER_PID: pid, OWNER_START: started}
 
     def _create(self, config: SandboxConfig, sandbox_id: str, *, idle: bool) -> dict[str, Any]:
         """Create the Secret and the Pod of one sandbox (or one idle pool pod). Names are
@@ -685,93 +449,6 @@ class KubernetesBackend:
             if exc.status != 409:
                 raise
         self._policy_done = True
-
-
-# -- reading pod status -------------------------------------------------------------------
-
-
-def _conditions(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {c["type"]: c for c in (pod.get("status") or {}).get("conditions") or []}
-
-
-def _ready(pod: dict[str, Any]) -> bool:
-    return _conditions(pod).get("Ready", {}).get("status") == "True"
-
-
-def _terminal(pod: dict[str, Any]) -> bool:
-    return (pod.get("status") or {}).get("phase") in ("Failed", "Succeeded")
-
-
-def _container_status(pod: dict[str, Any]) -> dict[str, Any]:
-    statuses = (pod.get("status") or {}).get("containerStatuses") or [{}]
-    return statuses[0]
-
-
-def _check_start(pod: dict[str, Any]) -> bool:
-    """Whether the pod is ready; raises SandboxStartFailed if it never will be."""
-    name = pod["metadata"]["name"]
-    status = pod.get("status") or {}
-    if _ready(pod) and status.get("podIP"):
-        return True
-    for container in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
-        state = container.get("state") or {}
-        waiting = state.get("waiting") or {}
-        reason = waiting.get("reason")
-        if reason in START_FAILURES:
-            detail = f": {waiting['message']}" if waiting.get("message") else ""
-            raise SandboxStartFailed(f"pod {name} cannot start: {START_FAILURES[reason]} ({reason}{detail})")
-        code = (state.get("terminated") or {}).get("exitCode")
-        if code:
-            raise SandboxStartFailed(
-                f"pod {name} cannot start: its container {container.get('name')!r} exited with code {code}"
-            )
-    scheduled = _conditions(pod).get("PodScheduled", {})
-    if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
-        raise SandboxStartFailed(f"pod {name} cannot be scheduled: {scheduled.get('message', '')}")
-    if _terminal(pod):
-        raise SandboxStartFailed(f"pod {name} stopped while starting: {pod_state(pod).describe()}")
-    return False
-
-
-def _pending_reason(pod: dict[str, Any]) -> str:
-    status = pod.get("status") or {}
-    waiting = (_container_status(pod).get("state") or {}).get("waiting") or {}
-    return waiting.get("reason") or status.get("reason") or f"phase {status.get('phase', 'unknown')}"
-
-
-def pod_state(pod: dict[str, Any]) -> PodState:
-    """A pod's status as a PodState."""
-    status = pod.get("status") or {}
-    running_container = "running" in (_container_status(pod).get("state") or {})
-    if status.get("phase") == "Running" and running_container and not pod["metadata"].get("deletionTimestamp"):
-        return PodState(running=True, exists=True)
-    terminated = (_container_status(pod).get("state") or {}).get("terminated") or {}
-    return PodState(
-        running=False, exists=True, exit_code=terminated.get("exitCode"),
-        oom_killed=terminated.get("reason") == "OOMKilled",
-        error=status.get("message", ""), reason=status.get("reason", ""),
-    )
-
-
-def _orphaned(pod: dict[str, Any]) -> bool:
-    if _terminal(pod):
-        return True
-    notes = pod["metadata"].get("annotations") or {}
-    try:
-        if datetime.fromisoformat(notes[EXPIRES]) < datetime.now(UTC):
-            return True
-    except (KeyError, ValueError):
-        pass
-    if notes.get(OWNER_HOST) != socket.gethostname():
-        return False  # another machine's pod: its deadline ends it
-    try:
-        pid = int(notes.get(OWNER_PID, ""))
-        os.kill(pid, 0)
-    except (ValueError, ProcessLookupError):
-        return True
-    except PermissionError:
-        pass
-    return bool(notes.get(OWNER_START)) and notes[OWNER_START] != process_start_time(pid)
 
 
 def _api_reason(exc: Any) -> str:
