@@ -89,6 +89,8 @@ class Sandbox:
         self._oom_kills = 0
         self._in_flight = 0
         self._in_flight_lock = threading.Lock()
+        self._running: object | None = None  # the ticket of the call running now
+        self._cancelled: set[object] = set()  # tickets of async calls cancelled by their caller
         self.last_active = time.monotonic()
         """``time.monotonic()`` when a run last started or ended."""
 
@@ -168,6 +170,20 @@ class Sandbox:
         seconds is interrupted (``status == "timeout"``). Raises :class:`EnclaveError`
         subclasses only when the sandbox itself fails.
         """
+        return self._run(code, timeout, object())
+
+    async def arun(self, code: str, timeout: float | None = None) -> Execution:
+        """Async :meth:`run`; it never blocks the event loop. Cancelling it interrupts the
+        run (only this one: a call still waiting for its turn is simply dropped)."""
+        ticket = object()
+        try:
+            return await _in_thread(self._run, code, timeout, ticket)
+        except asyncio.CancelledError:
+            self._cancelled.add(ticket)
+            _executor.submit(self._interrupt_if_running, ticket)
+            raise
+
+    def _run(self, code: str, timeout: float | None, ticket: object) -> Execution:
         code = check_code(code)
         seconds = check_timeout(timeout, self.config.timeout)
         with self._in_flight_lock:
@@ -176,21 +192,20 @@ class Sandbox:
             with self._run_lock:
                 self._check_open()
                 self.last_active = time.monotonic()
+                if ticket in self._cancelled:  # cancelled while waiting for its turn
+                    self._cancelled.discard(ticket)
+                    return Execution(status="error", notes=["cancelled before it ran"])
                 if self._handle is None:
                     self._start_container()
-                return self._execute(code, seconds)
+                self._running = ticket
+                try:
+                    return self._execute(code, seconds)
+                finally:
+                    self._running = None
         finally:
             with self._in_flight_lock:
                 self._in_flight -= 1
             self.last_active = time.monotonic()
-
-    async def arun(self, code: str, timeout: float | None = None) -> Execution:
-        """Async :meth:`run`; it never blocks the event loop. Cancelling it interrupts the run."""
-        try:
-            return await _in_thread(self.run, code, timeout)
-        except asyncio.CancelledError:
-            _executor.submit(self._interrupt_quietly)
-            raise
 
     def interrupt(self) -> None:
         """Interrupt the code running now (as Ctrl-C would); variables are kept."""
@@ -497,7 +512,9 @@ class Sandbox:
             return exc
         return GatewayError(f"cannot reach the sandbox's gateway: {exc}")
 
-    def _interrupt_quietly(self) -> None:
+    def _interrupt_if_running(self, ticket: object) -> None:
+        if self._running is not ticket:
+            return  # that call has not started (it never will) or is over: nothing to stop
         try:
             self.interrupt()
         except EnclaveError:

@@ -273,3 +273,26 @@ def test_eight_sandboxes_at_once(make_sandbox, docker_engine):
 
     left = {c.id for c in docker_engine.containers.list(all=True, filters={"label": f"{LABEL}=1"})}
     assert not ids & left
+
+
+async def test_cancelling_arun_interrupts_the_kernel(sandbox):
+    await sandbox.arun("kept = 'yes'")
+    task = asyncio.create_task(sandbox.arun("import time; time.sleep(600)"))
+    await asyncio.sleep(1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    started = time.monotonic()
+    after = await sandbox.arun("kept", timeout=60)
+    assert after.text == "'yes'"
+    assert time.monotonic() - started < 30  # not queued behind the ten-minute sleep
+
+
+async def test_cancelling_a_queued_arun_leaves_the_running_one_alone(sandbox):
+    running = asyncio.create_task(sandbox.arun("import time; time.sleep(2); 'finished'"))
+    await asyncio.sleep(0.5)
+    queued = asyncio.create_task(sandbox.arun("ran = True"))
+    await asyncio.sleep(0.2)
+    queued.cancel()
+    assert (await running).text == "'finished'"  # not interrupted on the queued call's behalf
+    assert (await sandbox.arun("'ran' in dir()")).text == "False"  # and the queued one never ran
