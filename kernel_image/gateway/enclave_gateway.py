@@ -7,7 +7,7 @@ Additions to the stock gateway, all behind the same token:
 * ``/api/enclave/files`` reads and writes files, ``/api/enclave/info`` reports memory use
   and out-of-memory kills, and ``/api/enclave/reap`` ends stray processes, so the host
   needs no ``docker exec``;
-* TCP connections get TCP_NODELAY, and the process is not dumpable (its token stays
+* kernel websockets get TCP_NODELAY, and the process is not dumpable (its token stays
   out of reach of the sandboxed code, which runs under the same uid);
 * the first kernel is started before the gateway's own (slow) imports, and handed out by
   the first ``POST /api/kernels``: the two boots overlap instead of adding up.
@@ -110,6 +110,9 @@ import hmac  # noqa: E402 - the kernel above starts before these heavy imports
 import tempfile  # noqa: E402
 
 from kernel_gateway.gatewayapp import KernelGatewayApp  # noqa: E402
+from jupyter_server.services.kernels.connection.channels import (  # noqa: E402
+    ZMQChannelsWebsocketConnection,
+)
 from kernel_gateway.services.kernels.manager import KernelGatewayIOLoopKernelManager  # noqa: E402
 from tornado import httpserver, netutil, web  # noqa: E402
 
@@ -257,19 +260,6 @@ class InfoHandler(_TokenHandler):
         self.finish(json.dumps({"memory_bytes": memory, "oom_kills": _oom_kills()}))
 
 
-class NoDelayHTTPServer(httpserver.HTTPServer):
-    """An HTTP server that disables Nagle's algorithm on every TCP connection.
-
-    Neither tornado nor jupyter_server sets TCP_NODELAY on kernel websockets, so a small
-    frame written right after another waits for the client's delayed ACK: about 40 ms
-    on every reply. (Unix sockets have no such delay; tornado skips them here.)
-    """
-
-    def handle_stream(self, stream, address):
-        stream.set_nodelay(True)
-        return super().handle_stream(stream, address)
-
-
 def _parents() -> dict[int, int]:
     parents = {}
     for entry in os.listdir("/proc"):
@@ -311,6 +301,20 @@ class ReapHandler(_TokenHandler):
             except OSError:
                 pass
         self.finish(json.dumps({"killed": killed}))
+
+
+class NoDelayChannelsConnection(ZMQChannelsWebsocketConnection):
+    """The kernel websocket with Nagle's algorithm off.
+
+    Tornado turns TCP_NODELAY back off once the HTTP upgrade is answered, and neither it nor
+    jupyter_server turns it on for the websocket. A small frame written right after
+    another (a reply after ``idle``) then waits for the client's delayed ACK: about 40 ms on
+    every call over TCP, the delay every gateway-based peer shows.
+    """
+
+    def connect(self):
+        self.websocket_handler.set_nodelay(True)
+        return super().connect()
 
 
 async def _connection_info(process: subprocess.Popen, path: str, timeout: float = 60.0) -> dict | None:
@@ -368,7 +372,7 @@ class EnclaveGatewayApp(KernelGatewayApp):
         )
 
     def init_http_server(self):
-        self.http_server = NoDelayHTTPServer(
+        self.http_server = httpserver.HTTPServer(
             self.web_app, xheaders=self.trust_xheaders, ssl_options=self._build_ssl_options()
         )
         path = os.environ.get("ENCLAVE_UNIX_SOCKET")
@@ -383,6 +387,10 @@ class EnclaveGatewayApp(KernelGatewayApp):
 
 def main():
     """Start the gateway (the container's command)."""
+    import warnings
+
+    # Kernel Gateway's own manager is not a ServerKernelManager either; the warning is noise.
+    warnings.filterwarnings("ignore", message="KernelManager class", category=FutureWarning)
     EnclaveGatewayApp.launch_instance()
 
 
