@@ -206,9 +206,8 @@ def test_no_route_to_host_services_or_other_sandboxes(make_sandbox):
         attacker = make_sandbox().start()
         import docker
 
-        client = docker.from_env()
-        ip = client.containers.get(target.container_id).attrs["NetworkSettings"]["IPAddress"]
-        bridge = client.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]  # the host
+        settings = docker.from_env().containers.get(target.container_id).attrs["NetworkSettings"]
+        ip, bridge = settings["IPAddress"], settings["Gateway"]  # the bridge's host address
         for host, probe_port in ((bridge, port), ("127.0.0.1", port), (ip, 8888)):
             execution = attacker.run(
                 "import socket\n"
