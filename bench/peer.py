@@ -14,8 +14,9 @@ How ms-enclave is driven (read from its source, ms_enclave/sandbox/boxes/docker_
   own build (which needs python:3.12-slim from a registry).
 * ``command=`` ms-enclave's own gateway command (the CMD of the image it would build):
   ``jupyter kernelgateway --KernelGatewayApp.ip=0.0.0.0 --KernelGatewayApp.port=8888
-  --KernelGatewayApp.allow_origin=*``, so the peer runs the stock gateway, not ours.
-  (Our image's gateway settings in JUPYTER_CONFIG_DIR still apply, e.g. the IOPub rate limits.)
+  --KernelGatewayApp.allow_origin=*``, so the peer runs the stock gateway, not ours, and
+  with ``JUPYTER_CONFIG_DIR`` pointed at an empty directory it runs with the stock settings
+  too, as ms-enclave ships it (not our gateway's config: TCP_NODELAY, rate limits, ...).
 * the same limits as our default sandbox (2g, 1 CPU), working dir /workspace;
 * a distinct host port per sandbox, published on 127.0.0.1 (ms-enclave's default is
   0.0.0.0:8888, which would expose an unauthenticated kernel and allow one sandbox at a time);
@@ -68,6 +69,7 @@ def make_config(image: str, port: int) -> DockerNotebookConfig:
     return DockerNotebookConfig(
         image=image,
         command=GATEWAY_COMMAND,
+        env_vars={"JUPYTER_CONFIG_DIR": "/tmp/stock-gateway-config"},  # stock settings
         port=port,
         tools_config={TOOL: {}},
         working_dir="/workspace",
