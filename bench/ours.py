@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from stats import RssSampler, container_memory, main, rss_bytes, run_concurrently  # noqa: E402
+from stats import RssSampler, container_memory, main, paced_calls, rss_bytes, run_concurrently  # noqa: E402
 
 import enclave_tools.image  # noqa: E402
 from enclave_tools import Sandbox, SandboxSessions  # noqa: E402
@@ -292,23 +292,27 @@ def op_memory(image: str, sandboxes: int, rounds: int, **_: Any) -> dict:
     return {"host_per_sandbox_bytes": per_sandbox, "container_idle_bytes": idle}
 
 
-def op_concurrency(image: str, levels: list[int], cells: int, reps: int, **_: Any) -> dict:
-    """``levels`` sandboxes running ``cells`` cells at once, each in its own thread."""
-    opened = open_many(image, max(levels))
+def op_concurrency(image: str, levels: list[int], cells: int, reps: int,
+                   paced: list[list[float]] = (), **_: Any) -> dict:
+    """``levels`` sandboxes running ``cells`` cells at once, each in its own thread, back to
+    back; then each ``(level, rate)`` in ``paced`` at ``rate`` cells/s per sandbox."""
+    runs = [(str(level), level, None) for level in levels]
+    runs += [(f"{int(level)} at {rate:g}/s each", int(level), 1 / rate) for level, rate in paced]
+    opened = open_many(image, max(level for _, level, _ in runs))
     out: dict[str, list] = {}
     try:
-        for level in levels:
+        for key, level, interval in runs:
             for _ in range(reps):
-                out.setdefault(str(level), []).append(concurrent_cells(opened[:level], cells))
+                out.setdefault(key, []).append(concurrent_cells(opened[:level], cells, interval))
     finally:
         close_many(opened)
     return out
 
 
-def concurrent_cells(sandboxes: list[Sandbox], cells: int) -> dict:
-    """Each sandbox runs ``cells`` cells in its own thread."""
+def concurrent_cells(sandboxes: list[Sandbox], cells: int, interval: float | None = None) -> dict:
+    """Each sandbox runs ``cells`` cells in its own thread (paced by ``interval``)."""
     workers = [
-        lambda sb=sb: time_calls(lambda: expect_one(sb.run("x")), cells, warmup=0)
+        lambda sb=sb: paced_calls(lambda: expect_one(sb.run("x")), cells, interval)
         for sb in sandboxes
     ]
     return run_concurrently(workers, [sb.container_id for sb in sandboxes])

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import socket
 import sys
 import time
@@ -294,26 +295,35 @@ def op_memory(image: str, sandboxes: int, rounds: int, **_: Any) -> dict:
     return {"host_per_sandbox_bytes": per_sandbox, "container_idle_bytes": idle}
 
 
-def op_concurrency(image: str, levels: list[int], cells: int, reps: int, **_: Any) -> dict:
-    """``levels`` sandboxes running ``cells`` cells at once, each in its own thread."""
-    opened = start_many(image, max(levels))
+def op_concurrency(image: str, levels: list[int], cells: int, reps: int,
+                   paced: list[list[float]] = (), **_: Any) -> dict:
+    """As bench/ours.py: back to back, then paced at ``rate`` cells/s per sandbox."""
+    runs = [(str(level), level, None) for level in levels]
+    runs += [(f"{int(level)} at {rate:g}/s each", int(level), 1 / rate) for level, rate in paced]
+    opened = start_many(image, max(level for _, level, _ in runs))
     out: dict[str, list] = {}
     try:
-        for level in levels:
+        for key, level, interval in runs:
             for _ in range(reps):
-                out.setdefault(str(level), []).append(concurrent_cells(opened[:level], cells))
+                out.setdefault(key, []).append(concurrent_cells(opened[:level], cells, interval))
     finally:
         stop_many(opened)
     return out
 
 
-def concurrent_cells(sandboxes: list[DockerNotebookSandbox], cells: int) -> dict:
-    """Each sandbox runs ``cells`` cells in its own thread (its own event loop)."""
+def concurrent_cells(sandboxes: list[DockerNotebookSandbox], cells: int,
+                     interval: float | None = None) -> dict:
+    """Each sandbox runs ``cells`` cells in its own thread (its own event loop), paced by
+    ``interval`` as in stats.paced_calls."""
 
     def worker(sandbox: DockerNotebookSandbox) -> list[float]:
         async def go() -> list[float]:
             times = []
+            due = time.perf_counter() + (random.uniform(0, interval) if interval else 0)
             for _ in range(cells):
+                if interval:
+                    await asyncio.sleep(max(due - time.perf_counter(), 0))
+                    due += interval
                 start = time.perf_counter()
                 await execute(sandbox, "x")
                 times.append(time.perf_counter() - start)

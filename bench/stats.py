@@ -4,6 +4,7 @@ venv and the peer's can import it)."""
 from __future__ import annotations
 
 import os
+import random
 import statistics
 import threading
 import time
@@ -131,6 +132,22 @@ def host_cpu() -> float:
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def paced_calls(call: Callable[[], object], calls: int, interval: float | None) -> list[float]:
+    """Seconds per call of ``call``, each started ``interval`` seconds after the previous one
+    was due (back to back when ``interval`` is None, or when a call overruns its slot). The
+    first slot has a random phase, so that paced sandboxes do not all fire at once."""
+    times = []
+    due = time.perf_counter() + (random.uniform(0, interval) if interval else 0)
+    for _ in range(calls):
+        if interval:
+            time.sleep(max(due - time.perf_counter(), 0))
+            due += interval
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def run_concurrently(workers: list[Callable[[], list[float]]], container_ids: list[str]) -> dict:
