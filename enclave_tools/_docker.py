@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import threading
 
+# Imported here, once, not lazily: two threads importing docker-py for the first time at
+# once (a warm pool's worker and a caller) can trip over its circular imports.
+import docker
+from docker.errors import DockerException
+
 from enclave_tools.errors import DockerUnavailable
 
 __all__ = ["docker_client"]
@@ -24,11 +29,6 @@ def docker_client():
     with _lock:
         if _client is not None:
             return _client
-        try:
-            import docker
-            from docker.errors import DockerException
-        except ImportError as exc:  # pragma: no cover - a dependency
-            raise DockerUnavailable("the 'docker' package is missing: pip install docker") from exc
         try:
             client = docker.from_env(timeout=120, use_ssh_client=False)
             client.ping()

@@ -36,6 +36,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
+import docker.errors
+from docker.utils import parse_repository_tag
+
+from enclave_tools._docker import docker_client
 from enclave_tools.errors import DockerUnavailable, ImageBuildFailed, ImageNotFound
 
 __all__ = [
@@ -170,14 +174,12 @@ def _build_lock(report: Progress) -> Iterator[None]:
 def _client(client: Any) -> Any:
     if client is not None:
         return client
-    from enclave_tools._docker import docker_client
 
     return docker_client()
 
 
 def _find_image(client: Any, name: str) -> Any | None:
     """The local image called ``name``, or None. Never pulls."""
-    import docker.errors
     import requests.exceptions
 
     try:
@@ -307,8 +309,6 @@ def _choose_base(
 
 def _pull_base(client: Any, base: str, report: Progress) -> None:
     """Pull a base the caller named explicitly; explain --bootstrap when there is no registry."""
-    import docker.errors
-    from docker.utils import parse_repository_tag
 
     report(f"base: {base} is not local; pulling it (asked for explicitly)")
     repository, tag = parse_repository_tag(base)
@@ -331,7 +331,6 @@ def _docker_build(
     client: Any, context: IO[bytes], tag: str, base: str, labels: dict[str, str], report: Progress
 ) -> str:
     """Run the classic builder on a tar stream, offline; return the image id."""
-    import docker.errors
 
     tail: collections.deque[str] = collections.deque(maxlen=_LOG_TAIL)
     steps = _StepTimer(report)
@@ -431,7 +430,6 @@ def _base_python(client: Any, image: str) -> tuple[str, tuple[int, int] | None]:
 
 def _run_once(client: Any, image: str, command: list[str]) -> str:
     """Run ``command`` in a throwaway, network-less container of a local image; its stdout."""
-    import docker.errors
 
     api = client.api
     try:
@@ -844,7 +842,6 @@ class _PackageCounter:
 
 def _import_rootfs(client: Any, rootfs_tar: pathlib.Path, tag: str) -> str:
     """``docker import`` a root filesystem tar as ``tag``; return the image id."""
-    import docker.errors
 
     repository, _, version = tag.rpartition(":")
     try:

@@ -13,11 +13,15 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from docker.errors import APIError, DockerException, NotFound
+from docker.types import LogConfig, Ulimit
+
 from enclave_tools._docker import docker_client
 from enclave_tools.backends.base import ContainerState, SandboxHandle
 from enclave_tools.backends.owner import owner_alive, this_owner
 from enclave_tools.config import SandboxConfig
 from enclave_tools.errors import DockerUnavailable, SandboxStartFailed
+from enclave_tools.image import ensure_image
 from enclave_tools.transport import Endpoint
 
 __all__ = ["ContainerState", "DockerBackend", "LABEL", "SandboxHandle"]
@@ -74,11 +78,6 @@ class DockerBackend:
     ) -> SandboxHandle:
         """Create and start one container (building the image first if needed, never
         pulling one); return how to reach its gateway."""
-        from docker.errors import APIError, DockerException
-        from docker.types import LogConfig, Ulimit
-
-        from enclave_tools.image import ensure_image
-
         self.reap_orphans_quietly()
         image_id = ensure_image(self.client, config.image, build=config.build_image, progress=progress)
         token = secrets.token_urlsafe(32)
@@ -192,8 +191,6 @@ class DockerBackend:
 
     def state(self, handle: SandboxHandle) -> ContainerState:
         """What Docker says about the container now."""
-        from docker.errors import DockerException, NotFound
-
         try:
             attrs = self.client.api.inspect_container(handle.container_id)
         except NotFound:
@@ -231,8 +228,6 @@ class DockerBackend:
 
     def remove_container(self, container_id: str, run_dir: str | None) -> None:
         """Force-remove a container (and volumes); ignore one that is already gone."""
-        from docker.errors import DockerException, NotFound
-
         try:
             self.client.api.remove_container(container_id, force=True, v=True)
         except NotFound:
