@@ -44,12 +44,14 @@ class ScriptedChatModel(GenericFakeChatModel):
         return self
 
 
-def notebook_call(code: str, *, timeout: float | None = None, tool: str = "notebook_executor") -> AIMessage:
+def notebook_call(
+    code: str, *, timeout: float | None = None, call_id: str | None = None, tool: str = "notebook_executor"
+) -> AIMessage:
     """The model's turn that runs ``code`` with the notebook tool."""
     args: dict[str, Any] = {"code": code}
     if timeout is not None:
         args["timeout"] = timeout
-    call_id = f"call_{next(_ids)}"
+    call_id = call_id or f"call_{next(_ids)}"
     return AIMessage(content="", tool_calls=[{"name": tool, "args": args, "id": call_id, "type": "tool_call"}])
 
 

@@ -3,34 +3,15 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import pytest
 from enclave_tools import Sandbox, SandboxSessions
 from langchain.agents import create_agent
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, ToolMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
 from langchain_enclave import EnclaveNotebookTool
-
-
-class ScriptedChatModel(GenericFakeChatModel):
-    """Replies with the next scripted message; accepts tools as create_agent requires."""
-
-    def bind_tools(self, tools: Any, **kwargs: Any) -> ScriptedChatModel:
-        return self
-
-
-def run_code(code: str, call_id: str) -> AIMessage:
-    """The model's turn that calls the notebook tool."""
-    args = {"code": code}
-    return AIMessage(
-        content="",
-        tool_calls=[
-            {"name": "notebook_executor", "args": args, "id": call_id, "type": "tool_call"}
-        ],
-    )
+from langchain_enclave.scripted import ScriptedChatModel, notebook_call
 
 
 def tool_messages(state: dict) -> list[ToolMessage]:
@@ -41,9 +22,9 @@ def test_two_user_turns_of_one_thread_keep_state(sandbox: Sandbox) -> None:
     model = ScriptedChatModel(
         messages=iter(
             [
-                run_code("import pandas as pd\ndf = pd.DataFrame({'v': [40, 2]})", "c1"),
+                notebook_call("import pandas as pd\ndf = pd.DataFrame({'v': [40, 2]})", call_id="c1"),
                 AIMessage("Loaded the data."),
-                run_code("print(df['v'].sum())", "c2"),
+                notebook_call("print(df['v'].sum())", call_id="c2"),
                 AIMessage("The total is 42."),
             ]
         )
@@ -67,8 +48,8 @@ async def test_async_agent_gets_plot_and_recovers_from_error(sandbox: Sandbox) -
     model = ScriptedChatModel(
         messages=iter(
             [
-                run_code("undefined_name", "c1"),
-                run_code("import matplotlib.pyplot as plt\nplt.plot([3, 1, 2])\nplt.show()", "c2"),
+                notebook_call("undefined_name", call_id="c1"),
+                notebook_call("import matplotlib.pyplot as plt\nplt.plot([3, 1, 2])\nplt.show()", call_id="c2"),
                 AIMessage("Here is the plot."),
             ]
         )
@@ -87,11 +68,11 @@ def test_each_thread_gets_its_own_kernel(sessions: SandboxSessions) -> None:
     model = ScriptedChatModel(
         messages=iter(
             [
-                run_code("secret = 'alpha'", "a1"),
+                notebook_call("secret = 'alpha'", call_id="a1"),
                 AIMessage("Stored."),
-                run_code("print(secret)", "b1"),
+                notebook_call("print(secret)", call_id="b1"),
                 AIMessage("Not here."),
-                run_code("print(secret)", "a2"),
+                notebook_call("print(secret)", call_id="a2"),
                 AIMessage("alpha"),
             ]
         )
@@ -115,7 +96,7 @@ def test_each_thread_gets_its_own_kernel(sessions: SandboxSessions) -> None:
 def test_sandbox_failure_reaches_the_model_as_error_message(sandbox: Sandbox) -> None:
     sandbox.close()
     model = ScriptedChatModel(
-        messages=iter([run_code("1 + 1", "c1"), AIMessage("The sandbox is down.")])
+        messages=iter([notebook_call("1 + 1", call_id="c1"), AIMessage("The sandbox is down.")])
     )
     state = create_agent(model, tools=[EnclaveNotebookTool(sandbox=sandbox)]).invoke(
         {"messages": [("user", "Add.")]}

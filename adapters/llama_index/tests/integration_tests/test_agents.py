@@ -2,39 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
 from enclave_tools import Sandbox, SandboxSessions
 from llama_index.core.agent.workflow import AgentWorkflow, FunctionAgent, ToolCallResult
-from llama_index.core.base.llms.types import ImageBlock, ToolCallBlock
-from llama_index.core.llms import ChatMessage, MockFunctionCallingLLM
+from llama_index.core.base.llms.types import ImageBlock
 from llama_index.core.workflow import Context
 
 from llama_index.tools.enclave import EnclaveNotebookToolSpec
-
-
-def scripted_llm(turns: list[ChatMessage]) -> MockFunctionCallingLLM:
-    """A function-calling LLM that answers with the next scripted message."""
-    replies: Iterator[ChatMessage] = iter(turns)
-
-    def respond(messages: Sequence[ChatMessage], **kwargs: Any) -> ChatMessage:
-        return next(replies)
-
-    return MockFunctionCallingLLM(response_generator=respond)
-
-
-def run_code(code: str, call_id: str) -> ChatMessage:
-    """The LLM's turn that calls the notebook tool."""
-    call = ToolCallBlock(
-        tool_call_id=call_id, tool_name="notebook_executor", tool_kwargs={"code": code}
-    )
-    return ChatMessage(role="assistant", blocks=[call])
-
-
-def answer(text: str) -> ChatMessage:
-    return ChatMessage(role="assistant", content=text)
+from llama_index.tools.enclave.scripted import answer, notebook_call, scripted_llm
 
 
 async def run(
@@ -48,9 +25,9 @@ async def run(
 async def test_function_agent_keeps_state_and_gets_plot(sandbox: Sandbox) -> None:
     llm = scripted_llm(
         [
-            run_code("import numpy as np\nvalues = np.array([3, 1, 2])", "c1"),
-            run_code("import matplotlib.pyplot as plt\nplt.plot(values)\nplt.show()", "c2"),
-            run_code("print(values.max())", "c3"),
+            notebook_call("import numpy as np\nvalues = np.array([3, 1, 2])", call_id="c1"),
+            notebook_call("import matplotlib.pyplot as plt\nplt.plot(values)\nplt.show()", call_id="c2"),
+            notebook_call("print(values.max())", call_id="c3"),
             answer("The maximum is 3."),
         ]
     )
@@ -68,7 +45,7 @@ async def test_function_agent_keeps_state_and_gets_plot(sandbox: Sandbox) -> Non
 
 
 async def test_code_error_reaches_the_llm_and_the_loop_goes_on(sandbox: Sandbox) -> None:
-    llm = scripted_llm([run_code("1 / 0", "c1"), run_code("print('fixed')", "c2"), answer("Done.")])
+    llm = scripted_llm([notebook_call("1 / 0", call_id="c1"), notebook_call("print('fixed')", call_id="c2"), answer("Done.")])
     agent = FunctionAgent(tools=EnclaveNotebookToolSpec(sandbox).to_tool_list(), llm=llm)
     results, _ = await run(agent, "Divide.")
     error, fixed = (r.tool_output for r in results)
@@ -78,7 +55,7 @@ async def test_code_error_reaches_the_llm_and_the_loop_goes_on(sandbox: Sandbox)
 
 async def test_sandbox_failure_is_an_error_result(sandbox: Sandbox) -> None:
     sandbox.close()
-    llm = scripted_llm([run_code("1 + 1", "c1"), answer("The sandbox is down.")])
+    llm = scripted_llm([notebook_call("1 + 1", call_id="c1"), answer("The sandbox is down.")])
     agent = FunctionAgent(tools=EnclaveNotebookToolSpec(sandbox).to_tool_list(), llm=llm)
     (result,), response = await run(agent, "Add.")
     assert result.tool_output.is_error and "SandboxClosed" in result.tool_output.content
@@ -88,9 +65,9 @@ async def test_sandbox_failure_is_an_error_result(sandbox: Sandbox) -> None:
 async def test_agent_workflow_two_turns_one_context(sandbox: Sandbox) -> None:
     llm = scripted_llm(
         [
-            run_code("total = 40", "c1"),
+            notebook_call("total = 40", call_id="c1"),
             answer("Stored."),
-            run_code("print(total + 2)", "c2"),
+            notebook_call("print(total + 2)", call_id="c2"),
             answer("42"),
         ]
     )
@@ -114,11 +91,11 @@ async def test_each_context_gets_its_own_kernel(sessions: SandboxSessions) -> No
     spec = EnclaveNotebookToolSpec(sessions=sessions)
     llm = scripted_llm(
         [
-            run_code("secret = 'alpha'", "a1"),
+            notebook_call("secret = 'alpha'", call_id="a1"),
             answer("Stored."),
-            run_code("print(secret)", "b1"),
+            notebook_call("print(secret)", call_id="b1"),
             answer("Not here."),
-            run_code("print(secret)", "a2"),
+            notebook_call("print(secret)", call_id="a2"),
             answer("alpha"),
         ]
     )

@@ -33,12 +33,14 @@ def scripted_llm(turns: Iterable[ChatMessage]) -> MockFunctionCallingLLM:
     return MockFunctionCallingLLM(response_generator=respond)
 
 
-def notebook_call(code: str, *, timeout: float | None = None, tool: str = "notebook_executor") -> ChatMessage:
+def notebook_call(
+    code: str, *, timeout: float | None = None, call_id: str | None = None, tool: str = "notebook_executor"
+) -> ChatMessage:
     """The LLM's turn that runs ``code`` with the notebook tool."""
     kwargs: dict[str, Any] = {"code": code}
     if timeout is not None:
         kwargs["timeout"] = timeout
-    call = ToolCallBlock(tool_call_id=f"call_{next(_ids)}", tool_name=tool, tool_kwargs=kwargs)
+    call = ToolCallBlock(tool_call_id=call_id or f"call_{next(_ids)}", tool_name=tool, tool_kwargs=kwargs)
     return ChatMessage(role="assistant", blocks=[call])
 
 
