@@ -42,9 +42,11 @@ FULL = {
     "output": {"reps": 5},
     "plot": {"reps": 10},
     "memory": {"sandboxes": 8, "rounds": 2},
-    # Back to back (each side at its own saturation), then the same offered load for both:
-    # 16 sandboxes x 8 cells/s = 128 cells/s, below either side's capacity.
-    "concurrency": {"levels": [1, 4, 16], "cells": 50, "reps": 3, "paced": [[16, 8]]},
+    # Back to back: each side's capacity (throughput) at its own saturation.
+    "concurrency": {"levels": [1, 4, 16], "cells": 50, "reps": 3},
+    # Then latency at the same offered load for both sides: each level paced at `fraction`
+    # of the lower of the two capacities just measured.
+    "equal_load": {"fraction": 0.5, "cells": 50, "reps": 3},
 }
 QUICK = {
     "cold": {"reps": 2},
@@ -53,7 +55,8 @@ QUICK = {
     "output": {"reps": 2},
     "plot": {"reps": 3},
     "memory": {"sandboxes": 4, "rounds": 1},
-    "concurrency": {"levels": [1, 4], "cells": 10, "reps": 1, "paced": [[4, 8]]},
+    "concurrency": {"levels": [1, 4], "cells": 10, "reps": 1},
+    "equal_load": {"fraction": 0.5, "cells": 10, "reps": 1},
 }
 
 
@@ -100,14 +103,37 @@ def measure(plan: dict, image: str, peer: bool) -> dict:
     """Every operation, ours then the peer's; the raw answers."""
     raw: dict[str, dict] = {"ours": {}, "peer": {}}
     for op, args in plan.items():
+        driver_op, args = driver_args(op, args, raw)
+        if driver_op is None:
+            print(f"  {op}: skipped ({args['why']})", flush=True)
+            continue
         print(f"  {op}: ours", end="", flush=True)
-        raw["ours"][op] = run_driver(sys.executable, "ours.py", op, {"image": image, **args})
+        raw["ours"][op] = run_driver(sys.executable, "ours.py", driver_op, {"image": image, **args})
         report_progress(raw["ours"][op])
         if peer:
             print(f"  {op}: ms-enclave", end="", flush=True)
-            raw["peer"][op] = run_driver(PEER_PYTHON, "peer.py", op, {"image": image, **args})
+            raw["peer"][op] = run_driver(PEER_PYTHON, "peer.py", driver_op, {"image": image, **args})
             report_progress(raw["peer"][op])
     return raw
+
+
+def driver_args(op: str, args: dict, raw: dict) -> tuple[str | None, dict]:
+    """The driver operation and arguments for a plan entry. ``equal_load`` runs the
+    drivers' ``concurrency`` paced, at a rate set from both sides' measured capacity."""
+    if op != "equal_load":
+        return op, args
+    capacity = {side: raw[side].get("concurrency") for side in ("ours", "peer")}
+    measured = [answer for answer in capacity.values() if ok(answer)]
+    if not measured:
+        return None, {"why": "needs the concurrency figures"}
+    paced = []
+    for level in measured[0]:
+        if not level.isdigit():
+            continue
+        lowest = min(summarize([r["cells"] / r["wall_s"] for r in answer[level]])["median"]
+                     for answer in measured)
+        paced.append([int(level), round(args["fraction"] * lowest / int(level), 2)])
+    return "concurrency", {"levels": [], "paced": paced, "cells": args["cells"], "reps": args["reps"]}
 
 
 def report_progress(answer: dict) -> None:
@@ -327,23 +353,40 @@ def memory_figures(ours: dict, peer: dict) -> list[Figure]:
 
 
 def concurrency_figures(ours: dict, peer: dict) -> list[Figure]:
-    """Throughput and p99 with 1, 4, 16 sandboxes running cells at once."""
+    """1, 4, 16 sandboxes running cells at once: throughput back to back (each side's
+    capacity), p99 at the same offered load for both, and p99 back to back."""
     if not ok(ours.get("concurrency")):
         return []
+    tput = lambda runs: summarize([r["cells"] / r["wall_s"] for r in runs])  # noqa: E731
+    p99 = lambda runs: scaled(summarize([percentile(r["latencies_s"], 99) for r in runs]), 1000)  # noqa: E731
+    equal = ours.get("equal_load") if ok(ours.get("equal_load")) else {}
     rows = []
-    for level in ours["concurrency"]:
-        if level.startswith("_"):
-            continue
-        tput = lambda a, level=level: summarize([r["cells"] / r["wall_s"] for r in a[level]])  # noqa: E731
-        p99 = lambda a, level=level: scaled(summarize([percentile(r["latencies_s"], 99) for r in a[level]]), 1000)  # noqa: E731
-        p_t, na_t = peer_summary(peer, "concurrency", tput)
-        p_p, na_p = peer_summary(peer, "concurrency", p99)
-        label = f"{level} sandbox(es) at once" if level.isdigit() else f"{level.split()[0]} sandboxes, {' '.join(level.split()[1:])}"
-        rows.append(Figure(f"{label}: throughput", "cells/s",
-                           tput(ours["concurrency"]), p_t, na_t, higher_is_better=True))
-        rows.append(Figure(f"{label}: p99", "ms", p99(ours["concurrency"]), p_p, na_p,
-                           note=concurrency_note(ours["concurrency"][level], (peer.get("concurrency") or {}).get(level))))
+    for level in (key for key in ours["concurrency"] if key.isdigit()):
+        label = f"{level} sandbox{'es' if level != '1' else ''}"
+        rows.append(concurrency_row(f"{label} back to back: throughput", "cells/s", ours, peer,
+                                    "concurrency", level, tput, higher_is_better=True, details=False))
+        paced = next((key for key in equal if key.split()[0] == level), None)
+        if paced:
+            rate = paced.split()[2]
+            rows.append(concurrency_row(
+                f"{label} at {rate} each, same load for both: p99", "ms", ours, peer,
+                "equal_load", paced, p99,
+                extra_note="the rate is half the lower capacity of the two sides, measured above"))
+        rows.append(concurrency_row(
+            f"{label} back to back: p99", "ms", ours, peer, "concurrency", level, p99,
+            extra_note="each side at its own saturation: not the same load (see throughput)"))
     return rows
+
+
+def concurrency_row(name: str, unit: str, ours: dict, peer: dict, op: str, key: str,
+                    pick: Callable[[list[dict]], dict | None], higher_is_better: bool = False,
+                    extra_note: str = "", details: bool = True) -> Figure:
+    """One concurrency figure from ``op``'s runs under ``key``; with ``details``, the p50s
+    and CPU use as its note."""
+    p, na = peer_summary(peer, op, lambda answer: pick(answer[key]) if key in answer else None)
+    note = concurrency_note(ours[op][key], (peer.get(op) or {}).get(key)) if details else ""
+    return Figure(name, unit, pick(ours[op][key]), p, na, higher_is_better=higher_is_better,
+                  note="; ".join(part for part in (extra_note, note) if part))
 
 
 def concurrency_note(ours: list[dict], peer: list[dict] | None) -> str:

@@ -18,7 +18,15 @@ from typing import Any
 import websocket
 
 from enclave_tools.errors import GatewayError, InvalidInput
-from enclave_tools.protocol import ExecuteCall, decode_frame, msg_type, new_message, parent_id
+from enclave_tools.protocol import (
+    WS_PROTOCOL_V1,
+    ExecuteCall,
+    decode_frame,
+    encode_message,
+    msg_type,
+    new_message,
+    parent_id,
+)
 from enclave_tools.transport import GatewayHTTP
 
 __all__ = ["KernelClient", "MAX_CODE_BYTES"]
@@ -42,6 +50,8 @@ class KernelClient:
         self._events: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self.connected = False
+        self.v1 = False  # whether the gateway accepted the binary v1 wire format
+        self._offer_v1 = True
         self.kernel_lost: str | None = None  # set when the server says the kernel died
 
     # -- lifecycle -------------------------------------------------------------------
@@ -58,29 +68,16 @@ class KernelClient:
     def connect(self, timeout: float = 30.0) -> None:
         """Open the websocket (closing any earlier one) and start its reader."""
         self.disconnect()
-        endpoint = self.http.endpoint
-        sock = endpoint.connect(timeout)
-        url = (
-            f"ws://{endpoint.netloc}/api/kernels/{self.kernel_id}/channels"
-            f"?session_id={self.session}"
-        )
-        try:
-            ws = websocket.create_connection(
-                url,
-                socket=sock,
-                timeout=timeout,
-                header=[f"Authorization: {endpoint.auth_header}"],
-                suppress_origin=True,
-                enable_multithread=True,
-                skip_utf8_validation=True,
-            )
-        except websocket.WebSocketBadStatusException as exc:
-            sock.close()
-            raise GatewayError(f"the gateway refused the kernel connection: {exc}") from exc
-        except BaseException:
-            sock.close()
-            raise
+        ws = None
+        if self._offer_v1:
+            ws = self._open_websocket(timeout, [WS_PROTOCOL_V1])
+            # A gateway that does not take v1 fails the handshake (websocket-client wants
+            # the offered subprotocol back): use the legacy format with it from now on.
+            self._offer_v1 = ws is not None
+        if ws is None:
+            ws = self._open_websocket(timeout, None)
         ws.settimeout(None)
+        self.v1 = ws.getsubprotocol() == WS_PROTOCOL_V1
         self._ws = ws
         self.connected = True
         self._reader = threading.Thread(
@@ -88,6 +85,40 @@ class KernelClient:
         )
         self._reader.start()
         self._handshake(timeout)
+
+    def _open_websocket(self, timeout: float, subprotocols: list[str] | None) -> websocket.WebSocket | None:
+        """The kernel's websocket; None if the gateway refused the offered subprotocols."""
+        endpoint = self.http.endpoint
+        sock = endpoint.connect(timeout)
+        url = (
+            f"ws://{endpoint.netloc}/api/kernels/{self.kernel_id}/channels"
+            f"?session_id={self.session}"
+        )
+        try:
+            return websocket.create_connection(
+                url,
+                socket=sock,
+                timeout=timeout,
+                header=[f"Authorization: {endpoint.auth_header}"],
+                suppress_origin=True,
+                enable_multithread=True,
+                skip_utf8_validation=True,
+                subprotocols=subprotocols,
+            )
+        except websocket.WebSocketBadStatusException as exc:
+            sock.close()
+            raise GatewayError(f"the gateway refused the kernel connection: {exc}") from exc
+        except (websocket.WebSocketTimeoutException, websocket.WebSocketConnectionClosedException):
+            sock.close()
+            raise
+        except websocket.WebSocketException:
+            sock.close()
+            if subprotocols:  # the handshake was answered, without the subprotocol
+                return None
+            raise
+        except BaseException:
+            sock.close()
+            raise
 
     def disconnect(self) -> None:
         """Close the websocket; calls in flight end as ``disconnected``."""
@@ -187,7 +218,8 @@ class KernelClient:
         try:
             if ws is None or not self.connected:
                 raise ConnectionError("not connected")
-            ws.send(json.dumps(msg))
+            frame = encode_message(msg, self.v1)
+            ws.send(frame, websocket.ABNF.OPCODE_BINARY if self.v1 else websocket.ABNF.OPCODE_TEXT)
         except (OSError, websocket.WebSocketException) as exc:
             log.debug("send failed: %s", exc)
             self._finish(call.msg_id, "disconnected")
@@ -235,7 +267,7 @@ class KernelClient:
                     break
                 if opcode == websocket.ABNF.OPCODE_TEXT:
                     frame = frame.decode("utf-8", "replace")
-                msg = decode_frame(frame)
+                msg = decode_frame(frame, self.v1)
                 if msg is None:
                     log.debug("skipped an undecodable frame")
                     continue

@@ -113,7 +113,11 @@ from kernel_gateway.gatewayapp import KernelGatewayApp  # noqa: E402
 from jupyter_server.services.kernels.connection.channels import (  # noqa: E402
     ZMQChannelsWebsocketConnection,
 )
-from kernel_gateway.services.kernels.manager import KernelGatewayIOLoopKernelManager  # noqa: E402
+from kernel_gateway.services.kernels.manager import (  # noqa: E402
+    KernelGatewayIOLoopKernelManager,
+    SeedingMappingKernelManager,
+)
+from jupyter_server._tz import utcnow  # noqa: E402
 from tornado import httpserver, netutil, web  # noqa: E402
 
 MAX_UPLOAD_BYTES = 4 * 2**30
@@ -355,6 +359,35 @@ class PrestartedKernelManager(KernelGatewayIOLoopKernelManager):
         provisioner.pgid = os.getpgid(process.pid)
         provisioner.connection_info = info
         self._reconcile_connection_info(info)
+
+
+class QuietActivityKernelManager(SeedingMappingKernelManager):
+    """Tracks each kernel's state and last activity as the stock manager does, for less.
+
+    The stock watcher verifies the signature of every output message and parses its dates
+    with dateutil, then parses each status message a second time: about a tenth of the
+    gateway's CPU per cell. Only the message type and a status's state are needed.
+    """
+
+    def start_watching_activity(self, kernel_id):
+        kernel = self._kernels[kernel_id]
+        kernel.execution_state = "starting"
+        kernel.reason = ""
+        kernel.last_activity = self.last_kernel_activity = utcnow()
+        kernel._activity_stream = kernel.connect_iopub()
+
+        def record_activity(msg_list):
+            kernel.last_activity = self.last_kernel_activity = utcnow()
+            _, parts = kernel.session.feed_identities(msg_list)
+            try:  # parts: signature, header, parent header, metadata, content, buffers
+                if json.loads(parts[1]).get("msg_type") == "status":
+                    state = json.loads(parts[4]).get("execution_state")
+                    if isinstance(state, str):
+                        kernel.execution_state = state
+            except (IndexError, ValueError, AttributeError):
+                pass  # not a well-formed message: nothing to record
+
+        kernel._activity_stream.on_recv(record_activity)
 
 
 class EnclaveGatewayApp(KernelGatewayApp):

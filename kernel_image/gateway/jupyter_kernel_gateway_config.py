@@ -25,5 +25,6 @@ c.ZMQChannelsWebsocketConnection.rate_limit_window = 3.0
 from enclave_gateway import kernel_env_names  # noqa: E402
 
 c.KernelGatewayApp.env_process_whitelist = kernel_env_names()
+c.KernelGatewayApp.kernel_manager_class = "enclave_gateway.QuietActivityKernelManager"
 c.SeedingMappingKernelManager.kernel_manager_class = "enclave_gateway.PrestartedKernelManager"
 c.KernelGatewayApp.kernel_websocket_connection_class = "enclave_gateway.NoDelayChannelsConnection"

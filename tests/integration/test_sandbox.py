@@ -69,6 +69,25 @@ def test_html_dataframe_stderr_and_result(sandbox):
     assert execution.execution_count is not None
 
 
+def test_output_written_as_a_cell_ends_is_never_lost(sandbox):
+    # The kernel's flush() skips its IOPub hand-off when nothing is buffered: output written
+    # in the last instant (unterminated lines, from another thread) must still come back
+    # with its own cell.
+    assert sandbox.run("import sys, threading").ok
+    code = (
+        "t = threading.Thread(target=lambda: print('thread{n}', end=''))\n"
+        "t.start(); t.join()\n"
+        "print('out{n}', end=''); print('err{n}', end='', file=sys.stderr)\n"
+        "{n}"
+    )
+    for n in range(30):
+        execution = sandbox.run(code.format(n=n))
+        assert execution.ok
+        assert execution.stdout == f"thread{n}out{n}"
+        assert execution.stderr == f"err{n}"
+        assert execution.results[0].data["text/plain"] == str(n)
+
+
 def test_user_error_is_a_result_and_kernel_lives(sandbox):
     sandbox.run("kept = 41")
     execution = sandbox.run("def f():\n    return 1 / 0\nf()")

@@ -149,15 +149,22 @@ def test_gateway_gone_raises_sandbox_died(docker_engine, kernel_image):
         container.remove(force=True)
 
 
-def test_stock_gateway_without_enclave_endpoints(docker_engine, kernel_image):
-    """A stock Kernel Gateway (no /api/enclave/*): code runs; files fail with an EnclaveError."""
+@pytest.mark.parametrize("wire", ["v1", "legacy"])
+def test_stock_gateway_without_enclave_endpoints(docker_engine, kernel_image, wire):
+    """A stock Kernel Gateway (no /api/enclave/*): code runs, over the binary v1 wire format
+    or, where the gateway refuses it, the legacy JSON one; files fail with an EnclaveError."""
     token = secrets.token_urlsafe(24)
-    container = _run_gateway(docker_engine, kernel_image, token, ["jupyter", "kernelgateway", "--ip=0.0.0.0"])
+    command = ["jupyter", "kernelgateway", "--ip=0.0.0.0"]
+    if wire == "legacy":
+        command.append("--ZMQChannelsWebsocketConnection.kernel_ws_protocol=")
+    container = _run_gateway(docker_engine, kernel_image, token, command)
     try:
         url = _url_when_up(container, token)
         with Sandbox(backend=RemoteGatewayBackend(url, token)) as sb:
             assert sb.run("b = 2; b * 21").text == "42"
-            assert sb.run("b").text == "2"
+            assert sb._kernel.v1 == (wire == "v1")
+            assert sb.run("print('out'); b").text == "out\n2"
+            assert sb.run("1 / 0").error.name == "ZeroDivisionError"
             with pytest.raises(FileTransferError):
                 sb.read_file("x.txt")
     finally:

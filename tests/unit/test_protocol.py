@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enclave_tools.protocol import ExecuteCall, decode_frame, new_message
+from enclave_tools.protocol import ExecuteCall, decode_frame, encode_message, new_message
 
 ID = "req-1"
 
@@ -152,15 +152,62 @@ def test_decode_text_and_binary_frames():
     assert decoded["buffers"] == [buffer]
 
 
+def v1_frame(channel: bytes, *parts: bytes) -> bytes:
+    """A frame in jupyter_server's v1 layout, spelled out: the number of offsets, the
+    offsets (little-endian uint64), then the channel and the parts back to back."""
+    chunks = [channel, *parts]
+    offsets = [8 * (1 + len(chunks) + 1)]
+    for chunk in chunks:
+        offsets.append(offsets[-1] + len(chunk))
+    head = len(offsets).to_bytes(8, "little") + b"".join(o.to_bytes(8, "little") for o in offsets)
+    return head + b"".join(chunks)
+
+
+def test_decode_v1_frames_with_buffers():
+    message = msg("display_data", {"data": {"text/plain": "hi"}})
+    parts = [json.dumps(message[key]).encode() for key in ("header", "parent_header", "metadata", "content")]
+    decoded = decode_frame(v1_frame(b"iopub", *parts, b"\x00buf"), v1=True)
+    assert decoded["channel"] == "iopub"
+    assert decoded["header"]["msg_type"] == "display_data"
+    assert decoded["parent_header"]["msg_id"] == ID
+    assert decoded["content"]["data"] == {"text/plain": "hi"}
+    assert decoded["buffers"] == [b"\x00buf"]
+
+
+def test_encode_v1_matches_the_layout_and_round_trips():
+    request = new_message("execute_request", {"code": "print('\u00e9\\ud800')"}, "session-1")
+    frame = encode_message(request, v1=True)
+    parts = [json.dumps(request[key]).encode() for key in ("header", "parent_header", "metadata", "content")]
+    assert frame == v1_frame(b"shell", *parts)
+    decoded = decode_frame(frame, v1=True)
+    assert decoded["content"] == request["content"] and decoded["header"] == request["header"]
+    assert json.loads(encode_message(request, v1=False)) == request
+
+
 @pytest.mark.parametrize("frame", ["", "not json", "[]", '{"header": 3}', b"\x00\x00", b"\xff" * 12])
 def test_bad_frames_are_skipped(frame):
     assert decode_frame(frame) is None
+    assert decode_frame(frame, v1=True) is None
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        v1_frame(b"iopub", b"{}", b"{}", b"{}"),  # a part missing
+        v1_frame(b"iopub", b"[]", b"{}", b"{}", b"{}"),  # the header is not an object
+        v1_frame(b"iopub", b"{", b"{}", b"{}", b"{}"),  # not JSON
+        (6).to_bytes(8, "little") + (10**9).to_bytes(8, "little") * 6,  # offsets past the end
+        (2**60).to_bytes(8, "little") + b"\x00" * 16,  # an absurd offset count
+    ],
+)
+def test_bad_v1_frames_are_skipped(frame):
+    assert decode_frame(frame, v1=True) is None
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(st.binary(max_size=300), st.text(max_size=300)))
-def test_decoder_never_raises(frame):
-    result = decode_frame(frame)
+@given(st.one_of(st.binary(max_size=300), st.text(max_size=300)), st.booleans())
+def test_decoder_never_raises(frame, v1):
+    result = decode_frame(frame, v1)
     assert result is None or isinstance(result["header"], dict)
 
 
