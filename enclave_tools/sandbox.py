@@ -303,6 +303,9 @@ class Sandbox:
             self._wait_ready(handle, http)
             kernel = KernelClient(http)
             kernel.start(timeout=self.config.startup_timeout)
+            ready = getattr(self._backend, "ready", None)
+            if ready is not None:
+                ready(handle, self.config)
         except BaseException:
             self._backend.remove(handle)
             raise

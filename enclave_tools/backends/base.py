@@ -78,3 +78,6 @@ class Backend(Protocol):
 
     def reap_orphans(self) -> int:
         """Remove gateways whose owner is gone; return how many."""
+
+    # Optional: ready(handle, config), called once the kernel answers and before any user
+    # code runs, applies limits that would slow the start (the Docker backend's CPU quota).

@@ -73,7 +73,15 @@ def test_container_is_hardened(sandbox, docker_engine):
     assert "no-new-privileges" in host["SecurityOpt"]
     assert host["ReadonlyRootfs"] is True
     assert host["Memory"] == 2 * 2**30 and host["MemorySwap"] == host["Memory"]
-    assert host["NanoCpus"] == 10**9
+    # The CPU limit is set once the kernel is up (the boot runs without it), before any
+    # user code: the code itself sees the quota.
+    assert (host["CpuQuota"], host["CpuPeriod"]) == (100_000, 100_000)
+    seen = sandbox.run(
+        "import pathlib\n"
+        "v2, v1 = pathlib.Path('/sys/fs/cgroup/cpu.max'), pathlib.Path('/sys/fs/cgroup/cpu/cpu.cfs_quota_us')\n"
+        "print(v2.read_text().split()[0] if v2.exists() else v1.read_text().strip())"
+    )
+    assert seen.stdout.strip() == "100000"
     assert host["PidsLimit"] == 256
     assert host["Init"] is True
     status = sandbox.run("print(open('/proc/self/status').read())").stdout
