@@ -99,22 +99,47 @@ def run_driver(python: str, script: str, op: str, args: dict, timeout: float = 9
     return {"error": f"{script} {op} failed (exit {done.returncode}):\n" + "\n".join(tail)}
 
 
+INTERLEAVED = {"concurrency", "equal_load"}
+"""Operations run one repetition at a time, the two sides taking turns, so that a slow
+spell of a shared machine falls on both rather than on one side's whole series."""
+
+
 def measure(plan: dict, image: str, peer: bool) -> dict:
     """Every operation, ours then the peer's; the raw answers."""
     raw: dict[str, dict] = {"ours": {}, "peer": {}}
+    sides = [("ours", sys.executable, "ours.py")]
+    if peer:
+        sides.append(("peer", PEER_PYTHON, "peer.py"))
     for op, args in plan.items():
         driver_op, args = driver_args(op, args, raw)
         if driver_op is None:
             print(f"  {op}: skipped ({args['why']})", flush=True)
             continue
-        print(f"  {op}: ours", end="", flush=True)
-        raw["ours"][op] = run_driver(sys.executable, "ours.py", driver_op, {"image": image, **args})
-        report_progress(raw["ours"][op])
-        if peer:
-            print(f"  {op}: ms-enclave", end="", flush=True)
-            raw["peer"][op] = run_driver(PEER_PYTHON, "peer.py", driver_op, {"image": image, **args})
-            report_progress(raw["peer"][op])
+        turns = [{**args, "reps": 1}] * args["reps"] if op in INTERLEAVED else [args]
+        for n, turn in enumerate(turns):
+            for side, python, script in sides:
+                label = "ms-enclave" if side == "peer" else side
+                count = f" {n + 1}/{len(turns)}" if len(turns) > 1 else ""
+                print(f"  {op}: {label}{count}", end="", flush=True)
+                answer = run_driver(python, script, driver_op, {"image": image, **turn})
+                report_progress(answer)
+                raw[side][op] = merge_reps(raw[side].get(op), answer)
     return raw
+
+
+def merge_reps(earlier: dict | None, answer: dict) -> dict:
+    """One answer from per-repetition answers whose values are lists of repetitions."""
+    if earlier is None or not ok(earlier):
+        return answer
+    if not ok(answer):
+        return answer
+    merged = dict(earlier)
+    for key, value in answer.items():
+        if isinstance(value, list) and isinstance(merged.get(key), list):
+            merged[key] = merged[key] + value
+        elif key == "_seconds":
+            merged[key] = merged[key] + value
+    return merged
 
 
 def driver_args(op: str, args: dict, raw: dict) -> tuple[str | None, dict]:
