@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from stats import RssSampler, container_memory, main, paced_calls, rss_bytes, run_concurrently  # noqa: E402
+from stats import RssSampler, concurrency_runs, container_memory, main, paced_calls, rss_bytes, run_concurrently  # noqa: E402
 
 import enclave_tools.image  # noqa: E402
 from enclave_tools import Sandbox, SandboxSessions  # noqa: E402
@@ -296,14 +296,13 @@ def op_concurrency(image: str, levels: list[int], cells: int, reps: int,
                    paced: list[list[float]] = (), **_: Any) -> dict:
     """``levels`` sandboxes running ``cells`` cells at once, each in its own thread, back to
     back; then each ``(level, rate)`` in ``paced`` at ``rate`` cells/s per sandbox."""
-    runs = [(str(level), level, None) for level in levels]
-    runs += [(f"{int(level)} at {rate:g}/s each", int(level), 1 / rate) for level, rate in paced]
-    opened = open_many(image, max(level for _, level, _ in runs))
+    runs = concurrency_runs(levels, cells, paced)
+    opened = open_many(image, max(level for _, level, _, _ in runs))
     out: dict[str, list] = {}
     try:
-        for key, level, interval in runs:
+        for key, level, interval, count in runs:
             for _ in range(reps):
-                out.setdefault(key, []).append(concurrent_cells(opened[:level], cells, interval))
+                out.setdefault(key, []).append(concurrent_cells(opened[:level], count, interval))
     finally:
         close_many(opened)
     return out

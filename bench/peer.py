@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stats import RssSampler, container_memory, main, rss_bytes, run_concurrently  # noqa: E402
+from stats import RssSampler, concurrency_runs, container_memory, main, rss_bytes, run_concurrently  # noqa: E402
 
 from ms_enclave.sandbox.boxes import DockerNotebookSandbox  # noqa: E402
 from ms_enclave.sandbox.boxes.docker_sandbox import DockerSandbox  # noqa: E402
@@ -298,14 +298,13 @@ def op_memory(image: str, sandboxes: int, rounds: int, **_: Any) -> dict:
 def op_concurrency(image: str, levels: list[int], cells: int, reps: int,
                    paced: list[list[float]] = (), **_: Any) -> dict:
     """As bench/ours.py: back to back, then paced at ``rate`` cells/s per sandbox."""
-    runs = [(str(level), level, None) for level in levels]
-    runs += [(f"{int(level)} at {rate:g}/s each", int(level), 1 / rate) for level, rate in paced]
-    opened = start_many(image, max(level for _, level, _ in runs))
+    runs = concurrency_runs(levels, cells, paced)
+    opened = start_many(image, max(level for _, level, _, _ in runs))
     out: dict[str, list] = {}
     try:
-        for key, level, interval in runs:
+        for key, level, interval, count in runs:
             for _ in range(reps):
-                out.setdefault(key, []).append(concurrent_cells(opened[:level], cells, interval))
+                out.setdefault(key, []).append(concurrent_cells(opened[:level], count, interval))
     finally:
         stop_many(opened)
     return out

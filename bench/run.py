@@ -45,8 +45,9 @@ FULL = {
     # Back to back: each side's capacity (throughput) at its own saturation.
     "concurrency": {"levels": [1, 4, 16], "cells": 50, "reps": 3},
     # Then latency at the same offered load for both sides: each level paced at `fraction`
-    # of the lower of the two capacities just measured.
-    "equal_load": {"fraction": 0.5, "cells": 50, "reps": 3},
+    # of the lower of the two capacities just measured, with at least `samples` cells per
+    # repetition (a p99 of 50 cells is only their worst one or two).
+    "equal_load": {"fraction": 0.5, "cells": 50, "samples": 300, "reps": 3},
 }
 QUICK = {
     "cold": {"reps": 2},
@@ -56,7 +57,7 @@ QUICK = {
     "plot": {"reps": 3},
     "memory": {"sandboxes": 4, "rounds": 1},
     "concurrency": {"levels": [1, 4], "cells": 10, "reps": 1},
-    "equal_load": {"fraction": 0.5, "cells": 10, "reps": 1},
+    "equal_load": {"fraction": 0.5, "cells": 10, "samples": 20, "reps": 1},
 }
 
 
@@ -157,7 +158,8 @@ def driver_args(op: str, args: dict, raw: dict) -> tuple[str | None, dict]:
             continue
         lowest = min(summarize([r["cells"] / r["wall_s"] for r in answer[level]])["median"]
                      for answer in measured)
-        paced.append([int(level), round(args["fraction"] * lowest / int(level), 2)])
+        cells = max(args["cells"], -(-args["samples"] // int(level)))
+        paced.append([int(level), round(args["fraction"] * lowest / int(level), 2), cells])
     return "concurrency", {"levels": [], "paced": paced, "cells": args["cells"], "reps": args["reps"]}
 
 

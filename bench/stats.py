@@ -150,6 +150,16 @@ def paced_calls(call: Callable[[], object], calls: int, interval: float | None) 
     return times
 
 
+def concurrency_runs(levels: list[int], cells: int, paced: list[list[float]]) -> list[tuple]:
+    """The runs of the drivers' ``concurrency`` operation, as ``(key, sandboxes, interval,
+    cells)``: each level back to back, then each ``[level, rate(, cells)]`` of ``paced``
+    at ``rate`` cells/s per sandbox (``cells`` each, if given)."""
+    runs = [(str(level), level, None, cells) for level in levels]
+    for level, rate, *count in paced:
+        runs.append((f"{int(level)} at {rate:g}/s each", int(level), 1 / rate, int(count[0]) if count else cells))
+    return runs
+
+
 def run_concurrently(workers: list[Callable[[], list[float]]], container_ids: list[str]) -> dict:
     """Run each worker (one per sandbox, returning its call latencies) in its own thread,
     all released at once; wall time, every latency, host CPU and container throttling."""
