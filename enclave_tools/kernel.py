@@ -81,7 +81,7 @@ class KernelClient:
         self._ws = ws
         self.connected = True
         self._reader = threading.Thread(
-            target=self._read_loop, args=(ws,), name=f"enclave-ws-{self.kernel_id}", daemon=True
+            target=self._read_loop, args=(ws, self.v1), name=f"enclave-ws-{self.kernel_id}", daemon=True
         )
         self._reader.start()
         self._handshake(timeout)
@@ -258,7 +258,7 @@ class KernelClient:
 
     # -- the reader thread -----------------------------------------------------------
 
-    def _read_loop(self, ws: websocket.WebSocket) -> None:
+    def _read_loop(self, ws: websocket.WebSocket, v1: bool) -> None:
         reason = "disconnected"
         try:
             while True:
@@ -267,7 +267,7 @@ class KernelClient:
                     break
                 if opcode == websocket.ABNF.OPCODE_TEXT:
                     frame = frame.decode("utf-8", "replace")
-                msg = decode_frame(frame, self.v1)
+                msg = decode_frame(frame, v1)
                 if msg is None:
                     log.debug("skipped an undecodable frame")
                     continue
