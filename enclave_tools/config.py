@@ -68,6 +68,15 @@ class SandboxConfig(BaseModel):
         ge=10_000,
         description="Bytes of stdout/stderr kept per run on the host; the rest is counted.",
     )
+    result_limit: int = Field(
+        64 * 2**20,
+        ge=2**20,
+        description="Bytes of rich outputs (images, HTML, ...) kept per run on the host; "
+        "outputs past it are dropped and counted.",
+    )
+    file_limit: str = Field(
+        "512m", description="Largest file read_file() or download() takes from the sandbox."
+    )
     workdir: str = Field("/workspace", description="Working directory of the kernel.")
     workspace_size: str = Field("1g", description="Size of the writable workspace.")
     tmp_size: str = Field("256m", description="Size of /tmp.")
@@ -80,7 +89,7 @@ class SandboxConfig(BaseModel):
     )
     runtime: str | None = Field(None, description="OCI runtime, e.g. 'runsc' for gVisor.")
 
-    @field_validator("memory", "workspace_size", "tmp_size", "shm_size")
+    @field_validator("memory", "workspace_size", "tmp_size", "shm_size", "file_limit")
     @classmethod
     def _sizes(cls, value: str) -> str:
         return _check_size(value)

@@ -27,6 +27,8 @@ __all__ = [
     "EnclaveError",
     "FileTransferError",
     "GatewayError",
+    "GatewayMisbehaved",
+    "GatewayUnreachable",
     "ImageBuildFailed",
     "ImageError",
     "ImageNotFound",
@@ -82,6 +84,15 @@ class GatewayError(EnclaveError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class GatewayUnreachable(GatewayError):
+    """The gateway could not be reached: refused, reset, gone, or its socket replaced."""
+
+
+class GatewayMisbehaved(GatewayError):
+    """The gateway broke the protocol or a bound: an answer too large, too slow, or malformed.
+    The sandbox's code may control the gateway, so this is treated as hostile."""
 
 
 class FileTransferError(EnclaveError):

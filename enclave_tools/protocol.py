@@ -146,6 +146,7 @@ class ExecuteCall:
         self.output_limit = output_limit
         self.reply: dict[str, Any] | None = None
         self.idle = False
+        self.idle_at: float | None = None  # time.monotonic() when idle came
         self.error_content: dict[str, Any] | None = None
         self.execution_count: int | None = None
         self.ended: str | None = None  # why it ended early: "kernel_died", "disconnected", ...
@@ -162,6 +163,7 @@ class ExecuteCall:
         if kind == "status":
             if content.get("execution_state") == "idle":
                 self.idle = True
+                self.idle_at = self.idle_at or time.monotonic()
         elif kind == "stream":
             name = "stderr" if content.get("name") == "stderr" else "stdout"
             self.log.stream(name, str(content.get("text", "")))

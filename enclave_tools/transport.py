@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
+import stat
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -28,10 +30,33 @@ class Endpoint:
     host: str = "127.0.0.1"
     port: int | None = None
     scheme: str = "http"
+    identity: tuple[int, int] | None = field(default=None, compare=False)
+    """``(st_dev, st_ino)`` of the unix socket once :meth:`pin` recorded it."""
+
+    def pin(self) -> None:
+        """Record which socket file ``unix_path`` is now; every later :meth:`connect`
+        refuses any other file there (a replaced socket, a symlink, a plain file)."""
+        if self.unix_path:
+            info = os.lstat(self.unix_path)
+            if not stat.S_ISSOCK(info.st_mode):
+                raise GatewayError(f"{self.unix_path} is not a socket")
+            object.__setattr__(self, "identity", (info.st_dev, info.st_ino))
+
+    def check_pinned(self) -> None:
+        """Raise :class:`GatewayError` unless ``unix_path`` is still the pinned socket."""
+        if not self.unix_path or self.identity is None:
+            return
+        try:
+            info = os.lstat(self.unix_path)
+        except OSError as exc:
+            raise GatewayError(f"the gateway's socket is gone: {exc.strerror}") from exc
+        if not stat.S_ISSOCK(info.st_mode) or (info.st_dev, info.st_ino) != self.identity:
+            raise GatewayError("the gateway's socket was replaced; refusing to connect to it")
 
     def connect(self, timeout: float | None = 10.0) -> socket.socket:
         """A new connected socket to the gateway."""
         if self.unix_path:
+            self.check_pinned()
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(timeout)
             try:
