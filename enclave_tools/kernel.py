@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 
 MAX_CODE_BYTES = 8 * 2**20
 """The largest code string sent; the gateway closes the socket on frames over 10 MiB."""
+
+_KERNEL_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 REPLY_GRACE = 1.0
 """Seconds a call whose ``idle`` status came waits for its reply before it counts as done:
@@ -74,8 +77,9 @@ class KernelClient:
         model = self.http.json(
             "POST", "/api/kernels", {"name": "python3", "env": {}}, expect=(201,), timeout=timeout
         )
-        if not isinstance(model, dict) or not isinstance(model.get("id"), str):
-            raise GatewayMisbehaved("the gateway's answer to creating a kernel has no kernel id")
+        kernel_id = model.get("id") if isinstance(model, dict) else None
+        if not isinstance(kernel_id, str) or not _KERNEL_ID.fullmatch(kernel_id):
+            raise GatewayMisbehaved("the gateway's answer to creating a kernel lacks a valid id")
         self.kernel_id = model["id"]
         self.kernel_lost = None
         self.connect(timeout)
@@ -110,12 +114,12 @@ class KernelClient:
                 sock, endpoint.netloc, path, {"Authorization": endpoint.auth_header},
                 [WS_PROTOCOL_V1], deadline,
             )
-        except GatewayMisbehaved:
-            raise
-        except GatewayUnreachable:
+        except (GatewayMisbehaved, GatewayUnreachable):
             raise
         except GatewayError as exc:  # an HTTP status instead of the upgrade
-            raise GatewayError(f"the gateway refused the kernel connection: {exc}", exc.status) from exc
+            raise GatewayError(
+                f"the gateway refused the kernel connection: {exc}", exc.status
+            ) from exc
 
     def disconnect(self) -> None:
         """Close the websocket; calls in flight end as ``disconnected``. Bounded in time

@@ -174,7 +174,7 @@ class SocketIO:
         view = memoryview(data).cast("B")
         while view:
             try:
-                sent = self.sock.send(view[:1 << 20])
+                sent = self.sock.send(view[: 1 << 20])
             except ssl.SSLWantReadError:
                 wait_ready(self.sock, select.POLLIN, deadline)
                 continue

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, cast
 
 from enclave_tools.errors import GatewayMisbehaved
 from enclave_tools.wire import RECV_CHUNK, Deadline, SocketIO
@@ -83,7 +83,9 @@ def read_head(io: SocketIO, deadline: Deadline) -> ResponseHead:
         version, status, *rest = line.decode("latin-1").split(" ", 2)
         code = int(status)
     except ValueError:
-        raise GatewayMisbehaved(f"the gateway sent a malformed status line: {line[:80]!r}") from None
+        raise GatewayMisbehaved(
+            f"the gateway sent a malformed status line: {line[:80]!r}"
+        ) from None
     if not version.startswith("HTTP/1.") or not 100 <= code <= 999 or len(status) != 3:
         raise GatewayMisbehaved(f"the gateway sent a malformed status line: {line[:80]!r}")
     head = ResponseHead(version, code, rest[0] if rest else "")
@@ -165,7 +167,7 @@ class HTTPConnection:
         lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         data = bytes(body) if isinstance(body, (bytes, bytearray, memoryview)) else None
-        stream: BinaryIO | None = None if data is not None or body is None else body  # type: ignore[assignment]
+        stream = None if data is not None or body is None else cast(BinaryIO, body)
         if stream is not None and declared is None:
             lines.append("Transfer-Encoding: chunked")
         elif declared is None and (data is not None or method in ("POST", "PUT", "PATCH")):
@@ -244,7 +246,9 @@ class HTTPConnection:
                     raise ValueError
                 size = int(size_text, 16)
             except ValueError:
-                raise GatewayMisbehaved(f"the gateway sent a bad chunk size: {line[:40]!r}") from None
+                raise GatewayMisbehaved(
+                    f"the gateway sent a bad chunk size: {line[:40]!r}"
+                ) from None
             if size == 0:
                 read_fields(self.io, deadline, "trailer")
                 return

@@ -37,8 +37,9 @@ class HostileServer:
     """Accepts connections and runs ``handler(conn)`` for each, in threads; counts the
     bytes ``send`` managed to hand to the kernel, per connection."""
 
-    def __init__(self, handler: Callable[[HostileServer, socket.socket], None], address: Any,
-                 family: int) -> None:
+    def __init__(
+        self, handler: Callable[[HostileServer, socket.socket], None], address: Any, family: int
+    ) -> None:
         self.handler = handler
         self.stop = threading.Event()
         self.sent: list[int] = []
@@ -60,7 +61,9 @@ class HostileServer:
             except (TimeoutError, OSError):
                 continue
             self.sent.append(0)
-            worker = threading.Thread(target=self._serve, args=(conn, len(self.sent) - 1), daemon=True)
+            worker = threading.Thread(
+                target=self._serve, args=(conn, len(self.sent) - 1), daemon=True
+            )
             worker.start()
             self.threads.append(worker)
 
@@ -227,6 +230,8 @@ def test_a_hundred_thousand_headers_are_refused(serve):
     server, endpoint = serve(handler)
     with pytest.raises(GatewayMisbehaved, match="more than 100 header lines"):
         bounded(lambda: GatewayHTTP(endpoint).request("GET", "/"))
+    server.close()
+    assert server.sent[0] < _SLACK
 
 
 def test_a_huge_content_length_is_refused_before_reading(serve):
@@ -377,10 +382,17 @@ def test_bodies_from_files_and_streamed_answers(serve):
     _, endpoint = serve(handler)
     http = GatewayHTTP(endpoint)
     payload = os.urandom(300_000)
-    assert http.request("PUT", "/f", io.BytesIO(payload), headers={"Content-Length": str(len(payload))})[0] == 201
+    assert (
+        http.request(
+            "PUT", "/f", io.BytesIO(payload), headers={"Content-Length": str(len(payload))}
+        )[0]
+        == 201
+    )
     assert requests[0].endswith(payload)
     assert http.request("PUT", "/g", io.BytesIO(b"abc"))[0] == 201
-    assert b"Transfer-Encoding: chunked" in requests[1] and requests[1].endswith(b"3\r\nabc\r\n0\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in requests[1] and requests[1].endswith(
+        b"3\r\nabc\r\n0\r\n\r\n"
+    )
     sink = io.BytesIO()
     assert http.stream_to("GET", "/h", sink, limit=100) == (200, b"")
     assert sink.getvalue() == b"hello"
@@ -401,21 +413,28 @@ def test_json_that_is_not_json_is_misbehaving(serve):
 # -- websocket ----------------------------------------------------------------------------
 
 
-def handshake(conn: socket.socket, server: HostileServer, *, protocol: bool = True,
-              accept: str | None = None) -> None:
+def handshake(
+    conn: socket.socket, server: HostileServer, *, protocol: bool = True, accept: str | None = None
+) -> None:
     request = read_request(conn).decode()
-    key = next(line.split(":", 1)[1].strip() for line in request.split("\r\n")
-               if line.lower().startswith("sec-websocket-key"))
+    key = next(
+        line.split(":", 1)[1].strip()
+        for line in request.split("\r\n")
+        if line.lower().startswith("sec-websocket-key")
+    )
     digest = base64.b64encode(hashlib.sha1(key.encode() + wire_ws._GUID).digest()).decode()
-    head = ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Accept: {accept or digest}\r\n")
+    head = (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {accept or digest}\r\n"
+    )
     if protocol:
         head += "Sec-WebSocket-Protocol: v1.kernel.websocket.jupyter.org\r\n"
     server.send(conn, (head + "\r\n").encode())
 
 
-def frame(op: int, payload: bytes = b"", fin: bool = True, length: int | None = None,
-          masked: bool = False) -> bytes:
+def frame(
+    op: int, payload: bytes = b"", fin: bool = True, length: int | None = None, masked: bool = False
+) -> bytes:
     n = len(payload) if length is None else length
     first = (0x80 if fin else 0) | op
     mask_bit = 0x80 if masked else 0
@@ -455,8 +474,15 @@ def read_client_frame(conn: socket.socket) -> tuple[int, bytes]:
 
 
 def open_ws(endpoint: Endpoint, timeout: float = 5.0, **limits: float) -> wire_ws.WebSocket:
-    return wire_ws.connect(endpoint.connect(), "localhost", "/ws", {}, ["v1.kernel.websocket.jupyter.org"],
-                           Deadline(timeout), **limits)
+    return wire_ws.connect(
+        endpoint.connect(),
+        "localhost",
+        "/ws",
+        {},
+        ["v1.kernel.websocket.jupyter.org"],
+        Deadline(timeout),
+        **limits,
+    )
 
 
 def test_a_1_tib_frame_header_fails_at_once(serve):
@@ -562,7 +588,9 @@ def test_an_oversized_control_frame_is_refused(serve):
 
 
 def test_a_bad_accept_key_is_refused(serve):
-    _, endpoint = serve(lambda server, conn: (handshake(conn, server, accept="d3Jvbmc="), server.stop.wait()))
+    _, endpoint = serve(
+        lambda server, conn: (handshake(conn, server, accept="d3Jvbmc="), server.stop.wait())
+    )
     with pytest.raises(GatewayMisbehaved, match="Sec-WebSocket-Accept"):
         bounded(lambda: open_ws(endpoint))
 
@@ -581,7 +609,9 @@ def test_an_endless_handshake_header_is_refused(serve):
 
 
 def test_no_subprotocol_in_the_answer_means_the_legacy_format(serve):
-    _, endpoint = serve(lambda server, conn: (handshake(conn, server, protocol=False), server.stop.wait()))
+    _, endpoint = serve(
+        lambda server, conn: (handshake(conn, server, protocol=False), server.stop.wait())
+    )
     ws = bounded(lambda: open_ws(endpoint))
     assert ws.subprotocol is None
     ws.close()
@@ -635,7 +665,9 @@ def test_disconnect_is_bounded_while_a_message_trickles(serve):
     _, endpoint = serve(handler)
     kernel = KernelClient(GatewayHTTP(endpoint))
     kernel.kernel_id = "k"
-    connecting = threading.Thread(target=lambda: pytest.raises(GatewayError, kernel.connect, 60), daemon=True)
+    connecting = threading.Thread(
+        target=lambda: pytest.raises(GatewayError, kernel.connect, 60), daemon=True
+    )
     connecting.start()
     deadline = time.monotonic() + 10
     while kernel._ws is None and time.monotonic() < deadline:
@@ -651,8 +683,12 @@ def test_a_lost_reply_counts_as_done_after_the_grace(monkeypatch):
     call = ExecuteCall("m1", 1000, 1000)
     event = threading.Event()
     kernel._calls["m1"], kernel._events["m1"] = call, event
-    idle = {"header": {"msg_type": "status"}, "parent_header": {"msg_id": "m1"},
-            "content": {"execution_state": "idle"}, "metadata": {}}
+    idle = {
+        "header": {"msg_type": "status"},
+        "parent_header": {"msg_id": "m1"},
+        "content": {"execution_state": "idle"},
+        "metadata": {},
+    }
     assert kernel.wait(call, 0.05) is False  # nothing came: not done
     threading.Timer(0.1, kernel._dispatch, args=(idle,)).start()
     assert bounded(lambda: kernel.wait(call, 60), seconds=REPLY_GRACE + 10) is True
