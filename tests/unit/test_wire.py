@@ -12,8 +12,11 @@ import base64
 import hashlib
 import io
 import os
+import shutil
 import socket
+import ssl
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,9 +24,10 @@ from typing import Any
 
 import pytest
 
+from enclave_tools.backends.remote import TLSEndpoint, ssl_context
 from enclave_tools.errors import EnclaveError, GatewayError, GatewayMisbehaved, GatewayUnreachable
 from enclave_tools.kernel import REPLY_GRACE, KernelClient
-from enclave_tools.protocol import ExecuteCall
+from enclave_tools.protocol import WS_PROTOCOL_V1, ExecuteCall
 from enclave_tools.transport import Endpoint, GatewayHTTP
 from enclave_tools.wire import Deadline
 from enclave_tools.wire import websocket as wire_ws
@@ -693,3 +697,92 @@ def test_a_lost_reply_counts_as_done_after_the_grace(monkeypatch):
     threading.Timer(0.1, kernel._dispatch, args=(idle,)).start()
     assert bounded(lambda: kernel.wait(call, 60), seconds=REPLY_GRACE + 10) is True
     assert call.reply is None and call.ended is None
+
+
+# -- over TLS (the remote backend's sockets) ----------------------------------------------
+
+
+@pytest.fixture
+def tls(tmp_path):
+    """A self-signed certificate for localhost: (server context, client context)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    return server, ssl_context(str(cert))
+
+
+def test_http_and_websocket_over_tls(serve, tls):
+    server_context, client_context = tls
+
+    def handler(server, conn):
+        conn = server_context.wrap_socket(conn, server_side=True)
+        conn.settimeout(0.2)
+        read_request(conn)
+        server.send(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        handshake(conn, server)
+        op, payload = read_client_frame(conn)
+        server.send(conn, frame(wire_ws.OP_PING, b"p") + frame(op, payload))
+        server.events.append(repr(read_client_frame(conn)))
+        server.stop.wait()
+
+    server, plain = serve(handler, tcp=True)
+    endpoint = TLSEndpoint(token="t", host="127.0.0.1", port=plain.port, context=client_context)
+    http = GatewayHTTP(endpoint)
+    assert http.request("GET", "/") == (200, b"hello")
+    conn = http._idle[0]  # the same TLS connection carries the websocket next
+    ws = wire_ws.connect(conn.io.sock, "x", "/ws", {}, [WS_PROTOCOL_V1], Deadline(5))
+    ws.send(b"x" * 100_000)
+    assert bounded(ws.recv) == wire_ws.Message(b"x" * 100_000)
+    deadline = time.monotonic() + 10
+    while not server.events and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.events == [repr((wire_ws.OP_PONG, b"p"))]
+    box: dict[str, BaseException] = {}
+    reader = threading.Thread(
+        target=lambda: box.setdefault("e", pytest.raises(EnclaveError, ws.recv).value)
+    )
+    reader.start()
+    time.sleep(0.1)  # let it block (the test holds either way)
+    ws.shutdown()
+    reader.join(5)
+    assert not reader.is_alive(), "shutdown() did not wake the reader of a TLS websocket"
+    assert isinstance(box.get("e"), GatewayUnreachable)
+    ws.close()
+
+
+def test_a_trickle_over_tls_fails_at_the_deadline(serve, tls):
+    server_context, client_context = tls
+
+    def handler(server, conn):
+        conn = server_context.wrap_socket(conn, server_side=True)
+        conn.settimeout(0.2)
+        trickle(server, conn)
+
+    _, plain = serve(handler, tcp=True)
+    endpoint = TLSEndpoint(token="t", host="127.0.0.1", port=plain.port, context=client_context)
+    with pytest.raises(GatewayMisbehaved, match="within 1 s"):
+        bounded(lambda: GatewayHTTP(endpoint).request("GET", "/", timeout=1.0), seconds=10)
