@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 import uuid
 from typing import Any
 
-import websocket
-
-from enclave_tools.errors import GatewayError, InvalidInput
+from enclave_tools.errors import (
+    EnclaveError,
+    GatewayError,
+    GatewayMisbehaved,
+    GatewayUnreachable,
+    InvalidInput,
+)
 from enclave_tools.protocol import (
     WS_PROTOCOL_V1,
     ExecuteCall,
@@ -28,13 +33,25 @@ from enclave_tools.protocol import (
     parent_id,
 )
 from enclave_tools.transport import GatewayHTTP
+from enclave_tools.wire import Deadline
+from enclave_tools.wire import websocket as wire_ws
 
-__all__ = ["KernelClient", "MAX_CODE_BYTES"]
+__all__ = ["MAX_CODE_BYTES", "REPLY_GRACE", "KernelClient"]
 
 log = logging.getLogger(__name__)
 
 MAX_CODE_BYTES = 8 * 2**20
 """The largest code string sent; the gateway closes the socket on frames over 10 MiB."""
+
+_KERNEL_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+REPLY_GRACE = 1.0
+"""Seconds a call whose ``idle`` status came waits for its reply before it counts as done:
+the protocol does not order the output and reply channels, and a reply can be lost when
+an interrupt lands just as the code ends."""
+
+SEND_TIMEOUT = 10.0
+"""Seconds one request may take to send before the connection counts as broken."""
 
 
 class KernelClient:
@@ -44,14 +61,13 @@ class KernelClient:
         self.http = http
         self.kernel_id: str | None = None
         self.session = uuid.uuid4().hex
-        self._ws: websocket.WebSocket | None = None
+        self._ws: wire_ws.WebSocket | None = None
         self._reader: threading.Thread | None = None
         self._calls: dict[str, ExecuteCall] = {}
         self._events: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self.connected = False
         self.v1 = False  # whether the gateway accepted the binary v1 wire format
-        self._offer_v1 = True
         self.kernel_lost: str | None = None  # set when the server says the kernel died
 
     # -- lifecycle -------------------------------------------------------------------
@@ -61,6 +77,9 @@ class KernelClient:
         model = self.http.json(
             "POST", "/api/kernels", {"name": "python3", "env": {}}, expect=(201,), timeout=timeout
         )
+        kernel_id = model.get("id") if isinstance(model, dict) else None
+        if not isinstance(kernel_id, str) or not _KERNEL_ID.fullmatch(kernel_id):
+            raise GatewayMisbehaved("the gateway's answer to creating a kernel lacks a valid id")
         self.kernel_id = model["id"]
         self.kernel_lost = None
         self.connect(timeout)
@@ -68,16 +87,9 @@ class KernelClient:
     def connect(self, timeout: float = 30.0) -> None:
         """Open the websocket (closing any earlier one) and start its reader."""
         self.disconnect()
-        ws = None
-        if self._offer_v1:
-            ws = self._open_websocket(timeout, [WS_PROTOCOL_V1])
-            # A gateway that does not take v1 fails the handshake (websocket-client wants
-            # the offered subprotocol back): use the legacy format with it from now on.
-            self._offer_v1 = ws is not None
-        if ws is None:
-            ws = self._open_websocket(timeout, None)
-        ws.settimeout(None)
-        self.v1 = ws.getsubprotocol() == WS_PROTOCOL_V1
+        ws = self._open_websocket(timeout)
+        # A gateway that does not take v1 answers without a subprotocol: legacy format.
+        self.v1 = ws.subprotocol == WS_PROTOCOL_V1
         self._ws = ws
         self.connected = True
         self._reader = threading.Thread(
@@ -86,58 +98,41 @@ class KernelClient:
         self._reader.start()
         self._handshake(timeout)
 
-    def _open_websocket(self, timeout: float, subprotocols: list[str] | None) -> websocket.WebSocket | None:
-        """The kernel's websocket; None if the gateway refused the offered subprotocols."""
+    def _open_websocket(self, timeout: float) -> wire_ws.WebSocket:
+        """The kernel's websocket, offering the v1 subprotocol."""
         endpoint = self.http.endpoint
-        sock = endpoint.connect(timeout)
-        url = (
-            f"ws://{endpoint.netloc}/api/kernels/{self.kernel_id}/channels"
-            f"?session_id={self.session}"
-        )
+        deadline = Deadline(timeout)
         try:
-            return websocket.create_connection(
-                url,
-                socket=sock,
-                timeout=timeout,
-                header=[f"Authorization: {endpoint.auth_header}"],
-                suppress_origin=True,
-                enable_multithread=True,
-                skip_utf8_validation=True,
-                subprotocols=subprotocols,
+            sock = endpoint.connect(deadline.left())
+        except OSError as exc:
+            raise GatewayUnreachable(
+                f"cannot connect to the gateway at {endpoint.describe()}: {exc}"
+            ) from exc
+        path = f"/api/kernels/{self.kernel_id}/channels?session_id={self.session}"
+        try:
+            return wire_ws.connect(
+                sock, endpoint.netloc, path, {"Authorization": endpoint.auth_header},
+                [WS_PROTOCOL_V1], deadline,
             )
-        except websocket.WebSocketBadStatusException as exc:
-            sock.close()
-            raise GatewayError(f"the gateway refused the kernel connection: {exc}") from exc
-        except (websocket.WebSocketTimeoutException, websocket.WebSocketConnectionClosedException):
-            sock.close()
+        except (GatewayMisbehaved, GatewayUnreachable):
             raise
-        except websocket.WebSocketException:
-            sock.close()
-            if subprotocols:  # the handshake was answered, without the subprotocol
-                return None
-            raise
-        except BaseException:
-            sock.close()
-            raise
+        except GatewayError as exc:  # an HTTP status instead of the upgrade
+            raise GatewayError(
+                f"the gateway refused the kernel connection: {exc}", exc.status
+            ) from exc
 
     def disconnect(self) -> None:
-        """Close the websocket; calls in flight end as ``disconnected``."""
+        """Close the websocket; calls in flight end as ``disconnected``. Bounded in time
+        whatever the peer does: the socket is shut down, which wakes the reader."""
         ws, self._ws = self._ws, None
         if ws is not None:
-            sock = ws.sock
-            try:
-                if sock is not None:
-                    sock.shutdown(2)  # wakes the reader thread
-            except OSError:
-                pass
-            try:
-                ws.close(timeout=0.2)
-            finally:
-                if sock is not None:
-                    sock.close()  # websocket-client leaves it open once the peer is gone
+            ws.send_close(timeout=0.2)
+            ws.shutdown()
         reader, self._reader = self._reader, None
         if reader is not None and reader is not threading.current_thread():
             reader.join(timeout=2)
+        if ws is not None:
+            ws.close()
         self.connected = False
 
     def interrupt(self, timeout: float = 10.0) -> None:
@@ -163,7 +158,7 @@ class KernelClient:
         if self.kernel_id:
             try:
                 self.http.request("DELETE", f"/api/kernels/{self.kernel_id}", timeout=timeout)
-            except OSError:
+            except (OSError, GatewayError):
                 pass
         self.reap_strays(timeout)
         self.start(timeout)
@@ -184,12 +179,21 @@ class KernelClient:
             return None
         if status != 200:
             raise GatewayError(f"the gateway answered {status} for the kernel's state", status)
-        return json.loads(data)
+        try:
+            model = json.loads(data)
+        except (ValueError, RecursionError):
+            model = None
+        if not isinstance(model, dict):
+            raise GatewayMisbehaved("the gateway's record of the kernel is not a JSON object")
+        return model
 
     # -- execution -------------------------------------------------------------------
 
-    def execute(self, code: str, *, capture_limit: int, output_limit: int) -> ExecuteCall:
-        """Send ``code`` to run; return the call, which the reader thread fills in."""
+    def execute(
+        self, code: str, *, capture_limit: int, output_limit: int, rich_limit: int | None = None
+    ) -> ExecuteCall:
+        """Send ``code`` to run; return the call, which the reader thread fills in.
+        ``rich_limit`` (bytes of rich outputs kept) is passed on when given."""
         if len(code.encode("utf-8", "surrogatepass")) > MAX_CODE_BYTES:
             raise InvalidInput(
                 f"the code is {len(code):,} characters; the limit is {MAX_CODE_BYTES // 2**20} MiB. "
@@ -203,13 +207,19 @@ class KernelClient:
             "allow_stdin": False,
             "stop_on_error": True,
         }
-        return self._request("execute_request", content, capture_limit, output_limit)
+        limits = {} if rich_limit is None else {"rich_limit": rich_limit}
+        return self._request("execute_request", content, capture_limit, output_limit, **limits)
 
     def _request(
-        self, kind: str, content: dict[str, Any], capture_limit: int = 100_000, output_limit: int = 8000
+        self,
+        kind: str,
+        content: dict[str, Any],
+        capture_limit: int = 100_000,
+        output_limit: int = 8000,
+        **limits: int,
     ) -> ExecuteCall:
         msg = new_message(kind, content, self.session)
-        call = ExecuteCall(msg["msg_id"], capture_limit, output_limit)
+        call = ExecuteCall(msg["msg_id"], capture_limit, output_limit, **limits)
         event = threading.Event()
         with self._lock:
             self._calls[call.msg_id] = call
@@ -218,9 +228,8 @@ class KernelClient:
         try:
             if ws is None or not self.connected:
                 raise ConnectionError("not connected")
-            frame = encode_message(msg, self.v1)
-            ws.send(frame, websocket.ABNF.OPCODE_BINARY if self.v1 else websocket.ABNF.OPCODE_TEXT)
-        except (OSError, websocket.WebSocketException) as exc:
+            ws.send(encode_message(msg, self.v1), timeout=SEND_TIMEOUT)
+        except (OSError, EnclaveError) as exc:
             log.debug("send failed: %s", exc)
             self._finish(call.msg_id, "disconnected")
         return call
@@ -244,11 +253,25 @@ class KernelClient:
             wait = min(wait * 2, 2.0)
 
     def wait(self, call: ExecuteCall, timeout: float | None) -> bool:
-        """Wait until ``call`` is done or ``timeout`` seconds pass; return whether it is done."""
+        """Wait until ``call`` is done or ``timeout`` seconds pass; return whether it is done.
+
+        A call whose ``idle`` status came but whose reply has not within
+        :data:`REPLY_GRACE` seconds after it counts as done."""
         event = self._events.get(call.msg_id)
         if event is None:
             return call.done
-        return event.wait(timeout) or call.done
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if call.done:
+                return True
+            now = time.monotonic()
+            if call.idle_at is not None and now >= call.idle_at + REPLY_GRACE:
+                return True  # the reply is lost: the output is complete once idle came
+            wake = [t for t in (end, call.idle_at and call.idle_at + REPLY_GRACE) if t]
+            if end is not None and now >= end:
+                return False
+            event.wait(max(min(wake) - now, 0.0) if wake else None)
+            event.clear()  # set again by idle (below) or by the end of the call
 
     def forget(self, call: ExecuteCall) -> None:
         """Stop routing messages to ``call``."""
@@ -258,26 +281,40 @@ class KernelClient:
 
     # -- the reader thread -----------------------------------------------------------
 
-    def _read_loop(self, ws: websocket.WebSocket, v1: bool) -> None:
+    def _read_loop(self, ws: wire_ws.WebSocket, v1: bool) -> None:
         reason = "disconnected"
         try:
             while True:
-                opcode, frame = ws.recv_data()
-                if opcode == websocket.ABNF.OPCODE_CLOSE:
+                message = ws.recv()
+                if message is None:
                     break
-                if opcode == websocket.ABNF.OPCODE_TEXT:
-                    frame = frame.decode("utf-8", "replace")
-                msg = decode_frame(frame, v1)
+                if message.discarded:
+                    self._discarded(message.discarded)
+                    continue
+                msg = decode_frame(message.data, v1)
                 if msg is None:
                     log.debug("skipped an undecodable frame")
                     continue
                 self._dispatch(msg)
-        except (OSError, websocket.WebSocketException, ValueError) as exc:
-            log.debug("websocket closed: %s", exc)
+        except (OSError, EnclaveError, ValueError) as exc:
+            if isinstance(exc, GatewayMisbehaved):
+                log.warning("closed the kernel connection: %s", exc)
+            else:
+                log.debug("websocket closed: %s", exc)
         finally:
             if self._ws is ws:
                 self.connected = False
+            ws.shutdown()
             self._end_all(reason)
+
+    def _discarded(self, size: int) -> None:
+        """A message too large to keep was skipped: count it as dropped output of the calls
+        in flight (its owner is unknown without decoding it)."""
+        log.warning("skipped a %d-byte message from the gateway (over the size limit)", size)
+        with self._lock:
+            calls = list(self._calls.values())
+        for call in calls:
+            call.log.dropped += size
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         kind = msg_type(msg)
@@ -292,8 +329,14 @@ class KernelClient:
             return
         with self._lock:
             call = self._calls.get(parent)
-        if call is not None and call.feed(msg):
+            event = self._events.get(parent)
+        if call is None:
+            return
+        was_idle = call.idle
+        if call.feed(msg):
             self._finish(parent, None)
+        elif call.idle and not was_idle and event is not None:
+            event.set()  # wakes wait(), which starts the reply's grace period
 
     def _finish(self, msg_id: str, reason: str | None) -> None:
         with self._lock:

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 _executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="enclave-run")
 _live: weakref.WeakSet[Sandbox] = weakref.WeakSet()
-_CONNECT_ERRORS = (ConnectionError, FileNotFoundError, OSError)
+_CONNECT_ERRORS = (ConnectionError, FileNotFoundError, OSError, GatewayError)
 
 STATE_LOST = (
     "All variables, imports and loaded data from earlier runs are gone; "

@@ -1,22 +1,23 @@
-"""How the host reaches a gateway: an endpoint (unix socket or loopback TCP) and a small
-HTTP client that puts the token on every request.
+"""How the host reaches a gateway: an endpoint (unix socket or loopback TCP) and a small,
+bounded HTTP client (:mod:`enclave_tools.wire.http`) that puts the token on every request.
 
 No proxies are consulted: the gateway is always on this machine.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
 import stat
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
-from enclave_tools.errors import GatewayError
+from enclave_tools.errors import GatewayError, GatewayMisbehaved, GatewayUnreachable
+from enclave_tools.wire import Deadline
+from enclave_tools.wire.http import BODY_LIMIT, HTTPConnection, Response, Sink
 
 __all__ = ["Endpoint", "GatewayHTTP"]
 
@@ -84,64 +85,106 @@ class Endpoint:
         return f"unix:{self.unix_path}" if self.unix_path else f"{self.host}:{self.port}"
 
 
-class _Connection(http.client.HTTPConnection):
-    def __init__(self, endpoint: Endpoint, timeout: float) -> None:
-        super().__init__(endpoint.netloc, timeout=timeout)
-        self._endpoint = endpoint
-
-    def connect(self) -> None:
-        self.sock = self._endpoint.connect(self.timeout)
-
-
 class GatewayHTTP:
-    """A keep-alive HTTP client for one gateway, safe to share between threads."""
+    """A keep-alive HTTP client for one gateway, safe to share between threads.
+
+    Every call ends by its deadline (``timeout`` seconds for the whole call, connecting
+    included) and keeps at most ``limit`` bytes of the answer. Failures are
+    :class:`GatewayUnreachable` (refused, reset, closed: the cause is chained) or
+    :class:`GatewayMisbehaved` (too large, too slow, malformed).
+    """
 
     def __init__(self, endpoint: Endpoint, timeout: float = 30.0) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
-        self._local = threading.local()
-        self._all: list[_Connection] = []
+        self._idle: list[HTTPConnection] = []
+        self._busy: set[HTTPConnection] = set()
         self._lock = threading.Lock()
-
-    def _conn(self, timeout: float) -> _Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = _Connection(self.endpoint, timeout)
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
-        conn.timeout = timeout
-        if conn.sock is not None:
-            conn.sock.settimeout(timeout)
-        return conn
 
     def request(
         self,
         method: str,
         path: str,
-        body: bytes | None = None,
+        body: bytes | BinaryIO | None = None,
         *,
         timeout: float | None = None,
         headers: dict[str, str] | None = None,
         auth: bool = True,
+        limit: int = BODY_LIMIT,
     ) -> tuple[int, bytes]:
-        """Send one request; return ``(status, body)``. Retries once on a stale connection."""
+        """Send one request; return ``(status, body)``. ``body`` may be a binary file (sent
+        with the ``Content-Length`` in ``headers``, else chunked). Retries once, on a new
+        connection, when a reused one turns out closed before any answer arrived."""
+        response = self._call(method, path, body, timeout, headers, auth, limit, None)
+        return response.status, response.body
+
+    def stream_to(
+        self,
+        method: str,
+        path: str,
+        sink: Sink,
+        limit: int,
+        timeout: float | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, bytes]:
+        """Send one request and write a 2xx answer's body to ``sink`` (at most ``limit``
+        bytes, else :class:`GatewayMisbehaved`); return ``(status, b"")``, or for any other
+        status ``(status, error body)`` with nothing written."""
+        response = self._call(method, path, None, timeout, headers, True, limit, sink)
+        return response.status, response.body
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: bytes | BinaryIO | None,
+        timeout: float | None,
+        headers: dict[str, str] | None,
+        auth: bool,
+        limit: int,
+        sink: Sink | None,
+    ) -> Response:
+        deadline = Deadline(timeout or self.timeout)
         all_headers = {"Authorization": self.endpoint.auth_header} if auth else {}
         all_headers.update(headers or {})
+        replayable = sink is None and (body is None or isinstance(body, (bytes, bytearray)))
         for attempt in (0, 1):
-            conn = self._conn(timeout or self.timeout)
+            conn = self._checkout(deadline)
+            reused, received = conn.requests > 0, conn.io.received
             try:
-                conn.request(method, path, body=body, headers=all_headers)
-                resp = conn.getresponse()
-                return resp.status, resp.read()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                conn.close()
-                if attempt:
+                return conn.request(
+                    method, path, all_headers, body, deadline=deadline, limit=limit, sink=sink
+                )
+            except GatewayUnreachable:
+                stale = reused and conn.io.received == received and not deadline.expired
+                if attempt or not stale or not replayable:
                     raise
-            except BaseException:
-                conn.close()
-                raise
+            finally:
+                self._checkin(conn)
         raise AssertionError("unreachable")
+
+    def _checkout(self, deadline: Deadline) -> HTTPConnection:
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            deadline.check()
+            try:
+                sock = self.endpoint.connect(deadline.left())
+            except OSError as exc:
+                raise GatewayUnreachable(
+                    f"cannot connect to the gateway at {self.endpoint.describe()}: {exc}"
+                ) from exc
+            conn = HTTPConnection(sock, self.endpoint.netloc)
+        with self._lock:
+            self._busy.add(conn)
+        return conn
+
+    def _checkin(self, conn: HTTPConnection) -> None:
+        with self._lock:
+            self._busy.discard(conn)
+            if conn.usable:
+                self._idle.append(conn)
 
     def json(self, method: str, path: str, payload: Any = None, *, expect: tuple[int, ...] = (200,),
              timeout: float | None = None) -> Any:
@@ -155,22 +198,29 @@ class GatewayHTTP:
             )
         if status >= 300 or not data.strip():
             return None  # an expected error status: its body is not the answer
-        return json.loads(data)
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError):
+            raise GatewayMisbehaved(
+                f"the gateway answered {method} {path} with something that is not JSON"
+            ) from None
 
     def close(self) -> None:
-        """Close every connection this client opened."""
+        """Close every idle connection and wake any call in flight (it fails at once)."""
         with self._lock:
-            conns, self._all = self._all, []
-        for conn in conns:
+            idle, self._idle = self._idle, []
+            busy = list(self._busy)
+        for conn in idle:
             conn.close()
-        self._local = threading.local()
+        for conn in busy:
+            conn.io.wake()
 
 
 def _reason(data: bytes) -> str:
     try:
         payload = json.loads(data)
-        return str(payload.get("reason") or payload.get("message") or payload)
-    except (ValueError, AttributeError):
+        return str(payload.get("reason") or payload.get("message") or payload)[:500]
+    except (ValueError, AttributeError, RecursionError):
         return data[:200].decode("utf-8", "replace")
 
 

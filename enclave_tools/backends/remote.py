@@ -14,7 +14,6 @@ a stock gateway answers 404 and the sandbox raises :class:`FileTransferError`.
 
 from __future__ import annotations
 
-import http.client
 import socket
 import ssl
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from urllib.parse import urlsplit
 
 from enclave_tools.backends.base import ContainerState, SandboxHandle
 from enclave_tools.config import SandboxConfig
-from enclave_tools.errors import SandboxStartFailed
+from enclave_tools.errors import GatewayError, SandboxStartFailed
 from enclave_tools.transport import Endpoint, GatewayHTTP
 
 __all__ = ["GatewayState", "RemoteGatewayBackend", "TLSEndpoint", "endpoint_from_url"]
@@ -116,7 +115,7 @@ class RemoteGatewayBackend:
         client = GatewayHTTP(self._endpoint, timeout=min(config.startup_timeout, 30.0))
         try:
             status, data = client.request("GET", "/api")
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, GatewayError) as exc:
             raise SandboxStartFailed(f"the gateway at {self.url} does not answer: {exc}") from exc
         finally:
             client.close()
@@ -135,7 +134,7 @@ class RemoteGatewayBackend:
         try:
             status, _ = client.request("GET", "/api")
             error = "" if status == 200 else f"GET /api answered {status}"
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, GatewayError) as exc:
             error = str(exc) or type(exc).__name__
         finally:
             client.close()
