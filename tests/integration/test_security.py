@@ -9,7 +9,9 @@ import os
 import socket
 
 import pytest
-import websocket
+
+from enclave_tools.errors import GatewayError
+from enclave_tools.wire import Deadline, websocket
 
 
 def test_bridge_sandbox_is_still_reached_through_the_private_socket(make_sandbox, docker_engine):
@@ -58,13 +60,12 @@ def test_every_request_needs_the_token(make_sandbox, network, transport):
         assert _raw_request(endpoint, path) == 401, path
         assert _raw_request(endpoint, path, "wrong-token") == 401, path
     kernel_id = sb._kernel.kernel_id
-    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
-        websocket.create_connection(
-            f"ws://{endpoint.netloc}/api/kernels/{kernel_id}/channels",
-            socket=endpoint.connect(10),
-            suppress_origin=True,
+    with pytest.raises(GatewayError) as refused:
+        websocket.connect(
+            endpoint.connect(10), endpoint.netloc, f"/api/kernels/{kernel_id}/channels", {}, [],
+            Deadline(10),
         )
-    assert refused.value.status_code == 401
+    assert refused.value.status == 401
 
 
 def test_container_is_hardened(sandbox, docker_engine):
