@@ -325,7 +325,8 @@ class DockerBackend:
         sandboxes were removed."""
         removed = 0
         check = OwnerCheck()
-        for container in self.list_sandboxes():
+        containers = self.list_sandboxes()
+        for container in containers:
             labels = container.labels or {}
             if _owner_alive(labels, check):
                 continue
@@ -333,15 +334,20 @@ class DockerBackend:
             removed += 1
             if on_removed:
                 on_removed(container)
-        self.reap_run_dirs(on_dir_removed, check)
+        self.reap_run_dirs(on_dir_removed, check, containers)
         return removed
 
-    def reap_run_dirs(self, on_removed: Callable[[str], None] | None = None, check: OwnerCheck | None = None) -> int:
+    def reap_run_dirs(
+        self, on_removed: Callable[[str], None] | None = None, check: OwnerCheck | None = None,
+        containers: list[Any] | None = None,
+    ) -> int:
         """Remove this user's run directories in the temp dir that no container of this
-        engine names and whose owner is provably gone (or, for a directory without an
-        owner record, that are older than RUN_DIR_GRACE_S); return how many."""
+        engine names (of ``containers``, else all) and whose owner is provably gone (or,
+        for a directory without an owner record, that are older than RUN_DIR_GRACE_S);
+        return how many."""
         check = check or OwnerCheck()
-        named = {(c.labels or {}).get(RUN_DIR) for c in self.list_sandboxes()}
+        containers = self.list_sandboxes() if containers is None else containers
+        named = {(c.labels or {}).get(RUN_DIR) for c in containers}
         removed = 0
         for path in _run_dirs():
             if path in named or not _run_dir_abandoned(path, check):
