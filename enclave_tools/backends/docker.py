@@ -134,15 +134,19 @@ class DockerBackend:
         # the gateway reads and deletes it at start. (An environment variable would stay
         # readable in /proc/1/environ by the sandboxed code.)
         run_dir = tempfile.mkdtemp(prefix=f"enclave-{sandbox_id}-")  # 0700: private to us
-        _write_owner_record(run_dir, owner)
         shared = os.path.join(run_dir, SHARED_NAME)
-        os.mkdir(shared)
-        # Writable by the container's user (another uid) until ready() locks it: the
-        # gateway deletes the token and binds its socket here, and nothing else runs yet.
-        os.chmod(shared, 0o777)
-        token_path = os.path.join(shared, TOKEN_NAME)
-        with open(os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "w") as handle:
-            handle.write(token)
+        try:
+            _write_owner_record(run_dir, owner)
+            os.mkdir(shared)
+            # Writable by the container's user (another uid) until ready() locks it: the
+            # gateway deletes the token and binds its socket here, and nothing else runs yet.
+            os.chmod(shared, 0o777)
+            token_path = os.path.join(shared, TOKEN_NAME)
+            with open(os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "w") as handle:
+                handle.write(token)
+        except OSError as exc:
+            remove_tree(run_dir)
+            raise SandboxStartFailed(f"could not prepare the sandbox's run directory {run_dir}: {exc}") from exc
         env = {
             "ENCLAVE_TOKEN_FILE": f"{SHARED_DIR}/{TOKEN_NAME}",
             "ENCLAVE_KERNEL_ENV": ",".join(config.env),
@@ -221,10 +225,13 @@ class DockerBackend:
     def lock(self, handle: SandboxHandle) -> None:
         """Take the container's write access to the shared directory away, check that
         only the gateway's socket is there, and pin the endpoint to that socket."""
-        if handle.run_dir:
-            lock_shared_dir(os.path.join(handle.run_dir, SHARED_NAME), handle.endpoint.unix_path is not None,
-                            self._remapped_uids)
-        handle.endpoint.pin()
+        try:
+            if handle.run_dir:
+                lock_shared_dir(os.path.join(handle.run_dir, SHARED_NAME), handle.endpoint.unix_path is not None,
+                                self._remapped_uids)
+            handle.endpoint.pin()
+        except OSError as exc:
+            raise SandboxStartFailed(f"could not lock the sandbox's shared directory: {exc}") from exc
 
     def _remapped_uids(self) -> bool:
         """Whether the engine maps container uids to others on the host (userns-remap,
@@ -376,6 +383,8 @@ def lock_shared_dir(shared: str, expect_socket: bool, remapped_uids: Callable[[]
     the token file before it binds. Raises SandboxStartFailed if the directory is not as
     expected.
     """
+    if os.getuid() == SANDBOX_UID:
+        log.warning("this user's uid is the sandbox's (%d): the sandbox can undo the lock on %s", SANDBOX_UID, shared)
     info = os.lstat(shared)
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
         raise SandboxStartFailed(f"the sandbox's shared directory {shared} is not this user's directory")
