@@ -36,7 +36,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _unshare() -> list[str]:
     """A new PID namespace (with its own /proc); through a user namespace when not root.
-    --kill-child: the owner dies with the unshare process."""
+    --kill-child: the owner dies with the unshare process, should that be killed."""
     user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
     return ["unshare", *user, "--pid", "--fork", "--mount-proc", "--kill-child"]
 
@@ -69,9 +69,21 @@ class ForeignOwner:
         return out
 
     def kill(self) -> None:
-        """SIGKILL the owner (through unshare --kill-child): no cleanup at all."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
+        """SIGKILL the owner, its namespace's init (no cleanup at all), then unshare,
+        which exits once it has reaped it."""
+        if self.process.poll() is not None:
+            return
+        try:
+            with open(f"/proc/{self.process.pid}/task/{self.process.pid}/children") as handle:
+                children = [int(pid) for pid in handle.read().split()]
+        except OSError:
+            children = []
+        for pid in children:
+            os.kill(pid, signal.SIGKILL)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()  # --kill-child then takes the owner down too
             self.process.wait(timeout=30)
 
 
