@@ -62,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     stop = commands.add_parser("stop", help="remove a sandbox by id or name")
     stop.add_argument("id", help="container id (prefix) or name")
     stop.set_defaults(func=_stop)
-    gc = commands.add_parser("gc", help="remove sandboxes whose owner process is gone")
+    gc = commands.add_parser(
+        "gc", help="remove sandboxes (and leftover run directories) whose owner process is provably gone"
+    )
     gc.set_defaults(func=_gc)
 
     for name, helptext, func in (
@@ -148,7 +150,12 @@ def _stop(args: argparse.Namespace) -> int:
 def _gc(_args: argparse.Namespace) -> int:
     from enclave_tools.backends.docker import DockerBackend
 
-    removed = DockerBackend().reap_orphans(on_removed=lambda c: print(f"removed {c.name}"))
+    dirs: list[str] = []
+    removed = DockerBackend().reap_orphans(
+        on_removed=lambda c: print(f"removed {c.name}"), on_dir_removed=dirs.append
+    )
+    for path in dirs:
+        print(f"removed run directory {path}")
     print(f"{removed} orphaned sandbox(es) removed")
     return EXIT_OK
 

@@ -1,12 +1,19 @@
 """Containers from the local Docker engine: start one hardened sandbox container, watch
-it, remove it, and reap the ones whose owner process is gone."""
+it, remove it, and reap the ones whose owner process is gone.
+
+The host shares one directory with each container (``gw``, at /run/enclave inside): the
+token goes in as a file, the gateway's unix socket comes out. The gateway, running as the
+sandbox's uid, must write there while it starts; :meth:`DockerBackend.ready` then takes
+that right away for good, before any user code runs (see :func:`lock_shared_dir`).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
-import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -17,8 +24,9 @@ from docker.errors import APIError, DockerException, NotFound
 from docker.types import LogConfig, Ulimit
 
 from enclave_tools._docker import docker_client
+from enclave_tools._fs import remove_tree
 from enclave_tools.backends.base import ContainerState, SandboxHandle
-from enclave_tools.backends.owner import owner_alive, this_owner
+from enclave_tools.backends.owner import Owner, OwnerCheck
 from enclave_tools.config import SandboxConfig
 from enclave_tools.errors import DockerUnavailable, SandboxStartFailed
 from enclave_tools.image import ensure_image
@@ -32,6 +40,8 @@ LABEL = "io.enclave-tools.sandbox"
 OWNER_PID = "io.enclave-tools.owner-pid"
 OWNER_START = "io.enclave-tools.owner-start"
 OWNER_HOST = "io.enclave-tools.owner-host"
+OWNER_BOOT = "io.enclave-tools.owner-boot"
+OWNER_PID_NS = "io.enclave-tools.owner-pid-ns"
 CREATED = "io.enclave-tools.created"
 RUN_DIR = "io.enclave-tools.run-dir"
 SANDBOX_UID = 10001
@@ -39,12 +49,28 @@ GATEWAY_PORT = 8888
 SHARED_DIR = "/run/enclave"
 SOCKET_NAME = "gateway.sock"
 TOKEN_NAME = "token"
+SHARED_NAME = "gw"
+"""The run directory's subdirectory that the container sees at SHARED_DIR."""
+OWNER_FILE = "owner.json"
+"""The run directory's record of its owner (out of the container's reach), for reap_run_dirs."""
+RUN_DIR_GRACE_S = 3600.0
+"""How old a run directory without an owner record (an older version's) must be before
+reap_run_dirs may take it: its container was created seconds after it, so by then one of
+this engine's containers names it or none ever will again."""
 CPU_PERIOD_US = 100_000
 """The CFS period of the CPU limit (Docker's default); the quota is cpus times this."""
 
 
-def _owner_alive(labels: dict[str, str]) -> bool:
-    return owner_alive(labels.get(OWNER_HOST), labels.get(OWNER_PID), labels.get(OWNER_START))
+def _owner_of(labels: dict[str, str]) -> Owner:
+    return Owner(
+        labels.get(OWNER_HOST, ""), labels.get(OWNER_PID, ""), labels.get(OWNER_START, ""),
+        labels.get(OWNER_BOOT, ""), labels.get(OWNER_PID_NS, ""),
+    )
+
+
+def _owner_alive(labels: dict[str, str], check: OwnerCheck | None = None) -> bool:
+    """Whether the owner recorded in a container's labels may still run (see owner.py)."""
+    return (check or OwnerCheck()).alive(_owner_of(labels))
 
 
 class DockerBackend:
@@ -92,13 +118,15 @@ class DockerBackend:
                 "allow egress, or run on a local Linux engine."
             )
         name = f"enclave-{sandbox_id}"
-        host, pid, started = this_owner()
+        owner = Owner.current()
         labels = {
             LABEL: "1",
             RUN_DIR: "",
-            OWNER_PID: pid,
-            OWNER_START: started,
-            OWNER_HOST: host,
+            OWNER_PID: owner.pid,
+            OWNER_START: owner.started,
+            OWNER_HOST: owner.host,
+            OWNER_BOOT: owner.boot_id,
+            OWNER_PID_NS: owner.pid_namespace,
             CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **config.labels,
         }
@@ -106,12 +134,19 @@ class DockerBackend:
         # the gateway reads and deletes it at start. (An environment variable would stay
         # readable in /proc/1/environ by the sandboxed code.)
         run_dir = tempfile.mkdtemp(prefix=f"enclave-{sandbox_id}-")  # 0700: private to us
-        shared = os.path.join(run_dir, "gw")
-        os.mkdir(shared)
-        os.chmod(shared, 0o777)  # the container's user deletes the token, makes the socket
-        token_path = os.path.join(shared, TOKEN_NAME)
-        with open(os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "w") as handle:
-            handle.write(token)
+        shared = os.path.join(run_dir, SHARED_NAME)
+        try:
+            _write_owner_record(run_dir, owner)
+            os.mkdir(shared)
+            # Writable by the container's user (another uid) until ready() locks it: the
+            # gateway deletes the token and binds its socket here, and nothing else runs yet.
+            os.chmod(shared, 0o777)
+            token_path = os.path.join(shared, TOKEN_NAME)
+            with open(os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "w") as handle:
+                handle.write(token)
+        except OSError as exc:
+            remove_tree(run_dir)
+            raise SandboxStartFailed(f"could not prepare the sandbox's run directory {run_dir}: {exc}") from exc
         env = {
             "ENCLAVE_TOKEN_FILE": f"{SHARED_DIR}/{TOKEN_NAME}",
             "ENCLAVE_KERNEL_ENV": ",".join(config.env),
@@ -161,10 +196,10 @@ class DockerBackend:
         try:
             container = self.client.containers.create(image_id, **kwargs)
         except APIError as exc:
-            _remove_dir(run_dir)
+            remove_tree(run_dir)
             raise SandboxStartFailed(f"Docker could not create the sandbox container: {exc.explanation or exc}") from exc
         except DockerException as exc:
-            _remove_dir(run_dir)
+            remove_tree(run_dir)
             raise DockerUnavailable(f"Docker failed while creating the sandbox: {exc}") from exc
         try:
             container.start()
@@ -182,7 +217,32 @@ class DockerBackend:
         return SandboxHandle(container.id, name, Endpoint(token=token, port=port), run_dir, port)
 
     def ready(self, handle: SandboxHandle, config: SandboxConfig) -> None:
-        """Apply the CPU limit meant for user code; the sandbox runs none before this."""
+        """Lock the shared directory and apply the CPU limit meant for user code; called
+        once the gateway answers and the kernel exists, before any user code runs."""
+        self.lock(handle)
+        self._limit_cpu(handle, config)
+
+    def lock(self, handle: SandboxHandle) -> None:
+        """Take the container's write access to the shared directory away, check that
+        only the gateway's socket is there, and pin the endpoint to that socket."""
+        try:
+            if handle.run_dir:
+                lock_shared_dir(os.path.join(handle.run_dir, SHARED_NAME), handle.endpoint.unix_path is not None,
+                                self._remapped_uids)
+            handle.endpoint.pin()
+        except OSError as exc:
+            raise SandboxStartFailed(f"could not lock the sandbox's shared directory: {exc}") from exc
+
+    def _remapped_uids(self) -> bool:
+        """Whether the engine maps container uids to others on the host (userns-remap,
+        rootless): then the socket's owner on the host is not SANDBOX_UID."""
+        try:
+            options = self.client.info().get("SecurityOptions") or []
+        except DockerException:
+            return False
+        return any("name=userns" in option or "name=rootless" in option for option in options)
+
+    def _limit_cpu(self, handle: SandboxHandle, config: SandboxConfig) -> None:
         try:
             self.client.api.update_container(
                 handle.container_id, cpu_period=CPU_PERIOD_US, cpu_quota=int(config.cpus * CPU_PERIOD_US)
@@ -241,7 +301,8 @@ class DockerBackend:
         self.remove_container(handle.container_id, handle.run_dir)
 
     def remove_container(self, container_id: str, run_dir: str | None) -> None:
-        """Force-remove a container (and volumes); ignore one that is already gone."""
+        """Force-remove a container (and volumes), ignoring one that is already gone, and
+        its run directory (whatever the sandbox left there)."""
         try:
             self.client.api.remove_container(container_id, force=True, v=True)
         except NotFound:
@@ -249,7 +310,7 @@ class DockerBackend:
         except DockerException as exc:
             if "already in progress" not in str(exc):
                 log.warning("could not remove container %s: %s", container_id[:12], exc)
-        _remove_dir(run_dir)
+        remove_tree(run_dir)
 
     def list_sandboxes(self) -> list[Any]:
         """Every container enclave-tools created on this engine."""
@@ -262,18 +323,91 @@ class DockerBackend:
         except Exception as exc:  # noqa: BLE001 - cleanup must never break a start
             log.debug("reaping orphans failed: %s", exc)
 
-    def reap_orphans(self, on_removed: Callable[[Any], None] | None = None) -> int:
-        """Remove sandboxes whose owner process on this host is gone; return how many."""
+    def reap_orphans(
+        self, on_removed: Callable[[Any], None] | None = None, on_dir_removed: Callable[[str], None] | None = None
+    ) -> int:
+        """Remove sandboxes whose owner is provably gone (see owner.py: an owner in
+        another PID namespace, or on another machine, is presumed alive), then run
+        directories left without a container (:meth:`reap_run_dirs`); return how many
+        sandboxes were removed."""
         removed = 0
-        for container in self.list_sandboxes():
+        check = OwnerCheck()
+        containers = self.list_sandboxes()
+        for container in containers:
             labels = container.labels or {}
-            if _owner_alive(labels):
+            if _owner_alive(labels, check):
                 continue
             self.remove_container(container.id, _safe_run_dir(labels.get(RUN_DIR)))
             removed += 1
             if on_removed:
                 on_removed(container)
+        self.reap_run_dirs(on_dir_removed, check, containers)
         return removed
+
+    def reap_run_dirs(
+        self, on_removed: Callable[[str], None] | None = None, check: OwnerCheck | None = None,
+        containers: list[Any] | None = None,
+    ) -> int:
+        """Remove this user's run directories in the temp dir that no container of this
+        engine names (of ``containers``, else all) and whose owner is provably gone (or,
+        for a directory without an owner record, that are older than RUN_DIR_GRACE_S);
+        return how many."""
+        check = check or OwnerCheck()
+        containers = self.list_sandboxes() if containers is None else containers
+        named = {(c.labels or {}).get(RUN_DIR) for c in containers}
+        removed = 0
+        for path in _run_dirs():
+            if path in named or not _run_dir_abandoned(path, check):
+                continue
+            if not remove_tree(path):
+                removed += 1
+                if on_removed:
+                    on_removed(path)
+        return removed
+
+
+def lock_shared_dir(shared: str, expect_socket: bool, remapped_uids: Callable[[], bool] = lambda: False) -> None:
+    """Make ``shared`` (the directory the container sees at SHARED_DIR) 0700, owned by
+    this host user, so the container's uid can no longer create, remove or rename anything
+    in it; then check that it holds the gateway's socket and nothing else.
+
+    Sound because, once it is locked, nothing in the container can reach it: the
+    container's processes run as SANDBOX_UID with no capability (cap_drop ALL,
+    no-new-privileges, so no CAP_DAC_OVERRIDE or CAP_FOWNER, and they do not own the
+    directory to chmod it back); permissions are checked on every create, unlink and
+    rename, so a descriptor opened earlier does not help; the gateway's cwd is the
+    workspace, not this directory; and the gateway is not dumpable, so its listening
+    socket cannot be taken (pidfd_getfd, /proc/PID/fd), only abandoned by killing it,
+    which stops the container. Before the lock only our gateway has run (the kernel runs
+    user code only after ready()), and it leaves nothing here but its socket: it deletes
+    the token file before it binds. Raises SandboxStartFailed if the directory is not as
+    expected.
+    """
+    if os.getuid() == SANDBOX_UID:
+        log.warning("this user's uid is the sandbox's (%d): the sandbox can undo the lock on %s", SANDBOX_UID, shared)
+    info = os.lstat(shared)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise SandboxStartFailed(f"the sandbox's shared directory {shared} is not this user's directory")
+    os.chmod(shared, 0o700)
+    try:
+        os.unlink(os.path.join(shared, TOKEN_NAME))  # normally gone: the gateway deletes it
+    except FileNotFoundError:
+        pass
+    present = set(os.listdir(shared))
+    expected = {SOCKET_NAME} if expect_socket else set()
+    if present != expected:
+        raise SandboxStartFailed(
+            f"the sandbox's shared directory holds {sorted(present)}, not {sorted(expected)}: "
+            "something other than its gateway wrote there"
+        )
+    if expect_socket:
+        sock = os.lstat(os.path.join(shared, SOCKET_NAME))
+        if not stat.S_ISSOCK(sock.st_mode):
+            raise SandboxStartFailed(f"{shared}/{SOCKET_NAME} is not a socket")
+        if sock.st_uid != SANDBOX_UID and not remapped_uids():
+            raise SandboxStartFailed(
+                f"{shared}/{SOCKET_NAME} belongs to uid {sock.st_uid}, not the sandbox's uid {SANDBOX_UID}"
+            )
 
 
 def _safe_run_dir(path: str | None) -> str | None:
@@ -283,6 +417,47 @@ def _safe_run_dir(path: str | None) -> str | None:
     return None
 
 
-def _remove_dir(path: str | None) -> None:
-    if path:
-        shutil.rmtree(path, ignore_errors=True)
+def _write_owner_record(run_dir: str, owner: Owner) -> None:
+    with open(os.open(os.path.join(run_dir, OWNER_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        json.dump(owner.__dict__, out)
+
+
+def _read_owner_record(run_dir: str) -> Owner | None:
+    try:
+        fd = os.open(os.path.join(run_dir, OWNER_FILE), os.O_RDONLY | os.O_NOFOLLOW)
+        with open(fd) as handle:
+            fields = json.loads(handle.read(4096))
+        return Owner(**{key: str(fields[key]) for key in Owner.__dataclass_fields__})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _run_dirs() -> list[str]:
+    """This user's directories in the temp dir that look like run directories: named
+    enclave-*, holding only ``gw`` and an owner record."""
+    found = []
+    try:
+        entries = list(os.scandir(tempfile.gettempdir()))
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.name.startswith("enclave-"):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            names = set(os.listdir(entry.path)) if stat.S_ISDIR(info.st_mode) else set()
+        except OSError:
+            continue
+        if info.st_uid == os.getuid() and names and names <= {SHARED_NAME, OWNER_FILE}:
+            found.append(entry.path)
+    return found
+
+
+def _run_dir_abandoned(path: str, check: OwnerCheck) -> bool:
+    owner = _read_owner_record(path)
+    if owner is not None:
+        return not check.alive(owner)
+    try:
+        return time.time() - os.lstat(path).st_mtime > RUN_DIR_GRACE_S
+    except OSError:
+        return False
