@@ -523,9 +523,10 @@ class OutputLog:
         """What was dropped for the rich-output limit, for the model; None if nothing."""
         if not self.rich_dropped:
             return None
-        plural = "s were" if self.rich_dropped != 1 else " was"
+        outputs = "rich outputs" if self.rich_dropped != 1 else "rich output"
+        were = "were" if self.rich_dropped != 1 else "was"
         return (
-            f"{self.rich_dropped:,} rich output{plural} ({_megabytes(self.rich_dropped_bytes)}) "
+            f"{self.rich_dropped:,} {outputs} ({_megabytes(self.rich_dropped_bytes)}) {were} "
             f"dropped: the per-run limit is {_megabytes(self.rich_limit)} of images, HTML and "
             "other rich output. Show fewer or smaller outputs, or save them to files."
         )
