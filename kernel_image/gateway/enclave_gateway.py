@@ -139,6 +139,10 @@ class _TokenHandler(web.RequestHandler):
         exc = kwargs.get("exc_info", (None, None))[1]
         if isinstance(exc, OSError):
             reason = f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+        # The status line takes only one line of Latin-1; the JSON body has the reason whole
+        # (a path in it may hold any character, a newline included).
+        line = " ".join(str(reason).split()).encode("ascii", "backslashreplace").decode()
+        self.set_status(status_code, reason=line[:200] or None)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"reason": reason, "status": status_code}))
 
