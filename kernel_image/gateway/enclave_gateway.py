@@ -135,8 +135,9 @@ class _TokenHandler(web.RequestHandler):
             raise web.HTTPError(401)
 
     def write_error(self, status_code, **kwargs):
-        reason = self._reason
         exc = kwargs.get("exc_info", (None, None))[1]
+        # tornado has put "Unknown" in place of a reason that cannot go in a status line
+        reason = exc.reason if isinstance(exc, web.HTTPError) and exc.reason else self._reason
         if isinstance(exc, OSError):
             reason = f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
         # The status line takes only one line of Latin-1; the JSON body has the reason whole
