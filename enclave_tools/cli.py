@@ -13,8 +13,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from enclave_tools.errors import EnclaveError
+from enclave_tools.execution import for_model
 
 EXIT_OK, EXIT_CODE_FAILED, EXIT_USAGE, EXIT_ENCLAVE = 0, 1, 2, 3
+
+PRINT_LIMIT = 200_000
+"""The most characters of one message from the sandbox printed to the terminal."""
+
+
+def safe(text: object) -> str:
+    """``text`` fit for the user's terminal: whatever came from the sandbox (output,
+    errors, container logs) may carry escape sequences, controls or bidi overrides."""
+    return for_model(str(text), PRINT_LIMIT)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except EnclaveError as exc:
-        print(f"enclave-tools: {exc}", file=sys.stderr)
+        print(f"enclave-tools: {safe(exc)}", file=sys.stderr)
         return EXIT_ENCLAVE
     except KeyboardInterrupt:
         return 130
@@ -86,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    print(safe(line), file=sys.stderr, flush=True)
 
 
 def _image_build(args: argparse.Namespace) -> int:
@@ -143,7 +153,7 @@ def _stop(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     container = matches[0]
     backend.remove_container(container.id, _safe_run_dir((container.labels or {}).get(RUN_DIR)))
-    print(f"removed {container.name}")
+    print(f"removed {safe(container.name)}")
     return EXIT_OK
 
 
@@ -152,10 +162,10 @@ def _gc(_args: argparse.Namespace) -> int:
 
     dirs: list[str] = []
     removed = DockerBackend().reap_orphans(
-        on_removed=lambda c: print(f"removed {c.name}"), on_dir_removed=dirs.append
+        on_removed=lambda c: print(f"removed {safe(c.name)}"), on_dir_removed=dirs.append
     )
     for path in dirs:
-        print(f"removed run directory {path}")
+        print(f"removed run directory {safe(path)}")
     print(f"{removed} orphaned sandbox(es) removed")
     return EXIT_OK
 
@@ -175,7 +185,7 @@ def _sandbox(args: argparse.Namespace):
 
 def _show(execution, output_dir: Path, counter: list[int]) -> None:
     if execution.text:
-        print(execution.text)
+        print(safe(execution.text))
     for png in execution.images:
         output_dir.mkdir(parents=True, exist_ok=True)
         counter[0] += 1
@@ -238,7 +248,7 @@ def _age(created: str | None) -> str:
 def _table(header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     for row in [header, *rows]:
-        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip())
+        print(safe("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip()))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,7 +20,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from enclave_tools.execution import Execution, OutputLog, Result, error_from_content
+from enclave_tools.execution import RICH_LIMIT, Execution, OutputLog, Result, error_from_content
 
 __all__ = ["ExecuteCall", "WS_PROTOCOL_V1", "decode_frame", "encode_message", "new_message"]
 
@@ -87,7 +87,7 @@ def decode_frame(frame: str | bytes, v1: bool = False) -> dict[str, Any] | None:
             msg = _decode_v1(frame)
         else:
             msg = _decode_binary(frame)
-    except (ValueError, struct.error, UnicodeDecodeError):
+    except (ValueError, struct.error, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(msg, dict) or not isinstance(msg.get("header"), dict):
         return None
@@ -132,17 +132,30 @@ def parent_id(msg: dict[str, Any]) -> str | None:
     return msg["parent_header"].get("msg_id")
 
 
+def _display_id(content: dict[str, Any]) -> str | None:
+    """The ``display_id`` a display message names, if it names one as a string."""
+    transient = content.get("transient")
+    display_id = transient.get("display_id") if isinstance(transient, dict) else None
+    return display_id if isinstance(display_id, str) and display_id else None
+
+
 class ExecuteCall:
     """The state of one ``execute_request``: collects its outputs and knows when it is done.
 
     It is done when both its ``execute_reply`` and its ``status: idle`` have arrived, in
     either order, or when it is ended from outside (:meth:`end`).
+
+    It keeps at most ``capture_limit`` characters of stream output and ``rich_limit`` bytes
+    of rich outputs (display data, results and their updates); the rest is counted and
+    the execution says so in a note.
     """
 
-    def __init__(self, msg_id: str, capture_limit: int, output_limit: int) -> None:
+    def __init__(
+        self, msg_id: str, capture_limit: int, output_limit: int, rich_limit: int = RICH_LIMIT
+    ) -> None:
         self.msg_id = msg_id
         self.started = time.monotonic()
-        self.log = OutputLog(capture_limit)
+        self.log = OutputLog(capture_limit, rich_limit)
         self.output_limit = output_limit
         self.reply: dict[str, Any] | None = None
         self.idle = False
@@ -170,23 +183,24 @@ class ExecuteCall:
         elif kind in ("execute_result", "display_data"):
             data = content.get("data")
             if isinstance(data, dict):
-                transient = content.get("transient") or {}
                 metadata = content.get("metadata")
                 self.log.result(
                     Result(
                         data=data,
                         metadata=metadata if isinstance(metadata, dict) else {},
                         is_main_result=kind == "execute_result",
-                        display_id=transient.get("display_id") if isinstance(transient, dict) else None,
+                        display_id=_display_id(content),
                     )
                 )
             if kind == "execute_result" and isinstance(content.get("execution_count"), int):
                 self.execution_count = content["execution_count"]
         elif kind == "update_display_data":
-            transient = content.get("transient") or {}
-            display_id = transient.get("display_id") if isinstance(transient, dict) else None
+            display_id = _display_id(content)
             if display_id and isinstance(content.get("data"), dict):
-                self.log.update_display(display_id, content["data"], content.get("metadata") or {})
+                metadata = content.get("metadata")
+                self.log.update_display(
+                    display_id, content["data"], metadata if isinstance(metadata, dict) else {}
+                )
         elif kind == "clear_output":
             self.log.clear(bool(content.get("wait")))
         elif kind == "error":
@@ -237,4 +251,7 @@ class ExecuteCall:
             execution.notes.append(
                 f"{self.log.dropped:,} characters of output were dropped to bound memory"
             )
+        rich_note = self.log.rich_note()
+        if rich_note:
+            execution.notes.append(rich_note)
         return execution

@@ -135,10 +135,15 @@ class _TokenHandler(web.RequestHandler):
             raise web.HTTPError(401)
 
     def write_error(self, status_code, **kwargs):
-        reason = self._reason
         exc = kwargs.get("exc_info", (None, None))[1]
+        # tornado has put "Unknown" in place of a reason that cannot go in a status line
+        reason = exc.reason if isinstance(exc, web.HTTPError) and exc.reason else self._reason
         if isinstance(exc, OSError):
             reason = f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+        # The status line takes only one line of Latin-1; the JSON body has the reason whole
+        # (a path in it may hold any character, a newline included).
+        line = " ".join(str(reason).split()).encode("ascii", "backslashreplace").decode()
+        self.set_status(status_code, reason=line[:200] or None)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"reason": reason, "status": status_code}))
 
@@ -162,6 +167,8 @@ def _oserror_status(exc: OSError) -> int:
         errno.ENOSPC: 507,
         errno.EDQUOT: 507,
         errno.EFBIG: 413,
+        errno.ENXIO: 400,
+        errno.ENODEV: 400,
     }.get(exc.errno, 500)
 
 
@@ -217,17 +224,102 @@ class FilesHandler(_TokenHandler):
         self.finish(json.dumps({"path": target, "size": os.path.getsize(target)}))
 
     async def get(self):
+        """Stream a regular file, 1 MiB at a time, every filesystem call off the event loop.
+
+        Anything else (a FIFO, a device, a socket, a directory, a file under /proc or /sys)
+        is refused with 400: reading it could block forever, never end, or hand out the
+        gateway's own process files. Symlinks are followed: they lead nowhere the
+        sandboxed code could not read itself, and the checks apply to what was opened.
+        ``max_bytes``, if given, refuses a larger file with 413 (the size in the reply).
+        """
+        import asyncio
+
         path = self._path()
+        max_bytes = self._max_bytes()
+        loop = asyncio.get_running_loop()
         try:
-            handle = open(path, "rb")
+            fd, size = await loop.run_in_executor(None, open_regular_file, path)
+        except NotRegularFile as exc:
+            raise web.HTTPError(400, reason=str(exc))
         except OSError as exc:
             raise web.HTTPError(_oserror_status(exc), reason=f"{exc.strerror}: {path}")
-        with handle:
+        try:
+            if max_bytes is not None and size > max_bytes:
+                self.set_status(413)
+                self.set_header("Content-Type", "application/json")
+                self.finish(json.dumps({
+                    "status": 413,
+                    "reason": f"{path} is {size:,} bytes; the limit is {max_bytes:,} bytes",
+                    "size": size,
+                    "limit": max_bytes,
+                }))
+                return
             self.set_header("Content-Type", "application/octet-stream")
-            self.set_header("Content-Length", str(os.fstat(handle.fileno()).st_size))
-            while chunk := handle.read(CHUNK):
+            self.set_header("Content-Length", str(size))
+            remaining = size  # what fstat said when the file was opened, never more
+            while remaining > 0:
+                chunk = await loop.run_in_executor(None, os.read, fd, min(CHUNK, remaining))
+                if not chunk:  # the file shrank: the short body tells the client
+                    break
+                remaining -= len(chunk)
                 self.write(chunk)
                 await self.flush()
+        finally:
+            await loop.run_in_executor(None, os.close, fd)
+
+    def _max_bytes(self) -> int | None:
+        value = self.get_argument("max_bytes", "")
+        if not value:
+            return None
+        if not value.isdigit():
+            raise web.HTTPError(400, reason="max_bytes must be a whole number of bytes")
+        return int(value)
+
+
+class NotRegularFile(Exception):
+    """The path names something the file API does not read (a FIFO, a device, ...)."""
+
+
+_PSEUDO_FILESYSTEMS = ("/proc/", "/sys/")
+
+
+def open_regular_file(path: str) -> tuple[int, int]:
+    """An fd open for reading on the regular file ``path``, and its size.
+
+    Opened non-blocking, so a FIFO cannot hold the open; the type is checked on the
+    opened fd (fstat), so a path swapped after a check cannot slip through.
+    """
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = _file_kind(info.st_mode)
+            raise NotRegularFile(f"{path} is {kind}, not a regular file: only files can be read")
+        real = os.readlink(f"/proc/self/fd/{fd}")
+        if real.startswith(_PSEUDO_FILESYSTEMS):
+            raise NotRegularFile(f"{path} is a pseudo-file ({real}): it cannot be read this way")
+        os.set_blocking(fd, True)
+        return fd, info.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _file_kind(mode: int) -> str:
+    import stat
+
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "something else"
 
 
 def _read_int(*paths: str) -> int | None:
@@ -390,11 +482,45 @@ class QuietActivityKernelManager(SeedingMappingKernelManager):
         kernel._activity_stream.on_recv(record_activity)
 
 
+WS_PING_INTERVAL_MS = 30_000
+
+
+def leave_pings_to_jupyter_server() -> None:
+    """One ping mechanism per kernel websocket, not two.
+
+    jupyter_server's websocket handler keeps its ping settings, in milliseconds, in the
+    ``ping_interval`` and ``ping_timeout`` properties, which tornado 6.5 also reads, as
+    seconds, for its own pings: a second mechanism (every 30,000 s) and a warning at every
+    start that the timeout (90000) is longer than the interval (30000). Tornado is given
+    no ping settings; jupyter_server's pings (above) are the only ones.
+    """
+    from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
+
+    if getattr(KernelWebsocketHandler, "_enclave_single_ping", False):
+        return
+    tornado_protocol = KernelWebsocketHandler.get_websocket_protocol
+
+    def get_websocket_protocol(self):
+        protocol = tornado_protocol(self)
+        if protocol is not None:
+            protocol.params.ping_interval = protocol.params.ping_timeout = None
+        return protocol
+
+    KernelWebsocketHandler.get_websocket_protocol = get_websocket_protocol
+    KernelWebsocketHandler._enclave_single_ping = True
+
+
 class EnclaveGatewayApp(KernelGatewayApp):
     """The Kernel Gateway, optionally on a unix socket, with the enclave endpoints."""
 
     def init_webapp(self):
         super().init_webapp()
+        # jupyter_server pings each kernel websocket itself: every ws_ping_interval ms, and
+        # closes it after ws_ping_timeout ms without a pong (three missed pings; the host's
+        # client answers every ping). Say both here rather than rely on defaults.
+        self.web_app.settings["ws_ping_interval"] = WS_PING_INTERVAL_MS
+        self.web_app.settings["ws_ping_timeout"] = 3 * WS_PING_INTERVAL_MS
+        leave_pings_to_jupyter_server()
         self.web_app.add_handlers(
             ".*$",
             [

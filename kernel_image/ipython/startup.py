@@ -3,6 +3,16 @@ import os as _os
 import shutil as _shutil
 import sys as _sys
 
+# Out of memory, the kernel (and anything it starts, which inherits this) is the process
+# the OOM killer ends, never the gateway: the run then ends as "out of memory" and the
+# sandbox lives on. Any process may raise its own score; none here may lower it below 0.
+try:
+    with open("/proc/self/oom_score_adj", "w") as _adj:
+        _adj.write("1000")
+    del _adj
+except OSError:
+    pass
+
 # matplotlib wants a writable config directory; seed one with the font cache that was
 # built into the image, so the first plot neither rebuilds it nor prints a warning.
 _mpl = _os.environ.get("MPLCONFIGDIR", "/tmp/matplotlib")
