@@ -7,10 +7,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["SandboxConfig"]
+__all__ = ["SandboxConfig", "size_in_bytes"]
 
 _SIZE = re.compile(r"^\d+(\.\d+)?[bkmg]?$", re.IGNORECASE)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def size_in_bytes(value: str) -> int:
+    """Bytes in a size such as ``"512m"`` (b, k, m, g are powers of 1024)."""
+    value = _check_size(value)
+    scale = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30}.get(value[-1])
+    return int(float(value[:-1]) * scale) if scale else int(float(value))
 
 
 def _check_size(value: str) -> str:
