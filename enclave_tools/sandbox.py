@@ -406,8 +406,8 @@ class Sandbox:
 
     def _start_container(self) -> None:
         self._check_open()
+        _live.add(self)  # from now on, the interpreter's exit closes it
         handle = self._backend.start(self.config, self.id, progress=self._progress)
-        _live.add(self)
         try:
             self._check_open()  # closed while the container started
             http = GatewayHTTP(handle.endpoint)
