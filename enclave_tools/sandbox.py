@@ -109,7 +109,8 @@ class Sandbox:
         self._handle: SandboxHandle | None = None
         self._http: GatewayHTTP | None = None
         self._kernel: KernelClient | None = None
-        self._closed = False
+        self._closed = False  # no new work
+        self._ending = False  # a close() is ending what runs
         self._close_done = threading.Event()
         self._oom_kills = 0
         self.last_active = time.monotonic()
@@ -190,7 +191,10 @@ class Sandbox:
         :class:`SandboxClosed`; a running cell is interrupted, and cut off if it has not
         stopped within :data:`CLOSE_GRACE` s. Returns within :data:`CLOSE_TIMEOUT` s (plus
         the time the engine takes to remove the container)."""
-        if not self._refuse_new_work():
+        self._refuse_new_work()
+        with self._lock:
+            ending, self._ending = not self._ending, True
+        if not ending:
             self._close_done.wait(CLOSE_TIMEOUT)  # another thread is closing it
             return
         try:
@@ -203,13 +207,12 @@ class Sandbox:
         """Async :meth:`close` (on a thread of its own: it never waits behind runs)."""
         await in_own_thread(self.close)
 
-    def _refuse_new_work(self) -> bool:
-        """Refuse new calls and fail the waiting ones; return whether this call did it."""
+    def _refuse_new_work(self) -> None:
+        """Refuse new calls and fail the waiting ones at once (no I/O, never blocks)."""
         with self._lock:
             first, self._closed = not self._closed, True
         if first:
             self._turns.close(self._closed_error("before this call's turn came"))
-        return first
 
     def _end_running(self, deadline: float) -> None:
         """End what runs (interrupt, then cut the connection) and remove the container."""
@@ -716,26 +719,26 @@ def _cancelled(sent: bool) -> Execution:
 
 def close_sandboxes(sandboxes: Iterable[Sandbox], timeout: float = CLOSE_TIMEOUT) -> None:
     """Close many sandboxes at once: first refuse new work in every one, then end what
-    runs in all of them in parallel. Returns within about ``timeout`` seconds."""
-    todo = [sandbox for sandbox in sandboxes if sandbox._refuse_new_work()]
-    deadline = time.monotonic() + timeout
+    runs in all of them in parallel. Returns within about ``timeout`` seconds (plus the
+    engine's time to remove the containers)."""
+    todo = list(sandboxes)
+    for sandbox in todo:
+        sandbox._refuse_new_work()
     threads = []
     for sandbox in todo:
 
-        def end(sandbox: Sandbox = sandbox) -> None:
+        def close(sandbox: Sandbox = sandbox) -> None:
             try:
-                sandbox._end_running(deadline)
+                sandbox.close()
             except Exception as exc:  # noqa: BLE001 - one failure must not stop the others
                 log.warning("closing sandbox %s failed: %s", sandbox.id, exc)
-            finally:
-                _live.discard(sandbox)
-                sandbox._close_done.set()
 
-        thread = threading.Thread(target=end, name=f"enclave-close-{sandbox.id}", daemon=True)
+        thread = threading.Thread(target=close, name=f"enclave-close-{sandbox.id}", daemon=True)
         thread.start()
         threads.append(thread)
+    deadline = time.monotonic() + timeout + 5.0  # + the engine's removal
     for thread in threads:
-        thread.join(max(deadline - time.monotonic(), 0.0) + 5.0)  # + the engine's removal
+        thread.join(max(deadline - time.monotonic(), 0.0))
 
 
 def check_code(code: Any) -> str:

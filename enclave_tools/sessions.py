@@ -100,7 +100,7 @@ class SandboxSessions:
     def release(self, key: str) -> None:
         """Close session ``key``'s sandbox; the next ``get(key)`` makes a fresh one."""
         with self._wake:
-            sandbox = self._sessions.pop(str(key), None)
+            sandbox = self._sessions.pop(str(key), None) or self._retired.pop(str(key), None)
             self._last_used.pop(str(key), None)
         if sandbox is not None:
             sandbox.close()
