@@ -6,6 +6,9 @@ from __future__ import annotations
 import threading
 import time
 
+from enclave_tools.backends.base import ContainerState
+from enclave_tools.errors import GatewayMisbehaved
+from enclave_tools.execution import Execution
 from enclave_tools.protocol import ExecuteCall
 from enclave_tools.sandbox import Sandbox
 from enclave_tools.turns import Turn
@@ -90,3 +93,31 @@ def test_cancelling_a_running_call_interrupts_it_at_once():
     execution = sb._execute(turn, "while True: pass", 30)  # ends at the cancel, not at 30 s
     assert kernel.interrupts == 1 and kernel.restarts == 0
     assert execution.status == "error" and execution.error.name == "Cancelled"
+
+
+class RunningBackend:
+    """A backend whose container always runs; it records removals."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.removed: list[object] = []
+
+    def wait_stopped(self, handle: object, timeout: float) -> ContainerState:
+        return ContainerState(running=True, exists=True)
+
+    def remove(self, handle: object) -> None:
+        self.removed.append(handle)
+
+
+def test_a_misbehaving_gateway_is_replaced_and_the_loss_told_on_the_next_result():
+    backend = RunningBackend()
+    sb = Sandbox(backend=backend)  # type: ignore[arg-type]
+    sb._handle = object()  # type: ignore[assignment]
+    error = sb._died_or(GatewayMisbehaved("an answer of 2 GiB"), Turn())
+    assert isinstance(error, GatewayMisbehaved) and "replaced" in str(error)
+    assert backend.removed and not sb.started  # the next run starts a new container
+    following = Turn()
+    execution = Execution()
+    sb._losses.tell(following, execution, None)
+    assert execution.state_lost and "misbehaved" in execution.text
