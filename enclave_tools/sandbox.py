@@ -286,9 +286,6 @@ class Sandbox:
             execution = self._execute(turn, code, seconds)
             self._losses.tell(turn, execution, self._turns.oldest_seen())
             return execution
-        except SandboxDied:
-            self._losses.tell(turn, None, self._turns.oldest_seen())
-            raise
         except EnclaveError:
             raise
         except Exception as exc:  # the caller only ever sees EnclaveErrors
@@ -644,7 +641,7 @@ class Sandbox:
         handle = self._handle
         state = self._backend.state(handle) if handle else None
         if state is None or not state.running:
-            raise self._died(turn, state.describe() if state else "the container was removed")
+            raise self._died(state.describe() if state else "the container was removed")
         # The container lives: the socket dropped. Reconnect; the run's output may be partial.
         self._reconnect(turn)
         execution = call.execution()
@@ -664,14 +661,13 @@ class Sandbox:
         except (GatewayError, *_CONNECT_ERRORS) as exc:
             raise self._died_or(exc, turn) from exc
 
-    def _died(self, turn: Turn | None, why: str) -> SandboxDied:
+    def _died(self, why: str) -> SandboxDied:
         """Forget the dead container and say so; the next run starts a fresh one."""
         handle = self._handle
         logs = self._last_output(handle, 10) if handle else ""
         self._stop_container()
-        self._losses.record(
-            f"The previous sandbox died ({why}); this is a new one. {STATE_LOST}.", witness=turn
-        )
+        # Told on the next result too, whoever's it is: the error may not reach a model as is.
+        self._losses.record(f"The previous sandbox died ({why}); this is a new one. {STATE_LOST}.")
         detail = f"\nIts last output:\n{logs}" if logs.strip() else ""
         return SandboxDied(
             f"The sandbox died: {why}. Everything in it is lost. The next run starts a new "
@@ -690,7 +686,7 @@ class Sandbox:
         # inside it is stuck. Docker may take a moment to notice the former.
         state = self._backend.wait_stopped(handle, timeout=3.0)
         if not state.running:
-            return self._died(turn, state.describe())
+            return self._died(state.describe())
         if isinstance(exc, GatewayMisbehaved):
             return self._misbehaved(exc)
         if isinstance(exc, EnclaveError):
