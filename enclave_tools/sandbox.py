@@ -1,15 +1,19 @@
 """Sandbox: one stateful Python kernel in one hardened container.
 
-A sandbox starts lazily (on :meth:`Sandbox.start` or the first run), serializes calls
-from any number of threads and tasks, enforces a deadline on every run, and escalates a
-run that will not stop: interrupt, then restart the kernel, then replace the container.
-Whenever state is lost the result says so.
+A sandbox starts lazily (on :meth:`Sandbox.start` or the first run) and runs its calls one
+at a time, first come first served (see :mod:`enclave_tools.turns`): a call waiting for its
+turn holds no thread, so one busy conversation never stalls another. Every run has a
+deadline; a run that will not stop is escalated: interrupt, then restart the kernel, then
+replace the container. Whenever state is lost, every caller that did not see it happen is
+told so on its next result. :meth:`Sandbox.close` ends a running cell and returns within
+:data:`CLOSE_TIMEOUT` seconds, however the gateway behaves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import json
 import logging
 import os
 import posixpath
@@ -17,9 +21,9 @@ import threading
 import time
 import uuid
 import weakref
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from enclave_tools.backends.base import Backend, SandboxHandle
 from enclave_tools.backends.docker import DockerBackend
@@ -28,28 +32,47 @@ from enclave_tools.errors import (
     EnclaveError,
     FileTransferError,
     GatewayError,
+    GatewayMisbehaved,
+    GatewayUnreachable,
     InvalidInput,
     SandboxClosed,
     SandboxDied,
     SandboxStartFailed,
 )
-from enclave_tools.execution import Execution, ExecutionError
+from enclave_tools.execution import Execution, ExecutionError, clean_text, cut_middle
 from enclave_tools.kernel import KernelClient
+from enclave_tools.losses import LossLog
 from enclave_tools.protocol import ExecuteCall
 from enclave_tools.transport import GatewayHTTP, quote_path
+from enclave_tools.turns import Turn, TurnQueue, Workers, in_own_thread, run_job
 
-__all__ = ["Sandbox"]
+__all__ = ["CLOSE_TIMEOUT", "Sandbox", "close_sandboxes"]
 
 log = logging.getLogger(__name__)
 
-_executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="enclave-run")
+_workers = Workers("enclave-run")
 _live: weakref.WeakSet[Sandbox] = weakref.WeakSet()
 _CONNECT_ERRORS = (ConnectionError, FileNotFoundError, OSError, GatewayError)
+
+CLOSE_TIMEOUT = 10.0
+"""Seconds :meth:`Sandbox.close` takes at most (plus the engine's own time to remove the
+container), even with a cell running and a gateway that answers nothing."""
+CLOSE_GRACE = 2.0
+"""Seconds a running cell gets to stop after close's interrupt, before its connection is cut."""
+INTERRUPT_TIMEOUT = 5.0
+"""Seconds an interrupt request may take."""
+_POLL = 0.1
+"""How often a running call looks whether its caller cancelled it."""
 
 STATE_LOST = (
     "All variables, imports and loaded data from earlier runs are gone; "
     "re-run any setup code before continuing"
 )
+
+
+def _for_model(text: str, limit: int) -> str:
+    """``text`` from the sandbox (hostile: escapes, floods) made fit for a model to read."""
+    return cut_middle(clean_text(text), limit)
 
 
 class Sandbox:
@@ -80,17 +103,16 @@ class Sandbox:
         self.id = uuid.uuid4().hex[:12]
         self._backend = backend or DockerBackend()
         self._progress = progress
-        self._run_lock = threading.RLock()
+        self._lock = threading.Lock()  # guards the handle, kernel and client, and _closed
+        self._turns = TurnQueue()
+        self._losses = LossLog()
         self._handle: SandboxHandle | None = None
         self._http: GatewayHTTP | None = None
         self._kernel: KernelClient | None = None
-        self._closed = False
-        self._pending_notes: list[str] = []
+        self._closed = False  # no new work
+        self._ending = False  # a close() is ending what runs
+        self._close_done = threading.Event()
         self._oom_kills = 0
-        self._in_flight = 0
-        self._in_flight_lock = threading.Lock()
-        self._running: object | None = None  # the ticket of the call running now
-        self._cancelled: set[object] = set()  # tickets of async calls cancelled by their caller
         self.last_active = time.monotonic()
         """``time.monotonic()`` when a run last started or ended."""
 
@@ -104,7 +126,8 @@ class Sandbox:
     @property
     def container_id(self) -> str | None:
         """The backend's id for the running gateway (container id, pod name), once started."""
-        return self._handle.container_id if self._handle else None
+        handle = self._handle
+        return handle.container_id if handle else None
 
     @property
     def handle(self) -> SandboxHandle | None:
@@ -113,37 +136,92 @@ class Sandbox:
 
     @property
     def busy(self) -> bool:
-        """Whether a run is in progress or waiting for its turn."""
-        return self._in_flight > 0
+        """Whether a call is running or waiting for its turn."""
+        return self._turns.busy
 
     def mark_state_lost(self, reason: str) -> None:
         """Make the next result say that earlier state is gone, and why."""
-        self._pending_notes.append(f"{reason}. {STATE_LOST}.")
+        self._losses.record(f"{reason}. {STATE_LOST}.")
 
     def start(self) -> Sandbox:
         """Start the container and the kernel (builds the image first if needed)."""
         if self._handle is not None and not self._closed:
-            return self  # running: no need to wait for the run lock
-        with self._run_lock:
-            self._check_open()
-            if self._handle is None:
-                self._start_container()
-        return self
+            return self  # running: no need to wait for a turn
+        turn = self._enter()
+        self._turns.wait(turn)
+        return self._start_in_turn(turn)
 
     async def astart(self) -> Sandbox:
         """Async :meth:`start`."""
-        return await _in_thread(self.start)
+        if self._handle is not None and not self._closed:
+            return self
+        turn = self._enter()
+        await self._turns.wait_async(turn)
+        return await run_job(_workers.submit, self._start_in_turn, turn)
+
+    def _start_in_turn(self, turn: Turn) -> Sandbox:
+        try:
+            self._check_open()
+            if self._handle is None:
+                self._start_container()
+            return self
+        finally:
+            self._turns.leave(turn)
+
+    def retire(self, reason: str) -> bool:
+        """If no call runs or waits, remove the container but keep the sandbox usable: the
+        next run starts a fresh one, and its result says that state was lost because of
+        ``reason``. Returns whether it was retired (False: busy or closed)."""
+        turn = Turn(self._losses.generation)
+        if not self._turns.try_enter(turn):
+            return False
+        try:
+            if self._closed:
+                return False
+            self._stop_container()
+            self.mark_state_lost(reason)
+            return True
+        finally:
+            self._turns.leave(turn)
 
     def close(self) -> None:
-        """Remove the container and everything the sandbox created. Safe to call twice."""
-        self._closed = True
-        with self._run_lock:
-            self._stop_container()
-        _live.discard(self)
+        """Remove the container and everything the sandbox created. Safe to call twice.
+
+        New calls are refused at once and calls waiting for their turn fail with
+        :class:`SandboxClosed`; a running cell is interrupted, and cut off if it has not
+        stopped within :data:`CLOSE_GRACE` s. Returns within :data:`CLOSE_TIMEOUT` s (plus
+        the time the engine takes to remove the container)."""
+        self._refuse_new_work()
+        with self._lock:
+            ending, self._ending = not self._ending, True
+        if not ending:
+            self._close_done.wait(CLOSE_TIMEOUT)  # another thread is closing it
+            return
+        try:
+            self._end_running(time.monotonic() + CLOSE_TIMEOUT)
+        finally:
+            _live.discard(self)
+            self._close_done.set()
 
     async def aclose(self) -> None:
-        """Async :meth:`close`."""
-        await _in_thread(self.close)
+        """Async :meth:`close` (on a thread of its own: it never waits behind runs)."""
+        await in_own_thread(self.close)
+
+    def _refuse_new_work(self) -> None:
+        """Refuse new calls and fail the waiting ones at once (no I/O, never blocks)."""
+        with self._lock:
+            first, self._closed = not self._closed, True
+        if first:
+            self._turns.close(self._closed_error("before this call's turn came"))
+
+    def _end_running(self, deadline: float) -> None:
+        """End what runs (interrupt, then cut the connection) and remove the container."""
+        running = self._turns.current
+        if running is not None and running.sent:
+            self._interrupt_in_own_thread()
+            self._turns.wait_idle(min(CLOSE_GRACE, deadline - time.monotonic()))
+        self._stop_container()  # wakes a call stuck on the gateway: its connection is gone
+        self._turns.wait_idle(max(deadline - time.monotonic(), 0.0))
 
     def __enter__(self) -> Sandbox:
         return self.start()
@@ -170,64 +248,84 @@ class Sandbox:
         seconds is interrupted (``status == "timeout"``). Raises :class:`EnclaveError`
         subclasses only when the sandbox itself fails.
         """
-        return self._run(code, timeout, object())
-
-    async def arun(self, code: str, timeout: float | None = None) -> Execution:
-        """Async :meth:`run`; it never blocks the event loop. Cancelling it interrupts the
-        run (only this one: a call still waiting for its turn is simply dropped)."""
-        ticket = object()
-        try:
-            return await _in_thread(self._run, code, timeout, ticket)
-        except asyncio.CancelledError:
-            self._cancelled.add(ticket)
-            _executor.submit(self._interrupt_if_running, ticket)
-            raise
-
-    def _run(self, code: str, timeout: float | None, ticket: object) -> Execution:
         code = check_code(code)
         seconds = check_timeout(timeout, self.config.timeout)
-        with self._in_flight_lock:
-            self._in_flight += 1
+        turn = self._enter()
+        self._turns.wait(turn)
+        return self._run_turn(turn, code, seconds)
+
+    async def arun(self, code: str, timeout: float | None = None) -> Execution:
+        """Async :meth:`run`; it never blocks the event loop, and waiting for its turn holds
+        no thread. Cancelling it drops a call still waiting for its turn, never sends code
+        not yet sent, and interrupts code already running (escalating as a timeout would
+        if the code ignores the interrupt; the next result then says that state was lost)."""
+        code = check_code(code)
+        seconds = check_timeout(timeout, self.config.timeout)
+        turn = self._enter()
+        await self._turns.wait_async(turn)
         try:
-            with self._run_lock:
-                self._check_open()
-                self.last_active = time.monotonic()
-                if ticket in self._cancelled:  # cancelled while waiting for its turn
-                    self._cancelled.discard(ticket)
-                    return Execution(status="error", notes=["cancelled before it ran"])
-                if self._handle is None:
-                    self._start_container()
-                self._running = ticket
-                try:
-                    return self._execute(code, seconds)
-                finally:
-                    self._running = None
+            return await run_job(_workers.submit, self._run_turn, turn, code, seconds)
+        except asyncio.CancelledError:
+            self._losses.cancel(turn)  # the running call sees this within _POLL s
+            raise
+
+    def _enter(self) -> Turn:
+        turn = Turn(self._losses.generation)
+        self._turns.enter(turn)
+        return turn
+
+    def _run_turn(self, turn: Turn, code: str, seconds: float) -> Execution:
+        """Run ``code`` in ``turn`` (which is current), then hand the sandbox on."""
+        self.last_active = time.monotonic()
+        try:
+            self._check_open()
+            if turn.cancelled:
+                return _cancelled(sent=False)
+            if self._handle is None:
+                self._start_container()
+            execution = self._execute(turn, code, seconds)
+            self._losses.tell(turn, execution, self._turns.oldest_seen())
+            return execution
+        except EnclaveError:
+            raise
+        except Exception as exc:  # the caller only ever sees EnclaveErrors
+            if self._closed:
+                raise self._closed_error("while this code ran") from exc
+            log.warning("a sandbox call failed unexpectedly", exc_info=True)
+            raise GatewayError(f"the sandbox call failed unexpectedly: {exc!r}") from exc
         finally:
-            with self._in_flight_lock:
-                self._in_flight -= 1
             self.last_active = time.monotonic()
+            self._turns.leave(turn)
 
     def interrupt(self) -> None:
-        """Interrupt the code running now (as Ctrl-C would); variables are kept."""
+        """Interrupt the code running now (as Ctrl-C would); variables are kept. It goes
+        straight to the gateway: it never waits for a turn."""
         kernel = self._kernel
         if kernel is None:
             return
         try:
-            kernel.interrupt()
+            kernel.interrupt(timeout=INTERRUPT_TIMEOUT)
         except (GatewayError, *_CONNECT_ERRORS) as exc:
             raise self._died_or(exc) from exc
 
     def restart(self) -> None:
         """Restart the kernel: a clean slate, all variables lost. Waits for a running call."""
-        with self._run_lock:
+        turn = self._enter()
+        self._turns.wait(turn)
+        try:
             self._check_open()
             if self._handle is None:
                 self._start_container()
                 return
+            kernel = self._live_kernel()
             try:
-                self._kernel.restart(timeout=self.config.startup_timeout)
+                kernel.restart(timeout=self.config.startup_timeout)
             except (GatewayError, *_CONNECT_ERRORS) as exc:
-                raise self._died_or(exc) from exc
+                raise self._died_or(exc, turn) from exc
+            self._losses.record(f"The kernel was restarted on request. {STATE_LOST}.", witness=turn)
+            self._losses.tell(turn, None, self._turns.oldest_seen())
+        finally:
+            self._turns.leave(turn)
 
     # -- files -----------------------------------------------------------------------
 
@@ -271,12 +369,17 @@ class Sandbox:
         if not isinstance(path, str) or not path or "\0" in path:
             raise InvalidInput("a sandbox path must be a non-empty string without NUL bytes")
         self.start()
+        http = self._http
+        if http is None:
+            raise self._closed_error("before the file was copied") if self._closed else SandboxDied(
+                "the sandbox stopped before the file was copied; try again"
+            )
         try:
-            status, data = self._http.request(
+            status, data = http.request(
                 method, f"/api/enclave/files?path={quote_path(self._remote(path))}", body,
                 headers=headers, timeout=max(self.config.timeout, 60.0),
             )
-        except _CONNECT_ERRORS as exc:
+        except (GatewayError, *_CONNECT_ERRORS) as exc:
             raise self._died_or(exc) from exc
         if status == 404 and not data.lstrip().startswith(b"{"):  # the route, not the file
             raise FileTransferError(
@@ -289,16 +392,24 @@ class Sandbox:
     def _remote(self, path: str) -> str:
         return posixpath.normpath(posixpath.join(self.config.workdir, path))
 
-    # -- internals ---------------------------------------------------------------------
+    # -- the container -----------------------------------------------------------------
 
     def _check_open(self) -> None:
         if self._closed:
             raise SandboxClosed("this sandbox was closed; create a new Sandbox to run code")
 
+    def _closed_error(self, when: str) -> SandboxClosed:
+        return SandboxClosed(
+            f"this sandbox was closed {when}, so the code did not run or its output is lost. "
+            "Create a new Sandbox to run code."
+        )
+
     def _start_container(self) -> None:
+        self._check_open()
+        _live.add(self)  # from now on, the interpreter's exit closes it
         handle = self._backend.start(self.config, self.id, progress=self._progress)
-        _live.add(self)
         try:
+            self._check_open()  # closed while the container started
             http = GatewayHTTP(handle.endpoint)
             self._wait_ready(handle, http)
             kernel = KernelClient(http)
@@ -306,10 +417,15 @@ class Sandbox:
             ready = getattr(self._backend, "ready", None)
             if ready is not None:
                 ready(handle, self.config)
-        except BaseException:
+            with self._lock:
+                if self._closed:
+                    raise self._closed_error("while it started")
+                self._handle, self._http, self._kernel = handle, http, kernel
+        except BaseException as exc:
             self._backend.remove(handle)
+            if self._closed and not isinstance(exc, SandboxClosed):
+                raise self._closed_error("while it started") from exc
             raise
-        self._handle, self._http, self._kernel = handle, http, kernel
         self._oom_kills = 0
 
     def _wait_ready(self, handle: SandboxHandle, http: GatewayHTTP) -> None:
@@ -317,12 +433,13 @@ class Sandbox:
         next_check = time.monotonic() + 0.5
         pause = 0.005
         while True:
+            self._check_open()
             try:
                 status, _ = http.request("GET", "/api", timeout=5)
                 if status == 200:
                     return
                 raise SandboxStartFailed(f"the gateway answered {status} to the readiness check")
-            except _CONNECT_ERRORS:
+            except (GatewayUnreachable, *_CONNECT_ERRORS):
                 pass
             now = time.monotonic()
             if now >= next_check:
@@ -330,20 +447,25 @@ class Sandbox:
                 if not state.running:
                     raise SandboxStartFailed(
                         f"the sandbox's gateway did not start: {state.describe()}.\n"
-                        f"Its last output:\n{self._backend.logs(handle)}"
+                        f"Its last output:\n{self._last_output(handle)}"
                     )
                 next_check = now + 0.5
             if now >= deadline:
                 raise SandboxStartFailed(
                     f"the gateway did not answer within {self.config.startup_timeout:.0f} s.\n"
-                    f"Its last output:\n{self._backend.logs(handle)}"
+                    f"Its last output:\n{self._last_output(handle)}"
                 )
             time.sleep(pause)
             pause = min(pause * 1.5, 0.05)
 
+    def _last_output(self, handle: SandboxHandle, lines: int = 30) -> str:
+        return _for_model(self._backend.logs(handle, lines), self.config.output_limit)
+
     def _stop_container(self) -> None:
-        handle, kernel, http = self._handle, self._kernel, self._http
-        self._handle = self._kernel = self._http = None
+        """Forget the container and remove it; safe from any thread, at any time."""
+        with self._lock:
+            handle, kernel, http = self._handle, self._kernel, self._http
+            self._handle = self._kernel = self._http = None
         if kernel is not None:
             if getattr(self._backend, "owns_gateway", True):
                 kernel.disconnect()  # the gateway goes with its container
@@ -358,35 +480,113 @@ class Sandbox:
         self._stop_container()
         self._start_container()
 
-    def _execute(self, code: str, timeout: float) -> Execution:
+    def _live_kernel(self) -> KernelClient:
         kernel = self._kernel
+        if kernel is None:
+            if self._closed:
+                raise self._closed_error("while this code ran")
+            raise SandboxDied("the sandbox stopped; the next run starts a new one")
+        return kernel
+
+    def _interrupt_in_own_thread(self) -> None:
+        """Send an interrupt on a thread of its own (it never waits behind anything)."""
+
+        def send() -> None:
+            try:
+                self.interrupt()
+            except EnclaveError as exc:
+                log.debug("interrupt failed: %s", exc)
+
+        threading.Thread(target=send, name=f"enclave-interrupt-{self.id}", daemon=True).start()
+
+    # -- one run -------------------------------------------------------------------------
+
+    def _execute(self, turn: Turn, code: str, timeout: float) -> Execution:
+        kernel = self._live_kernel()
         if not kernel.connected:
-            self._reconnect()
-            kernel = self._kernel
+            self._reconnect(turn)
+        if turn.cancelled:
+            return _cancelled(sent=False)
         call = kernel.execute(
             code, capture_limit=self.config.capture_limit, output_limit=self.config.output_limit
         )
+        turn.sent = True
         try:
-            if kernel.wait(call, timeout):
-                execution = self._finished(call)
-            else:
-                execution = self._timed_out(call, timeout)
+            outcome = self._wait_for(turn, kernel, call, timeout)
+            if outcome == "done":
+                return self._finished(turn, call)
+            return self._stop(turn, kernel, call, timeout)
         finally:
             kernel.forget(call)
-        if self._pending_notes:
-            execution.notes[:0] = self._pending_notes
-            execution.state_lost = True
-            self._pending_notes = []
+
+    def _wait_for(self, turn: Turn, kernel: KernelClient, call: ExecuteCall, timeout: float) -> str:
+        """``done``, ``cancelled`` (the caller gave up) or ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if kernel.wait(call, max(min(left, _POLL), 0.0)):
+                return "done"
+            if turn.cancelled:
+                return "cancelled"
+            if left <= _POLL:
+                return "done" if call.idle else "timeout"  # idle came: the cell is over
+
+    def _finished(self, turn: Turn, call: ExecuteCall) -> Execution:
+        if call.ended is None:
+            execution = call.execution()
+            if self._closed:
+                execution.notes.append("The sandbox was closed while this code ran.")
+            return execution
+        if call.ended == "kernel_died":
+            return self._kernel_died(turn, call)
+        return self._connection_lost(turn, call)
+
+    def _stop(self, turn: Turn, kernel: KernelClient, call: ExecuteCall, timeout: float) -> Execution:
+        """Interrupt a run that timed out or was cancelled; escalate if it will not stop."""
+        cancelled = turn.cancelled
+        grace = self.config.interrupt_grace
+        try:
+            kernel.interrupt(timeout=INTERRUPT_TIMEOUT)
+        except (GatewayError, *_CONNECT_ERRORS) as exc:
+            log.debug("interrupt failed: %s", exc)
+        stopped = kernel.wait(call, grace) or call.idle  # idle came: the cell is over
+        if stopped and call.ended:
+            return self._finished(turn, call)
+        why = "it was cancelled" if cancelled else f"it ran longer than {timeout:g} s (the time limit)"
+        execution = call.execution()
+        execution.status = "error" if cancelled else "timeout"
+        name = "Cancelled" if cancelled else "Timeout"
+        if stopped:
+            execution.error = ExecutionError(name, f"the code was interrupted because {why}", "")
+            execution.notes.append(
+                f"Stopped with an interrupt because {why}. Variables from earlier runs are "
+                "kept; anything this run had not finished is not."
+            )
+            return execution
+        if self._closed:
+            raise self._closed_error("while this code ran")
+        how = self._escalate(kernel)
+        execution.state_lost = True
+        execution.error = ExecutionError(name, f"{why} and the code ignored the interrupt", "")
+        execution.notes.append(f"Stopped because {why}: the code ignored the interrupt, so {how}. {STATE_LOST}.")
+        self._losses.record(
+            f"An earlier run ignored an interrupt, so {how}. {STATE_LOST}.", witness=turn
+        )
         return execution
 
-    def _finished(self, call: ExecuteCall) -> Execution:
-        if call.ended is None:
-            return call.execution()
-        if call.ended == "kernel_died":
-            return self._kernel_died(call)
-        return self._connection_lost(call)
+    def _escalate(self, kernel: KernelClient) -> str:
+        """Restart the kernel, or replace the container if that fails; say which."""
+        try:
+            kernel.restart(timeout=self.config.startup_timeout)
+            return "the kernel was restarted"
+        except (GatewayError, *_CONNECT_ERRORS) as exc:
+            if self._closed:
+                raise self._closed_error("while this code ran") from exc
+            log.debug("restart failed (%s); replacing the container", exc)
+            self._replace_container()
+            return "the sandbox was replaced with a new one"
 
-    def _kernel_died(self, call: ExecuteCall) -> Execution:
+    def _kernel_died(self, turn: Turn, call: ExecuteCall) -> Execution:
         execution = call.execution()
         execution.status = "kernel_died"
         execution.state_lost = True
@@ -394,29 +594,35 @@ class Sandbox:
         execution.error = ExecutionError(
             "KernelDied", f"the kernel died while running this code{cause}", ""
         )
-        execution.notes.append(
-            f"The Python kernel died{cause} and was restarted. {STATE_LOST}."
+        execution.notes.append(f"The Python kernel died{cause} and was restarted. {STATE_LOST}.")
+        self._losses.record(
+            f"The Python kernel died{cause} during an earlier run and was restarted. {STATE_LOST}.",
+            witness=turn,
         )
-        self._recover_kernel()
+        self._recover_kernel(turn)
         return execution
 
     def _death_cause(self) -> str:
+        http = self._http
         try:
-            status, data = self._http.request("GET", "/api/enclave/info", timeout=5)
-            kills = int(__import__("json").loads(data).get("oom_kills") or 0) if status == 200 else 0
-        except (OSError, ValueError):
+            if http is None:
+                raise OSError("closed")
+            status, data = http.request("GET", "/api/enclave/info", timeout=5)
+            kills = int(json.loads(data).get("oom_kills") or 0) if status == 200 else 0
+        except (GatewayError, OSError, ValueError, AttributeError, TypeError):
             kills = self._oom_kills
         if kills > self._oom_kills:
             self._oom_kills = kills
             return f" because it ran out of memory (the limit is {self.config.memory})"
         return ""
 
-    def _recover_kernel(self) -> None:
+    def _recover_kernel(self, turn: Turn) -> None:
         """After a kernel death: wait for the gateway's automatic restart, or start a new kernel."""
-        kernel = self._kernel
+        kernel = self._live_kernel()
         deadline = time.monotonic() + self.config.startup_timeout
         try:
             while time.monotonic() < deadline:
+                self._check_open()
                 model = kernel.model()
                 if model is None or model.get("execution_state") == "dead":
                     kernel.replace(timeout=self.config.startup_timeout)
@@ -427,14 +633,17 @@ class Sandbox:
                 time.sleep(0.05)
             kernel.replace(timeout=self.config.startup_timeout)
         except (GatewayError, *_CONNECT_ERRORS) as exc:
-            raise self._died_or(exc) from exc
+            raise self._died_or(exc, turn) from exc
 
-    def _connection_lost(self, call: ExecuteCall) -> Execution:
-        state = self._backend.state(self._handle)
-        if not state.running:
-            raise self._died(state.describe())
+    def _connection_lost(self, turn: Turn, call: ExecuteCall) -> Execution:
+        if self._closed:
+            raise self._closed_error("while this code ran")
+        handle = self._handle
+        state = self._backend.state(handle) if handle else None
+        if state is None or not state.running:
+            raise self._died(state.describe() if state else "the container was removed")
         # The container lives: the socket dropped. Reconnect; the run's output may be partial.
-        self._reconnect()
+        self._reconnect(turn)
         execution = call.execution()
         execution.status = "error"
         execution.error = ExecutionError(
@@ -446,82 +655,86 @@ class Sandbox:
         )
         return execution
 
-    def _reconnect(self) -> None:
+    def _reconnect(self, turn: Turn) -> None:
         try:
-            self._kernel.connect(timeout=self.config.startup_timeout)
+            self._live_kernel().connect(timeout=self.config.startup_timeout)
         except (GatewayError, *_CONNECT_ERRORS) as exc:
-            raise self._died_or(exc) from exc
-
-    def _timed_out(self, call: ExecuteCall, timeout: float) -> Execution:
-        kernel = self._kernel
-        grace = self.config.interrupt_grace
-        try:
-            kernel.interrupt()
-        except (GatewayError, *_CONNECT_ERRORS) as exc:
-            log.debug("interrupt failed: %s", exc)
-        if kernel.wait(call, grace):
-            if call.ended == "kernel_died":
-                return self._kernel_died(call)
-            execution = call.execution()
-            execution.status = "timeout"
-            execution.error = ExecutionError(
-                "Timeout", f"the code ran longer than {timeout:g} s and was interrupted", ""
-            )
-            execution.notes.append(
-                f"Stopped after {timeout:g} s (the time limit) with an interrupt. Variables "
-                "from earlier runs are kept; anything this run had not finished is not."
-            )
-            return execution
-        kernel.forget(call)
-        execution = call.execution()
-        execution.status = "timeout"
-        execution.state_lost = True
-        execution.error = ExecutionError(
-            "Timeout", f"the code ran longer than {timeout:g} s and ignored the interrupt", ""
-        )
-        try:
-            kernel.restart(timeout=self.config.startup_timeout)
-            how = "the kernel was restarted"
-        except (GatewayError, *_CONNECT_ERRORS) as exc:
-            log.debug("restart failed (%s); replacing the container", exc)
-            self._replace_container()
-            how = "the sandbox was replaced with a new one"
-        execution.notes.append(
-            f"Stopped after {timeout:g} s (the time limit): the code ignored the interrupt, "
-            f"so {how}. {STATE_LOST}."
-        )
-        return execution
+            raise self._died_or(exc, turn) from exc
 
     def _died(self, why: str) -> SandboxDied:
         """Forget the dead container and say so; the next run starts a fresh one."""
-        logs = self._backend.logs(self._handle, 10) if self._handle else ""
+        handle = self._handle
+        logs = self._last_output(handle, 10) if handle else ""
         self._stop_container()
-        self.mark_state_lost(f"The previous sandbox died ({why}); this is a new one")
+        # Told on the next result too, whoever's it is: the error may not reach a model as is.
+        self._losses.record(f"The previous sandbox died ({why}); this is a new one. {STATE_LOST}.")
         detail = f"\nIts last output:\n{logs}" if logs.strip() else ""
         return SandboxDied(
             f"The sandbox died: {why}. Everything in it is lost. The next run starts a new "
             f"sandbox automatically.{detail}"
         )
 
-    def _died_or(self, exc: BaseException) -> EnclaveError:
-        if self._handle is None:
-            return SandboxDied("the sandbox is not running")
+    def _died_or(self, exc: BaseException, turn: Turn | None = None) -> EnclaveError:
+        """The error to raise for a failed gateway request: closed, died, misbehaved, or
+        unreachable."""
+        if self._closed:
+            return self._closed_error("while this call ran")
+        handle = self._handle
+        if handle is None:
+            return SandboxDied("the sandbox stopped; the next run starts a new one")
         # The gateway is unreachable: either the container is stopping, or the gateway
         # inside it is stuck. Docker may take a moment to notice the former.
-        state = self._backend.wait_stopped(self._handle, timeout=3.0)
+        state = self._backend.wait_stopped(handle, timeout=3.0)
         if not state.running:
             return self._died(state.describe())
+        if isinstance(exc, GatewayMisbehaved):
+            return self._misbehaved(exc)
         if isinstance(exc, EnclaveError):
             return exc
-        return GatewayError(f"cannot reach the sandbox's gateway: {exc}")
+        return GatewayUnreachable(f"cannot reach the sandbox's gateway: {exc}")
 
-    def _interrupt_if_running(self, ticket: object) -> None:
-        if self._running is not ticket:
-            return  # that call has not started (it never will) or is over: nothing to stop
-        try:
-            self.interrupt()
-        except EnclaveError:
-            pass
+    def _misbehaved(self, exc: GatewayMisbehaved) -> GatewayMisbehaved:
+        """A gateway that broke the protocol may be under the code's control: replace it."""
+        self._stop_container()
+        note = f"The sandbox's gateway misbehaved ({exc}), so it was replaced with a new one"
+        self.mark_state_lost(note)
+        return GatewayMisbehaved(
+            f"{note}. Everything in it is lost; the next run starts a new sandbox "
+            f"automatically. {STATE_LOST}."
+        )
+
+
+def _cancelled(sent: bool) -> Execution:
+    """The result of a call its caller cancelled (nobody reads it)."""
+    what = "was interrupted" if sent else "never ran"
+    return Execution(
+        status="error",
+        error=ExecutionError("Cancelled", f"the call was cancelled and its code {what}", ""),
+    )
+
+
+def close_sandboxes(sandboxes: Iterable[Sandbox], timeout: float = CLOSE_TIMEOUT) -> None:
+    """Close many sandboxes at once: first refuse new work in every one, then end what
+    runs in all of them in parallel. Returns within about ``timeout`` seconds (plus the
+    engine's time to remove the containers)."""
+    todo = list(sandboxes)
+    for sandbox in todo:
+        sandbox._refuse_new_work()
+    threads = []
+    for sandbox in todo:
+
+        def close(sandbox: Sandbox = sandbox) -> None:
+            try:
+                sandbox.close()
+            except Exception as exc:  # noqa: BLE001 - one failure must not stop the others
+                log.warning("closing sandbox %s failed: %s", sandbox.id, exc)
+
+        thread = threading.Thread(target=close, name=f"enclave-close-{sandbox.id}", daemon=True)
+        thread.start()
+        threads.append(thread)
+    deadline = time.monotonic() + timeout + 5.0  # + the engine's removal
+    for thread in threads:
+        thread.join(max(deadline - time.monotonic(), 0.0))
 
 
 def check_code(code: Any) -> str:
@@ -548,13 +761,7 @@ def check_timeout(timeout: Any, default: float) -> float:
     return float(timeout)
 
 
-async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:
-    return await asyncio.get_running_loop().run_in_executor(_executor, lambda: fn(*args))
-
-
 def _reason(data: bytes) -> str:
-    import json
-
     try:
         return str(json.loads(data).get("reason"))
     except (ValueError, AttributeError):
@@ -563,8 +770,5 @@ def _reason(data: bytes) -> str:
 
 @atexit.register
 def _close_all() -> None:
-    for sandbox in list(_live):
-        try:
-            sandbox.close()
-        except Exception:  # noqa: BLE001 - interpreter is exiting
-            pass
+    """At interpreter exit, close every sandbox still open, within :data:`CLOSE_TIMEOUT`."""
+    close_sandboxes(list(_live))

@@ -9,7 +9,6 @@ optional warm pool of started sandboxes and retirement of idle ones.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -19,7 +18,8 @@ from typing import Any
 
 from enclave_tools.config import SandboxConfig
 from enclave_tools.errors import EnclaveError, SandboxClosed
-from enclave_tools.sandbox import Sandbox
+from enclave_tools.sandbox import CLOSE_TIMEOUT, Sandbox, close_sandboxes
+from enclave_tools.turns import in_own_thread
 
 __all__ = ["SandboxSessions"]
 
@@ -54,7 +54,8 @@ class SandboxSessions:
         self._factory = factory or (lambda: Sandbox(config, **overrides))
         self._sessions: dict[str, Sandbox] = {}
         self._last_used: dict[str, float] = {}
-        self._retired: set[str] = set()
+        self._retired: dict[str, Sandbox] = {}  # retired for idleness: no container
+        self._warming: list[Sandbox] = []  # being started by the worker
         self._ready: deque[Sandbox] = deque()
         self._starting = 0
         self._closed = False
@@ -75,7 +76,9 @@ class SandboxSessions:
         return self
 
     def get(self, key: str) -> Sandbox:
-        """The sandbox of session ``key``: its own if it has one, else a warm one, else new."""
+        """The sandbox of session ``key``: its own if it has one, else a warm one, else new.
+        A session retired for idleness gets its own sandbox back: its next result says
+        that its state was lost."""
         key = str(key)
         self.start()
         with self._wake:
@@ -83,14 +86,10 @@ class SandboxSessions:
             self._last_used[key] = time.monotonic()
             sandbox = self._sessions.get(key)
             if sandbox is None:
-                sandbox = self._ready.popleft() if self._ready else self._factory()
+                sandbox = self._retired.pop(key, None)
+                if sandbox is None:
+                    sandbox = self._ready.popleft() if self._ready else self._factory()
                 self._sessions[key] = sandbox
-                if key in self._retired:
-                    self._retired.discard(key)
-                    sandbox.mark_state_lost(
-                        f"This conversation's sandbox was closed after more than "
-                        f"{self.idle_ttl:g} s without use, and this is a new one"
-                    )
                 self._wake.notify_all()
             return sandbox
 
@@ -101,7 +100,7 @@ class SandboxSessions:
     def release(self, key: str) -> None:
         """Close session ``key``'s sandbox; the next ``get(key)`` makes a fresh one."""
         with self._wake:
-            sandbox = self._sessions.pop(str(key), None)
+            sandbox = self._sessions.pop(str(key), None) or self._retired.pop(str(key), None)
             self._last_used.pop(str(key), None)
         if sandbox is not None:
             sandbox.close()
@@ -129,22 +128,26 @@ class SandboxSessions:
             return len(self._ready) >= self.warm
 
     def close(self) -> None:
-        """Close every sandbox, warm ones included, and stop the worker."""
+        """Close every sandbox, warm ones included, and stop the worker. New work is
+        refused in every sandbox first; then what runs is ended in all of them at once
+        (within :data:`~enclave_tools.sandbox.CLOSE_TIMEOUT` seconds)."""
         with self._wake:
             self._closed = True
-            sandboxes = list(self._sessions.values()) + list(self._ready)
+            sandboxes = [
+                *self._sessions.values(), *self._ready, *self._retired.values(), *self._warming
+            ]
             self._sessions.clear()
             self._ready.clear()
+            self._retired.clear()
             self._wake.notify_all()
             worker = self._worker
+        close_sandboxes(sandboxes)
         if worker is not None and worker is not threading.current_thread():
-            worker.join(timeout=120)
-        for sandbox in sandboxes:
-            sandbox.close()
+            worker.join(timeout=CLOSE_TIMEOUT)
 
     async def aclose(self) -> None:
-        """Async :meth:`close`."""
-        await asyncio.get_running_loop().run_in_executor(None, self.close)
+        """Async :meth:`close` (on a thread of its own)."""
+        await in_own_thread(self.close)
 
     def __enter__(self) -> SandboxSessions:
         return self.start()
@@ -187,37 +190,60 @@ class SandboxSessions:
 
     def _warm_one(self) -> None:
         sandbox: Sandbox | None = None
+        started = False
         try:
-            sandbox = self._factory().start()
+            with self._wake:
+                if not self._closed:
+                    sandbox = self._factory()
+                    self._warming.append(sandbox)  # close() closes it too, even mid-start
+            if sandbox is not None:
+                sandbox.start()
+                started = True
         except Exception as exc:  # noqa: BLE001 - the worker must live on
-            log.warning("could not warm a sandbox: %s", exc)
-            self.last_error = exc if isinstance(exc, EnclaveError) else None
+            if not self._closed:
+                log.warning("could not warm a sandbox: %s", exc)
+                self.last_error = exc if isinstance(exc, EnclaveError) else None
         with self._wake:
             self._starting -= 1
-            keep = sandbox is not None and not self._closed
-            if keep:
+            if sandbox is not None:
+                self._warming.remove(sandbox)
+            keep = started and not self._closed
+            if keep and sandbox is not None:
                 self._ready.append(sandbox)
             self._wake.notify_all()
-            if sandbox is None and not self._closed:
+            if not started and not self._closed:
                 self._wake.wait(5.0)  # a broken engine: back off instead of spinning
         if sandbox is not None and not keep:
-            sandbox.close()  # the sessions were closed while it started
+            sandbox.close()  # it failed, or the sessions were closed while it started
 
     def _retire_idle(self) -> None:
+        """Remove the containers of sessions idle past ``idle_ttl``. A session with a call
+        running or waiting is never retired; nor one handed out by ``get`` since."""
         if not self.idle_ttl:
             return
         now = time.monotonic()
-        retired = []
         with self._wake:
-            for key, sandbox in list(self._sessions.items()):
-                last = max(self._last_used.get(key, 0.0), sandbox.last_active)
-                if sandbox.busy or now - last <= self.idle_ttl:
-                    continue
-                retired.append(self._sessions.pop(key))
+            idle = [
+                (key, sandbox)
+                for key, sandbox in self._sessions.items()
+                if now - max(self._last_used.get(key, 0.0), sandbox.last_active) > self.idle_ttl
+                and not sandbox.busy
+            ]
+        reason = f"This conversation's sandbox was closed after more than {self.idle_ttl:g} s without use, and this is a new one"
+        for key, sandbox in idle:
+            with self._wake:
+                used = self._last_used.get(key, 0.0)
+                if self._closed or self._sessions.get(key) is not sandbox or now - used <= self.idle_ttl:
+                    continue  # handed out again meanwhile
+                self._sessions.pop(key)
                 self._last_used.pop(key, None)
-                self._retired.add(key)
-        for sandbox in retired:
-            sandbox.close()
+                self._retired[key] = sandbox
+            if not sandbox.retire(reason):  # a call came for it meanwhile: keep it
+                with self._wake:
+                    if self._retired.get(key) is sandbox and key not in self._sessions:
+                        del self._retired[key]
+                        self._sessions[key] = sandbox
+                        self._last_used[key] = time.monotonic()
 
     def _check_every(self) -> float | None:
         return None if not self.idle_ttl else max(min(self.idle_ttl / 4, 30.0), 0.05)
