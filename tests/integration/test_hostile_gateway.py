@@ -48,8 +48,9 @@ MEMORY_BOUND = 100 * 2**20
 MEMORY_ABORT = 2**30
 """Growth at which the watchdog stops an attack at once (to protect the machine)."""
 SERVER_SOURCE = (Path(__file__).parent.parent / "hostile" / "server.py").read_text()
-SERVER_PORT = 9999
-"""Where the hostile server listens in the container (its records: the next port)."""
+FIRST_PORT = 9000
+"""Where the first hostile server listens in the container (its records: the next port);
+each launch takes a new pair, so an old server still dying cannot answer for a new one."""
 TEST_LABEL = "io.enclave-tools.hostile-test"
 """A label unique to each sandbox made here, so its containers can be force-removed."""
 MARKER = "the real file's contents"
@@ -311,6 +312,7 @@ class HostileGateway:
         self.mode = mode
         self.sb: Sandbox | None = None
         self.attack: Attack | None = None
+        self.port = FIRST_PORT
 
     def prepare(self) -> Attack:
         """Give back the endpoint, (re)start the server in the sandbox, take over again."""
@@ -318,6 +320,7 @@ class HostileGateway:
             self.attack.records.close()
             if id(self.attack.sb) not in self.sandboxes.abandoned:
                 self.attack.give_back()
+        self.port += 2
         for _ in range(2):
             if self.sb is None or id(self.sb) in self.sandboxes.abandoned:
                 self.sb = self.sandboxes.new(network="bridge", transport="tcp", file_limit="8m")
@@ -332,18 +335,18 @@ class HostileGateway:
             pytest.fail(f"could not start the hostile server: {launch.describe()}")
         host = bridge_ip(self.sandboxes.docker, self.sb.container_id)
         try:
-            records = Records(host, SERVER_PORT + 1)
+            records = Records(host, self.port + 1)
         except OSError as exc:
             pytest.fail(f"the host cannot reach the container at {host}: {exc}")
         token_sha256 = hashlib.sha256(self.sb.handle.endpoint.auth_header.encode()).hexdigest()
-        give_back = take_over_endpoint(self.sb, host, SERVER_PORT)
+        give_back = take_over_endpoint(self.sb, host, self.port)
         self.attack = Attack(self.sb, records, give_back, token_sha256)
         return self.attack
 
     def _launch(self, sb: Sandbox) -> None:
         sb.write_file("marker.txt", MARKER)
         path = sb.write_file("hostile_server.py", SERVER_SOURCE)
-        execution = sb.run(START_SERVER.format(path=path, mode=self.mode, port=SERVER_PORT), timeout=30)
+        execution = sb.run(START_SERVER.format(path=path, mode=self.mode, port=self.port), timeout=30)
         assert "hostile server ready" in execution.stdout, execution.text
 
     def abort(self) -> None:
