@@ -437,7 +437,7 @@ FIND_GATEWAY = """
 import os
 def gateway_pid():
     for entry in os.listdir('/proc'):
-        if entry.isdigit():
+        if entry.isdigit() and entry != '1':  # pid 1 is docker-init, whose cmdline names it too
             try:
                 cmdline = open(f'/proc/{entry}/cmdline', 'rb').read()
             except OSError:
@@ -509,6 +509,6 @@ def test_a_killed_gateway_is_a_clean_death_and_a_new_sandbox(sandboxes):
     again = bounded_call("next run", lambda: sb.run("'kept' in dir()"), lambda: sandboxes.remove(sb), 90)
     assert_bounded(again)
     assert isinstance(again.value, Execution), again.describe()
-    assert again.value.text == "False" and again.value.state_lost
+    assert again.value.text.startswith("False") and again.value.state_lost, again.value.text
     assert any(STATE_LOST in note for note in again.value.notes), again.value.notes
     assert_closed_cleanly(sandboxes, sb)
