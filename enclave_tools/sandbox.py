@@ -23,11 +23,11 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from enclave_tools.backends.base import Backend, SandboxHandle
 from enclave_tools.backends.docker import DockerBackend
-from enclave_tools.config import SandboxConfig
+from enclave_tools.config import SandboxConfig, size_in_bytes
 from enclave_tools.errors import (
     EnclaveError,
     FileTransferError,
@@ -39,16 +39,18 @@ from enclave_tools.errors import (
     SandboxDied,
     SandboxStartFailed,
 )
-from enclave_tools.execution import Execution, ExecutionError, clean_text, cut_middle
+from enclave_tools.execution import Execution, ExecutionError, for_model
+from enclave_tools.files import download_to, read_bytes, upload_from
 from enclave_tools.kernel import KernelClient
 from enclave_tools.losses import LossLog
 from enclave_tools.protocol import ExecuteCall
-from enclave_tools.transport import GatewayHTTP, quote_path
+from enclave_tools.transport import GatewayHTTP
 from enclave_tools.turns import Turn, TurnQueue, Workers, in_own_thread, run_job
 
 __all__ = ["CLOSE_TIMEOUT", "Sandbox", "close_sandboxes"]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 _workers = Workers("enclave-run")
 _live: weakref.WeakSet[Sandbox] = weakref.WeakSet()
@@ -68,11 +70,6 @@ STATE_LOST = (
     "All variables, imports and loaded data from earlier runs are gone; "
     "re-run any setup code before continuing"
 )
-
-
-def _for_model(text: str, limit: int) -> str:
-    """``text`` from the sandbox (hostile: escapes, floods) made fit for a model to read."""
-    return cut_middle(clean_text(text), limit)
 
 
 class Sandbox:
@@ -336,11 +333,9 @@ class Sandbox:
         return self._put(path, body, len(body))
 
     def read_file(self, path: str) -> bytes:
-        """The contents of ``path`` in the sandbox."""
-        status, data = self._files("GET", path)
-        if status != 200:
-            raise FileTransferError(f"cannot read {path!r} in the sandbox: {_reason(data)}")
-        return data
+        """The contents of ``path`` in the sandbox (at most ``config.file_limit`` bytes)."""
+        remote = self._remote(path)
+        return self._files(lambda http: read_bytes(http, remote, self._file_limit, self._file_timeout))
 
     def upload(self, local_path: str | os.PathLike[str], remote_path: str | None = None) -> str:
         """Copy a local file into the sandbox (default: its name in the working directory);
@@ -352,22 +347,28 @@ class Sandbox:
             return self._put(remote_path or local.name, handle, local.stat().st_size)
 
     def download(self, remote_path: str, local_path: str | os.PathLike[str] | None = None) -> Path:
-        """Copy a file out of the sandbox (default: its name in the current directory)."""
-        target = Path(local_path) if local_path is not None else Path(posixpath.basename(remote_path))
-        data = self.read_file(remote_path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-        return target
+        """Copy a file out of the sandbox (default: its name in the current directory),
+        streamed to disk; at most ``config.file_limit`` bytes."""
+        remote = self._remote(remote_path)
+        target = Path(local_path) if local_path is not None else Path(posixpath.basename(remote))
+        return self._files(
+            lambda http: download_to(http, remote, target, self._file_limit, self._file_timeout)
+        )
 
     def _put(self, path: str, body: Any, size: int) -> str:
-        status, data = self._files("PUT", path, body, {"Content-Length": str(size)})
-        if status != 201:
-            raise FileTransferError(f"cannot write {path!r} in the sandbox: {_reason(data)}")
-        return self._remote(path)
+        remote = self._remote(path)
+        self._files(lambda http: upload_from(http, remote, body, size, self._file_timeout))
+        return remote
 
-    def _files(self, method: str, path: str, body: Any = None, headers: dict | None = None) -> tuple[int, bytes]:
-        if not isinstance(path, str) or not path or "\0" in path:
-            raise InvalidInput("a sandbox path must be a non-empty string without NUL bytes")
+    @property
+    def _file_limit(self) -> int:
+        return size_in_bytes(self.config.file_limit)
+
+    @property
+    def _file_timeout(self) -> float:
+        return max(self.config.timeout, 60.0)
+
+    def _files(self, transfer: Callable[[GatewayHTTP], _T]) -> _T:
         self.start()
         http = self._http
         if http is None:
@@ -375,21 +376,13 @@ class Sandbox:
                 "the sandbox stopped before the file was copied; try again"
             )
         try:
-            status, data = http.request(
-                method, f"/api/enclave/files?path={quote_path(self._remote(path))}", body,
-                headers=headers, timeout=max(self.config.timeout, 60.0),
-            )
+            return transfer(http)
         except (GatewayError, *_CONNECT_ERRORS) as exc:
             raise self._died_or(exc) from exc
-        if status == 404 and not data.lstrip().startswith(b"{"):  # the route, not the file
-            raise FileTransferError(
-                "this gateway has no file API (/api/enclave/files): it is a stock Jupyter "
-                "Kernel or Enterprise Gateway. Use the enclave-tools kernel image, or move "
-                "data with code."
-            )
-        return status, data
 
     def _remote(self, path: str) -> str:
+        if not isinstance(path, str) or not path or "\0" in path:
+            raise InvalidInput("a sandbox path must be a non-empty string without NUL bytes")
         return posixpath.normpath(posixpath.join(self.config.workdir, path))
 
     # -- the container -----------------------------------------------------------------
@@ -459,7 +452,7 @@ class Sandbox:
             pause = min(pause * 1.5, 0.05)
 
     def _last_output(self, handle: SandboxHandle, lines: int = 30) -> str:
-        return _for_model(self._backend.logs(handle, lines), self.config.output_limit)
+        return for_model(self._backend.logs(handle, lines), self.config.output_limit)
 
     def _stop_container(self) -> None:
         """Forget the container and remove it; safe from any thread, at any time."""
@@ -508,7 +501,10 @@ class Sandbox:
         if turn.cancelled:
             return _cancelled(sent=False)
         call = kernel.execute(
-            code, capture_limit=self.config.capture_limit, output_limit=self.config.output_limit
+            code,
+            capture_limit=self.config.capture_limit,
+            output_limit=self.config.output_limit,
+            rich_limit=self.config.result_limit,
         )
         turn.sent = True
         try:
@@ -759,13 +755,6 @@ def check_timeout(timeout: Any, default: float) -> float:
     if not (0 < timeout <= 24 * 3600) or timeout != timeout:
         raise InvalidInput(f"timeout must be between 0 and 86400 seconds, not {timeout}")
     return float(timeout)
-
-
-def _reason(data: bytes) -> str:
-    try:
-        return str(json.loads(data).get("reason"))
-    except (ValueError, AttributeError):
-        return data[:200].decode("utf-8", "replace")
 
 
 @atexit.register
