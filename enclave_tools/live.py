@@ -40,6 +40,7 @@ __all__ = [
     "OutputCallback",
     "OutputEvent",
     "deliver_async",
+    "events_from_execution",
     "events_from_message",
 ]
 
@@ -110,6 +111,21 @@ def events_from_message(msg: dict[str, Any]) -> list[OutputEvent]:
     if kind == "error":
         return [OutputEvent("error", _text(str(error_from_content(content))))]
     return []
+
+
+def events_from_execution(execution: Execution) -> list[OutputEvent]:
+    """The events a finished :class:`Execution` would have streamed, in order (for fakes,
+    and for showing a recorded run as if live)."""
+    events: list[OutputEvent] = []
+    for kind, item in execution._transcript:
+        if kind == "result" and isinstance(item, Result):
+            message = {"header": {"msg_type": "display_data"}, "content": {"data": item.data}}
+            events += events_from_message(message)
+        elif kind in ("stdout", "stderr") and item:
+            events.append(OutputEvent(kind, _text(item)))
+    if execution.error is not None:
+        events.append(OutputEvent("error", _text(str(execution.error))))
+    return events
 
 
 def _text(value: Any) -> str:
