@@ -230,7 +230,7 @@ def _call(callback: OutputCallback, event: OutputEvent, errors: list[int]) -> An
     """``callback(event)``; an exception is logged (once at warning level), never raised."""
     try:
         return callback(event)
-    except Exception:  # noqa: BLE001 - the caller's code must not break the run
+    except Exception:  # the caller's code must not break the run
         errors[0] += 1
         level = logging.WARNING if errors[0] == 1 else logging.DEBUG
         log.log(level, "the on_output callback raised; the run goes on", exc_info=True)
@@ -274,7 +274,7 @@ async def deliver_async(feed: LiveFeed, callback: OutputCallback) -> None:
         if inspect.isawaitable(result):
             try:
                 await result
-            except Exception:  # noqa: BLE001 - as _call
+            except Exception:  # as _call
                 errors[0] += 1
                 log.warning("the on_output callback raised; the run goes on", exc_info=True)
 

@@ -208,11 +208,13 @@ def _thread_id(config: RunnableConfig | None) -> str | None:
 
 
 def _live_output(async_: bool) -> dict[str, Callable[[OutputEvent], Any]]:
-    """``{"on_output": callback}`` for a run whose output has somewhere to stream to, else
-    ``{}``. The callback streams a running cell's output as custom events: to LangGraph's
+    """``{"on_output": callback}`` for a run whose output has somewhere to stream to, else ``{}``.
+
+    The callback streams a running cell's output as custom events: to LangGraph's
     ``stream_mode="custom"`` (when the call runs in a graph) and as LangChain custom
     events (``astream_events``). It runs with the tool's context (the sandbox copies it),
-    so the config lookups work."""
+    so the config lookups work.
+    """
     writer = _stream_writer()
     if writer is None and not _has_callback_handlers():
         return {}

@@ -29,7 +29,12 @@ from llama_index.core.tools.tool_spec.base import SPEC_FUNCTION_TYPE, BaseToolSp
 from llama_index.core.workflow import Context, Event
 from pydantic import ValidationError
 
-__all__ = ["EnclaveNotebookToolSpec", "NotebookFunctionTool", "NotebookInput", "NotebookOutputEvent"]
+__all__ = [
+    "EnclaveNotebookToolSpec",
+    "NotebookFunctionTool",
+    "NotebookInput",
+    "NotebookOutputEvent",
+]
 
 SESSION_KEY = "enclave_notebook_session"
 """Key in ``ctx.store`` of the id that picks a context's own sandbox."""
@@ -210,9 +215,11 @@ class EnclaveNotebookToolSpec(BaseToolSpec):
 
 
 class NotebookOutputEvent(Event):
-    """One output of a running notebook cell, written to the workflow's event stream as it
-    arrives: ``kind`` is stdout, stderr, result, image or error; ``text`` is cleaned;
-    ``data`` is the mime bundle of a result or image."""
+    """One output of a running notebook cell, on the workflow's event stream.
+
+    It is written as it arrives: ``kind`` is stdout, stderr, result, image or error;
+    ``text`` is cleaned; ``data`` is the mime bundle of a result or image.
+    """
 
     tool_name: str = TOOL_NAME
     kind: str
@@ -221,8 +228,10 @@ class NotebookOutputEvent(Event):
 
 
 def _stream_to(ctx: Context) -> dict[str, Any]:
-    """``{"on_output": ...}``: each output of the run written to ``ctx``'s event stream
-    (called on the workflow's event loop)."""
+    """``{"on_output": ...}``: each output of the run written to ``ctx``'s event stream.
+
+    The callback is called on the workflow's event loop.
+    """
 
     def on_output(event: OutputEvent) -> None:
         try:
