@@ -91,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--output-dir", default="enclave-output", help="where images are saved"
         )
+        sub.add_argument(
+            "--notebook", metavar="FILE", default=None,
+            help="also write the session as a Jupyter notebook (.ipynb) to FILE",
+        )
         sub.set_defaults(func=func)
     return parser
 
@@ -196,16 +200,36 @@ def _show(execution, output_dir: Path, counter: list[int]) -> None:
 
 def _exec(args: argparse.Namespace) -> int:
     code = sys.stdin.read() if args.code == "-" else args.code
-    with _sandbox(args) as sandbox:
-        execution = sandbox.run(code)
-        _show(execution, Path(args.output_dir), [0])
+    sandbox = _sandbox(args)
+    try:
+        with sandbox:
+            execution = sandbox.run(code)
+            _show(execution, Path(args.output_dir), [0])
+    finally:
+        _write_notebook(sandbox, args.notebook)
     return EXIT_OK if execution.ok else EXIT_CODE_FAILED
+
+
+def _write_notebook(sandbox, path: str | None) -> None:
+    """Write the session as a notebook when ``--notebook`` asked for one (even after a
+    failure: what ran so far is in it)."""
+    if path and len(sandbox.history):
+        written = sandbox.export_notebook(path)
+        print(f"[session written to {written}]", file=sys.stderr)
 
 
 def _run(args: argparse.Namespace) -> int:
     print("Starting a sandbox ...", file=sys.stderr)
+    sandbox = _sandbox(args)
+    try:
+        return _prompt(sandbox, args)
+    finally:
+        _write_notebook(sandbox, args.notebook)
+
+
+def _prompt(sandbox, args: argparse.Namespace) -> int:
     counter = [0]
-    with _sandbox(args) as sandbox:
+    with sandbox:
         print("Python in a sandbox. Variables persist between inputs. Ctrl-D to quit.", file=sys.stderr)
         buffer: list[str] = []
         prompts = sys.stdin.isatty()  # piped input gets no prompts in its output

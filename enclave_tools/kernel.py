@@ -14,6 +14,7 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from enclave_tools.errors import (
@@ -190,10 +191,18 @@ class KernelClient:
     # -- execution -------------------------------------------------------------------
 
     def execute(
-        self, code: str, *, capture_limit: int, output_limit: int, rich_limit: int | None = None
+        self,
+        code: str,
+        *,
+        capture_limit: int,
+        output_limit: int,
+        rich_limit: int | None = None,
+        listener: Callable[[dict[str, Any]], None] | None = None,
     ) -> ExecuteCall:
         """Send ``code`` to run; return the call, which the reader thread fills in.
-        ``rich_limit`` (bytes of rich outputs kept) is passed on when given."""
+        ``rich_limit`` (bytes of rich outputs kept) is passed on when given; ``listener``
+        sees each of the call's messages on the reader thread (live output; it must not
+        block)."""
         if len(code.encode("utf-8", "surrogatepass")) > MAX_CODE_BYTES:
             raise InvalidInput(
                 f"the code is {len(code):,} characters; the limit is {MAX_CODE_BYTES // 2**20} MiB. "
@@ -208,7 +217,9 @@ class KernelClient:
             "stop_on_error": True,
         }
         limits = {} if rich_limit is None else {"rich_limit": rich_limit}
-        return self._request("execute_request", content, capture_limit, output_limit, **limits)
+        return self._request(
+            "execute_request", content, capture_limit, output_limit, listener=listener, **limits
+        )
 
     def _request(
         self,
@@ -216,10 +227,11 @@ class KernelClient:
         content: dict[str, Any],
         capture_limit: int = 100_000,
         output_limit: int = 8000,
+        listener: Callable[[dict[str, Any]], None] | None = None,
         **limits: int,
     ) -> ExecuteCall:
         msg = new_message(kind, content, self.session)
-        call = ExecuteCall(msg["msg_id"], capture_limit, output_limit, **limits)
+        call = ExecuteCall(msg["msg_id"], capture_limit, output_limit, listener=listener, **limits)
         event = threading.Event()
         with self._lock:
             self._calls[call.msg_id] = call

@@ -18,6 +18,7 @@ import struct
 import time
 import uuid
 from datetime import datetime, timezone
+from collections.abc import Callable
 from typing import Any
 
 from enclave_tools.execution import RICH_LIMIT, Execution, OutputLog, Result, error_from_content
@@ -151,9 +152,15 @@ class ExecuteCall:
     """
 
     def __init__(
-        self, msg_id: str, capture_limit: int, output_limit: int, rich_limit: int = RICH_LIMIT
+        self,
+        msg_id: str,
+        capture_limit: int,
+        output_limit: int,
+        rich_limit: int = RICH_LIMIT,
+        listener: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.msg_id = msg_id
+        self.listener = listener  # live output: sees every message fed (see enclave_tools.live)
         self.started = time.monotonic()
         self.log = OutputLog(capture_limit, rich_limit)
         self.output_limit = output_limit
@@ -212,7 +219,15 @@ class ExecuteCall:
             self.reply = content
             if isinstance(content.get("execution_count"), int):
                 self.execution_count = content["execution_count"]
+        if self.listener is not None:
+            self._tell_listener(msg)
         return self.done
+
+    def _tell_listener(self, msg: dict[str, Any]) -> None:
+        try:
+            self.listener(msg)  # type: ignore[misc]
+        except Exception:  # noqa: BLE001 - live output must never break the reader
+            self.listener = None
 
     def end(self, reason: str) -> None:
         """End the call early (the kernel died, the connection dropped, ...)."""

@@ -41,7 +41,16 @@ from enclave_tools.errors import (
 )
 from enclave_tools.execution import Execution, ExecutionError, for_model
 from enclave_tools.files import download_to, read_bytes, upload_from
+from enclave_tools.history import RunHistory
 from enclave_tools.kernel import KernelClient
+from enclave_tools.live import (
+    AsyncLiveStream,
+    LiveFeed,
+    LiveStream,
+    OutputCallback,
+    ThreadDelivery,
+    deliver_async,
+)
 from enclave_tools.losses import LossLog
 from enclave_tools.protocol import ExecuteCall
 from enclave_tools.transport import GatewayHTTP
@@ -112,6 +121,9 @@ class Sandbox:
         self._oom_kills = 0
         self.last_active = time.monotonic()
         """``time.monotonic()`` when a run last started or ended."""
+        self.history = RunHistory()
+        """Every run (code, outputs, status, timings), the latest ones within a bound;
+        :meth:`export_notebook` writes it as a Jupyter notebook."""
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -238,52 +250,116 @@ class Sandbox:
 
     # -- running code ----------------------------------------------------------------
 
-    def run(self, code: str, timeout: float | None = None) -> Execution:
+    def run(
+        self, code: str, timeout: float | None = None, *, on_output: OutputCallback | None = None
+    ) -> Execution:
         """Run ``code`` in the kernel and return what it produced.
 
         Errors in the code come back as ``status == "error"``; a run past ``timeout``
         seconds is interrupted (``status == "timeout"``). Raises :class:`EnclaveError`
         subclasses only when the sandbox itself fails.
+
+        ``on_output`` receives each :class:`~enclave_tools.live.OutputEvent` (stdout,
+        stderr, result, image, error) as it arrives, on a thread of the run's own; every
+        event is delivered before this returns. A slow callback never holds up the run
+        (past 16 MiB waiting, outputs are dropped for it and counted), one that raises is
+        logged. The returned :class:`Execution` is the same either way.
         """
         code = check_code(code)
         seconds = check_timeout(timeout, self.config.timeout)
-        turn = self._enter()
-        self._turns.wait(turn)
-        return self._run_turn(turn, code, seconds)
+        if on_output is None:
+            return self._run_fed(code, seconds, None)
+        delivery = ThreadDelivery(LiveFeed(), on_output, name=f"enclave-live-{self.id}")
+        try:
+            return self._run_fed(code, seconds, delivery.feed)
+        finally:
+            delivery.finish()
 
-    async def arun(self, code: str, timeout: float | None = None) -> Execution:
+    async def arun(
+        self, code: str, timeout: float | None = None, *, on_output: OutputCallback | None = None
+    ) -> Execution:
         """Async :meth:`run`; it never blocks the event loop, and waiting for its turn holds
         no thread. Cancelling it drops a call still waiting for its turn, never sends code
         not yet sent, and interrupts code already running (escalating as a timeout would
-        if the code ignores the interrupt; the next result then says that state was lost)."""
+        if the code ignores the interrupt; the next result then says that state was lost).
+
+        ``on_output`` (a function or a coroutine function) is called on this event loop,
+        in order, as outputs arrive (see :meth:`run`)."""
         code = check_code(code)
         seconds = check_timeout(timeout, self.config.timeout)
-        turn = self._enter()
-        await self._turns.wait_async(turn)
+        if on_output is None:
+            return await self._arun_fed(code, seconds, None)
+        feed = LiveFeed()
+        delivery = asyncio.ensure_future(deliver_async(feed, on_output))
         try:
-            return await run_job(_workers.submit, self._run_turn, turn, code, seconds)
+            execution = await self._arun_fed(code, seconds, feed)
+        except asyncio.CancelledError:
+            feed.close()
+            delivery.cancel()
+            raise
+        except BaseException:
+            feed.close()
+            await delivery  # the events that came before the failure
+            raise
+        feed.close()
+        await delivery  # every event is delivered before the result
+        return execution
+
+    def _run_fed(self, code: str, seconds: float, feed: LiveFeed | None) -> Execution:
+        """Wait for a turn and run ``code``; its outputs go to ``feed`` too, if given."""
+        try:
+            turn = self._enter()
+            self._turns.wait(turn)
+            return self._run_turn(turn, code, seconds, feed)
+        finally:
+            if feed is not None:
+                feed.close()
+
+    async def _arun_fed(self, code: str, seconds: float, feed: LiveFeed | None) -> Execution:
+        """Async :meth:`_run_fed`."""
+        try:
+            turn = self._enter()
+            await self._turns.wait_async(turn)
+        except BaseException:
+            if feed is not None:
+                feed.close()
+            raise
+        try:
+            return await run_job(_workers.submit, self._run_turn_fed, turn, code, seconds, feed)
         except asyncio.CancelledError:
             self._losses.cancel(turn)  # the running call sees this within _POLL s
             raise
+
+    def _run_turn_fed(self, turn: Turn, code: str, seconds: float, feed: LiveFeed | None) -> Execution:
+        try:
+            return self._run_turn(turn, code, seconds, feed)
+        finally:
+            if feed is not None:
+                feed.close()
 
     def _enter(self) -> Turn:
         turn = Turn(self._losses.generation)
         self._turns.enter(turn)
         return turn
 
-    def _run_turn(self, turn: Turn, code: str, seconds: float) -> Execution:
+    def _run_turn(
+        self, turn: Turn, code: str, seconds: float, feed: LiveFeed | None = None
+    ) -> Execution:
         """Run ``code`` in ``turn`` (which is current), then hand the sandbox on."""
         self.last_active = time.monotonic()
+        started, clock = time.time(), time.monotonic()
         try:
             self._check_open()
             if turn.cancelled:
                 return _cancelled(sent=False)
             if self._handle is None:
                 self._start_container()
-            execution = self._execute(turn, code, seconds)
+            execution = self._execute(turn, code, seconds, feed)
             self._losses.tell(turn, execution, self._turns.oldest_seen())
+            self.history.record(code, execution, started, time.monotonic() - clock)
             return execution
-        except EnclaveError:
+        except EnclaveError as exc:
+            self.history.record(code, None, started, time.monotonic() - clock, failure=str(exc))
             raise
         except Exception as exc:  # the caller only ever sees EnclaveErrors
             if self._closed:
@@ -323,6 +399,63 @@ class Sandbox:
             self._losses.tell(turn, None, self._turns.oldest_seen())
         finally:
             self._turns.leave(turn)
+
+    # -- live output and the session as a notebook --------------------------------------
+
+    def stream(self, code: str, timeout: float | None = None) -> LiveStream:
+        """Run ``code`` and iterate over its outputs as they arrive::
+
+            run = sb.stream("for i in range(3): print(i); time.sleep(1)")
+            for event in run:
+                print(event.kind, event.text)
+            run.execution   # the Execution, as run() returns it
+
+        The run goes on on a thread of its own; a sandbox failure is raised at the end of
+        the iteration."""
+        code = check_code(code)
+        seconds = check_timeout(timeout, self.config.timeout)
+        return LiveStream(lambda feed: self._run_fed(code, seconds, feed))
+
+    def astream(self, code: str, timeout: float | None = None) -> AsyncLiveStream:
+        """Async :meth:`stream`: ``async for event in sb.astream(code)``."""
+        code = check_code(code)
+        seconds = check_timeout(timeout, self.config.timeout)
+        return AsyncLiveStream(lambda feed: self._arun_fed(code, seconds, feed))
+
+    def export_notebook(self, path: str | os.PathLike[str]) -> Path:
+        """Write :attr:`history` as a Jupyter notebook (``.ipynb``, nbformat 4.5): one code
+        cell per run with its outputs, plots included. Returns the path."""
+        from enclave_tools.notebook import notebook_json, write_notebook
+
+        return write_notebook(path, notebook_json(self.history.runs(), self.history.dropped))
+
+    @classmethod
+    def from_notebook(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        stop_on_error: bool = True,
+        timeout: float | None = None,
+        **overrides: Any,
+    ) -> Sandbox:
+        """A new sandbox with the code cells of the notebook at ``path`` run in it, in
+        order (to rebuild a lost state or reproduce an agent's work). With
+        ``stop_on_error`` it stops at the first cell that does not succeed. The runs are in
+        :attr:`history`; the sandbox is yours to close. ``overrides`` are as for
+        :class:`Sandbox`; ``timeout`` is per cell."""
+        from enclave_tools.notebook import read_code_cells
+
+        cells = read_code_cells(path)
+        sandbox = cls(**overrides)
+        try:
+            sandbox.start()
+            for code in cells:
+                if not sandbox.run(code, timeout=timeout).ok and stop_on_error:
+                    break
+        except BaseException:
+            sandbox.close()
+            raise
+        return sandbox
 
     # -- files -----------------------------------------------------------------------
 
@@ -494,7 +627,9 @@ class Sandbox:
 
     # -- one run -------------------------------------------------------------------------
 
-    def _execute(self, turn: Turn, code: str, timeout: float) -> Execution:
+    def _execute(
+        self, turn: Turn, code: str, timeout: float, feed: LiveFeed | None = None
+    ) -> Execution:
         kernel = self._live_kernel()
         if not kernel.connected:
             self._reconnect(turn)
@@ -505,6 +640,7 @@ class Sandbox:
             capture_limit=self.config.capture_limit,
             output_limit=self.config.output_limit,
             rich_limit=self.config.result_limit,
+            **({} if feed is None else {"listener": feed.offer}),  # live output
         )
         turn.sent = True
         try:

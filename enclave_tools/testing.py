@@ -23,6 +23,7 @@ processes' sandboxes.
 from __future__ import annotations
 
 import base64
+import inspect
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ import pytest
 from enclave_tools.config import SandboxConfig
 from enclave_tools.errors import EnclaveError
 from enclave_tools.execution import Execution, ExecutionError, Result
+from enclave_tools.live import events_from_execution
 from enclave_tools.sandbox import Sandbox, check_code, check_timeout
 from enclave_tools.sessions import SandboxSessions
 
@@ -74,18 +76,28 @@ class FakeSandbox(Sandbox):
         self.calls: list[tuple[str, str, float | None]] = []
         self.closed = False
 
-    def run(self, code: str, timeout: float | None = None) -> Execution:
-        """Record the call; return (or raise) the prepared answer."""
+    def run(self, code: str, timeout: float | None = None, *, on_output: Any = None) -> Execution:
+        """Record the call; return (or raise) the prepared answer (its outputs go to
+        ``on_output`` first, as live events)."""
         check_code(code)
         check_timeout(timeout, self.config.timeout)
         self.calls.append(("run", code, timeout))
+        if on_output is not None and isinstance(self.answer, Execution):
+            for event in events_from_execution(self.answer):
+                on_output(event)
         return self._answer()
 
-    async def arun(self, code: str, timeout: float | None = None) -> Execution:
-        """Record the call; return (or raise) the prepared answer."""
+    async def arun(self, code: str, timeout: float | None = None, *, on_output: Any = None) -> Execution:
+        """Record the call; return (or raise) the prepared answer (its outputs go to
+        ``on_output`` first, as live events)."""
         check_code(code)
         check_timeout(timeout, self.config.timeout)
         self.calls.append(("arun", code, timeout))
+        if on_output is not None and isinstance(self.answer, Execution):
+            for event in events_from_execution(self.answer):
+                result = on_output(event)
+                if inspect.isawaitable(result):
+                    await result
         return self._answer()
 
     def close(self) -> None:

@@ -1,7 +1,7 @@
 """`make demo`: an agent explores a CSV in a sandbox over several turns.
 
 It loads data/sales.csv, explores it, hits an error and fixes it, makes a plot and saves
-it as a PNG. Without a model configured, a scripted model drives the same agent loop.
+it as a PNG, and writes the whole session as a notebook (demo-output/session.ipynb). Without a model configured, a scripted model drives the same agent loop.
 With an OpenAI-compatible endpoint configured (OPENAI_API_KEY, and optionally
 OPENAI_BASE_URL and ENCLAVE_DEMO_MODEL), a real model drives it.
 """
@@ -117,7 +117,8 @@ def main() -> None:
             saved.append(sandbox.download("revenue.png", OUT / "revenue.png").resolve())
         except Exception as exc:  # noqa: BLE001 - a real model may not have saved it
             print(f"\n(no revenue.png in the sandbox: {exc})")
-    print("\nFiles written:")
+        saved.append(sandbox.export_notebook(OUT / "session.ipynb").resolve())
+    print("\nFiles written (open session.ipynb in Jupyter to see what the agent did):")
     for path in saved:
         print(f"  {path}")
 

@@ -13,6 +13,7 @@ from enclave_tools import (
     SandboxConfig,
     SandboxSessions,
 )
+from enclave_tools.live import OutputEvent
 from enclave_tools.tooling import (
     TOOL_DESCRIPTION,
     TOOL_NAME,
@@ -26,11 +27,17 @@ from langchain_core.callbacks import (
     AsyncCallbackManagerForToolRun,
     CallbackManagerForToolRun,
 )
-from langchain_core.runnables import RunnableConfig
+from langchain_core.callbacks.manager import adispatch_custom_event, dispatch_custom_event
+from langchain_core.runnables import RunnableConfig, ensure_config
 from langchain_core.tools import BaseTool, ToolException
 from pydantic import BaseModel, PrivateAttr, ValidationError
 
-__all__ = ["EnclaveNotebookTool", "NotebookInput"]
+__all__ = ["LIVE_OUTPUT_EVENT", "EnclaveNotebookTool", "NotebookInput"]
+
+LIVE_OUTPUT_EVENT = "enclave_notebook_output"
+"""The name of the custom events that carry a running cell's output: the ``type`` of each
+LangGraph ``stream_mode="custom"`` chunk, and the ``name`` of each ``on_custom_event``
+of ``astream_events``."""
 
 class EnclaveNotebookTool(BaseTool):
     """Stateful Python notebook in a hardened container (enclave-tools).
@@ -134,7 +141,9 @@ class EnclaveNotebookTool(BaseTool):
         run_manager: CallbackManagerForToolRun | None = None,
     ) -> tuple[str | list[dict[str, Any]], Execution]:
         try:
-            execution = self.sandboxes.pick(_thread_id(config)).run(code, timeout=timeout)
+            execution = self.sandboxes.pick(_thread_id(config)).run(
+                code, timeout=timeout, **_live_output(async_=False)
+            )
         except EnclaveError as exc:
             raise ToolException(describe_failure(exc)) from exc
         return self._content(execution), execution
@@ -148,7 +157,9 @@ class EnclaveNotebookTool(BaseTool):
         run_manager: AsyncCallbackManagerForToolRun | None = None,
     ) -> tuple[str | list[dict[str, Any]], Execution]:
         try:
-            execution = await self.sandboxes.pick(_thread_id(config)).arun(code, timeout=timeout)
+            execution = await self.sandboxes.pick(_thread_id(config)).arun(
+                code, timeout=timeout, **_live_output(async_=True)
+            )
         except EnclaveError as exc:
             raise ToolException(describe_failure(exc)) from exc
         return self._content(execution), execution
@@ -192,3 +203,64 @@ def _thread_id(config: RunnableConfig | None) -> str | None:
     thread_id = ((config or {}).get("configurable") or {}).get("thread_id")
     return None if thread_id is None else str(thread_id)
 
+
+# -- live output ---------------------------------------------------------------------------
+
+
+def _live_output(async_: bool) -> dict[str, Callable[[OutputEvent], Any]]:
+    """``{"on_output": callback}`` for a run whose output has somewhere to stream to, else ``{}``.
+
+    The callback streams a running cell's output as custom events: to LangGraph's
+    ``stream_mode="custom"`` (when the call runs in a graph) and as LangChain custom
+    events (``astream_events``). It runs with the tool's context (the sandbox copies it),
+    so the config lookups work.
+    """
+    writer = _stream_writer()
+    if writer is None and not _has_callback_handlers():
+        return {}
+
+    def payload(event: OutputEvent) -> dict[str, Any]:
+        return {"type": LIVE_OUTPUT_EVENT, "tool": TOOL_NAME, **event.to_dict()}
+
+    def emit(event: OutputEvent) -> None:
+        if writer is not None:
+            writer(payload(event))
+
+    if async_:
+
+        async def on_output(event: OutputEvent) -> None:
+            emit(event)
+            try:
+                await adispatch_custom_event(LIVE_OUTPUT_EVENT, payload(event))
+            except RuntimeError:  # no parent run: not called from a runnable
+                pass
+
+        return {"on_output": on_output}
+
+    def on_output_sync(event: OutputEvent) -> None:
+        emit(event)
+        try:
+            dispatch_custom_event(LIVE_OUTPUT_EVENT, payload(event))
+        except RuntimeError:
+            pass
+
+    return {"on_output": on_output_sync}
+
+
+def _has_callback_handlers() -> bool:
+    """Whether the current run has callback handlers (``astream_events`` adds one)."""
+    try:
+        callbacks = ensure_config().get("callbacks")
+    except RuntimeError:
+        return False
+    return bool(getattr(callbacks, "handlers", None) or isinstance(callbacks, list) and callbacks)
+
+
+def _stream_writer() -> Callable[[Any], None] | None:
+    """LangGraph's stream writer for this call, if it runs inside a graph."""
+    try:
+        from langgraph.config import get_stream_writer
+
+        return get_stream_writer()
+    except (ImportError, RuntimeError, LookupError):
+        return None

@@ -4,6 +4,7 @@ from llama_index.tools.enclave.base import (
     EnclaveNotebookToolSpec,
     NotebookFunctionTool,
     NotebookInput,
+    NotebookOutputEvent,
 )
 
-__all__ = ["EnclaveNotebookToolSpec", "NotebookFunctionTool", "NotebookInput"]
+__all__ = ["EnclaveNotebookToolSpec", "NotebookFunctionTool", "NotebookInput", "NotebookOutputEvent"]

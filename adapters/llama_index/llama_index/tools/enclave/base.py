@@ -13,6 +13,7 @@ from enclave_tools import (
     SandboxConfig,
     SandboxSessions,
 )
+from enclave_tools.live import OutputEvent
 from enclave_tools.tooling import (
     TOOL_DESCRIPTION,
     TOOL_NAME,
@@ -25,10 +26,15 @@ from enclave_tools.tooling import (
 from llama_index.core.base.llms.types import ContentBlock, ImageBlock, TextBlock
 from llama_index.core.tools import FunctionTool, ToolMetadata, ToolOutput
 from llama_index.core.tools.tool_spec.base import SPEC_FUNCTION_TYPE, BaseToolSpec
-from llama_index.core.workflow import Context
+from llama_index.core.workflow import Context, Event
 from pydantic import ValidationError
 
-__all__ = ["EnclaveNotebookToolSpec", "NotebookFunctionTool", "NotebookInput"]
+__all__ = [
+    "EnclaveNotebookToolSpec",
+    "NotebookFunctionTool",
+    "NotebookInput",
+    "NotebookOutputEvent",
+]
 
 SESSION_KEY = "enclave_notebook_session"
 """Key in ``ctx.store`` of the id that picks a context's own sandbox."""
@@ -106,6 +112,10 @@ class EnclaveNotebookToolSpec(BaseToolSpec):
             keeps in ``ctx.store``; with ``SandboxSessions(warm=N)`` a new context gets
             an already started kernel. Yours to close (the spec never does). Calls
             without a context use the default sandbox.
+        stream_output: take the agent's ``Context`` even without ``sessions``, so that
+            a running cell's output reaches the workflow's event stream (with
+            ``sessions`` it always does): each output is a :class:`NotebookOutputEvent`
+            in ``handler.stream_events()``.
 
     Example::
 
@@ -127,8 +137,10 @@ class EnclaveNotebookToolSpec(BaseToolSpec):
         *,
         sandbox_config: SandboxConfig | None = None,
         sessions: SandboxSessions | None = None,
+        stream_output: bool = False,
     ) -> None:
         self.sandbox = sandbox
+        self.stream_output = stream_output
         self.sandbox_config = sandbox_config
         self.sessions = sessions
         self.sandboxes = ToolSandboxes(sandbox, sessions, sandbox_config)
@@ -145,13 +157,16 @@ class EnclaveNotebookToolSpec(BaseToolSpec):
     async def _anotebook_executor_in_context(
         self, ctx: Context, code: str, timeout: float | None = None
     ) -> Execution:
-        if ctx is None or self.sessions is None:
+        if ctx is None:
             return await self.anotebook_executor(code, timeout)
+        live = _stream_to(ctx)
+        if self.sessions is None:
+            return await self.sandboxes.pick().arun(code, timeout=timeout, **live)
         session = await ctx.store.get(SESSION_KEY, default=None)
         if session is None:
             session = uuid.uuid4().hex
             await ctx.store.set(SESSION_KEY, session)
-        return await self.sandboxes.pick(session).arun(code, timeout=timeout)
+        return await self.sandboxes.pick(session).arun(code, timeout=timeout, **live)
 
     def to_tool_list(
         self,
@@ -166,7 +181,7 @@ class EnclaveNotebookToolSpec(BaseToolSpec):
         metadata = (func_to_metadata_mapping or {}).get(TOOL_NAME) or ToolMetadata(
             name=TOOL_NAME, description=TOOL_DESCRIPTION, fn_schema=NotebookInput
         )
-        if self.sessions is None:
+        if self.sessions is None and not self.stream_output:
             fn, async_fn = self.notebook_executor, self.anotebook_executor
         else:  # the Context-aware function; its sync twin is derived from it
             fn, async_fn = None, self._anotebook_executor_in_context
@@ -194,3 +209,36 @@ class EnclaveNotebookToolSpec(BaseToolSpec):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+# -- live output ---------------------------------------------------------------------------
+
+
+class NotebookOutputEvent(Event):
+    """One output of a running notebook cell, on the workflow's event stream.
+
+    It is written as it arrives: ``kind`` is stdout, stderr, result, image or error;
+    ``text`` is cleaned; ``data`` is the mime bundle of a result or image.
+    """
+
+    tool_name: str = TOOL_NAME
+    kind: str
+    text: str = ""
+    data: dict[str, Any] = {}
+
+
+def _stream_to(ctx: Context) -> dict[str, Any]:
+    """``{"on_output": ...}``: each output of the run written to ``ctx``'s event stream.
+
+    The callback is called on the workflow's event loop.
+    """
+
+    def on_output(event: OutputEvent) -> None:
+        try:
+            ctx.write_event_to_stream(
+                NotebookOutputEvent(kind=event.kind, text=event.text, data=event.data)
+            )
+        except Exception:  # noqa: BLE001 - a context outside a running workflow has no stream
+            pass
+
+    return {"on_output": on_output}
