@@ -32,6 +32,8 @@ from langchain_core.runnables import RunnableConfig, ensure_config
 from langchain_core.tools import BaseTool, ToolException
 from pydantic import BaseModel, PrivateAttr, ValidationError
 
+from langchain_enclave.images import DEFAULT_IMAGE_MAX_SIDE, fit_image
+
 __all__ = ["LIVE_OUTPUT_EVENT", "EnclaveNotebookTool", "NotebookInput"]
 
 LIVE_OUTPUT_EVENT = "enclave_notebook_output"
@@ -120,8 +122,12 @@ class EnclaveNotebookTool(BaseTool):
     """One sandbox per LangGraph ``thread_id`` (yours to close; the tool never does).
     Calls without a thread_id use the default sandbox."""
     include_images: bool = False
-    """Also put PNG images into the content as image blocks (for models that read
-    images in tool results). They are always in the artifact."""
+    """The switch that shows plots to the model: PNGs go into the content as image blocks
+    after the text. In ``create_agent`` add :class:`~langchain_enclave.ToolImagesMiddleware`
+    so that every provider accepts them. The images are always in the artifact."""
+    image_max_side: int | None = DEFAULT_IMAGE_MAX_SIDE
+    """Longest side, in pixels, of an image put into the content (scaled down with Pillow
+    when it is installed). None: the size the plot has."""
 
     _sandboxes: ToolSandboxes | None = PrivateAttr(default=None)
 
@@ -166,13 +172,17 @@ class EnclaveNotebookTool(BaseTool):
 
     def _content(self, execution: Execution) -> str | list[dict[str, Any]]:
         text = model_text(execution)
-        images = execution.images if self.include_images else []
-        if not images:
+        if not self.include_images or not execution.images:
             return text
-        return [{"type": "text", "text": text}] + [
-            {"type": "image", "base64": base64.b64encode(png).decode(), "mime_type": "image/png"}
-            for png in images
-        ]
+        blocks: list[dict[str, Any]] = []
+        for number, png in enumerate(execution.images, 1):
+            image, reason = fit_image(png, self.image_max_side)
+            if image is None:
+                text += f"\n[image {number} not shown: {reason}]"
+                continue
+            encoded = base64.b64encode(image).decode()
+            blocks.append({"type": "image", "base64": encoded, "mime_type": "image/png"})
+        return [{"type": "text", "text": text}, *blocks] if blocks else text
 
     def close(self) -> None:
         """Close the sandbox this tool created (not a ``sandbox`` or ``sessions`` passed in).

@@ -1,6 +1,6 @@
 from langchain_enclave import __all__
 
-EXPECTED_ALL = ["EnclaveNotebookTool", "NotebookInput", "__version__"]
+EXPECTED_ALL = ["EnclaveNotebookTool", "NotebookInput", "ToolImagesMiddleware", "__version__"]
 
 
 def test_all_imports() -> None:

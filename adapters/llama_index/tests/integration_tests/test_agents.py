@@ -31,7 +31,8 @@ async def test_function_agent_keeps_state_and_gets_plot(sandbox: Sandbox) -> Non
             answer("The maximum is 3."),
         ]
     )
-    agent = FunctionAgent(tools=EnclaveNotebookToolSpec(sandbox).to_tool_list(), llm=llm)
+    spec = EnclaveNotebookToolSpec(sandbox, include_images=True)
+    agent = FunctionAgent(tools=spec.to_tool_list(), llm=llm)
 
     results, response = await run(agent, "Plot the values.")
 

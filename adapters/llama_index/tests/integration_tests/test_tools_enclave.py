@@ -33,7 +33,8 @@ async def test_async_state_persists(sandbox: Sandbox) -> None:
 
 
 def test_plot_comes_back_as_image_block(sandbox: Sandbox) -> None:
-    output = notebook(sandbox).call(code=PLOT)
+    (tool,) = EnclaveNotebookToolSpec(sandbox, include_images=True).to_tool_list()
+    output = tool.call(code=PLOT)
     text, image = output.blocks
     assert isinstance(text, TextBlock) and "image/png" in text.text
     assert isinstance(image, ImageBlock)

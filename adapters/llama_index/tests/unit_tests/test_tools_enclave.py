@@ -77,8 +77,13 @@ def test_no_output_is_a_marker_not_empty_text() -> None:
     assert output.raw_output is execution
 
 
-def test_images_become_image_blocks() -> None:
-    (tool,) = EnclaveNotebookToolSpec(sandbox=FakeSandbox(plotted())).to_tool_list()
+def test_images_are_shown_only_when_switched_on() -> None:
+    (hidden,) = EnclaveNotebookToolSpec(sandbox=FakeSandbox(plotted())).to_tool_list()
+    output = hidden.call(code="plot()")
+    assert output.blocks == [TextBlock(text="[image/png]")]
+    assert output.raw_output.images == [PNG]  # always in the raw output
+
+    (tool,) = EnclaveNotebookToolSpec(sandbox=FakeSandbox(plotted()), include_images=True).to_tool_list()
     output = tool.call(code="plot()")
     text, image = output.blocks
     assert isinstance(text, TextBlock) and text.text == "[image/png]"

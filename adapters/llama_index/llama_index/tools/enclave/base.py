@@ -29,6 +29,8 @@ from llama_index.core.tools.tool_spec.base import SPEC_FUNCTION_TYPE, BaseToolSp
 from llama_index.core.workflow import Context, Event
 from pydantic import ValidationError
 
+from llama_index.tools.enclave.images import DEFAULT_IMAGE_MAX_SIDE, fit_image
+
 __all__ = [
     "EnclaveNotebookToolSpec",
     "NotebookFunctionTool",
@@ -43,17 +45,30 @@ SESSION_KEY = "enclave_notebook_session"
 class NotebookFunctionTool(FunctionTool):
     """A FunctionTool whose functions return an :class:`~enclave_tools.Execution`.
 
-    The output's blocks are the execution's text (``"(no output)"`` if it is empty) and
-    one ``ImageBlock`` per PNG; its ``raw_output`` is the Execution. A failure of the
-    sandbox comes back as an output with ``is_error=True`` instead of an exception.
+    The output's blocks are the execution's text (``"(no output)"`` if it is empty) and,
+    when ``include_images`` is on, one ``ImageBlock`` per PNG, scaled to
+    ``image_max_side``; its ``raw_output`` is the Execution (every image, full size). A
+    failure of the sandbox comes back as an output with ``is_error=True`` instead of an
+    exception.
     """
+
+    include_images: bool = False
+    """Whether the output shows the plots to the model (see the spec's argument)."""
+    image_max_side: int | None = DEFAULT_IMAGE_MAX_SIDE
+    """Longest side, in pixels, of an image in the output; None: unscaled."""
 
     def _parse_tool_output(self, raw_output: Any) -> list[ContentBlock]:
         if not isinstance(raw_output, Execution):
             return super()._parse_tool_output(raw_output)
-        blocks: list[ContentBlock] = [TextBlock(text=model_text(raw_output))]
-        blocks += [ImageBlock(image=png, image_mimetype="image/png") for png in raw_output.images]
-        return blocks
+        text = model_text(raw_output)
+        images: list[ContentBlock] = []
+        for number, png in enumerate(raw_output.images if self.include_images else [], 1):
+            image, reason = fit_image(png, self.image_max_side)
+            if image is None:
+                text += f"\n[image {number} not shown: {reason}]"
+            else:
+                images.append(ImageBlock(image=image, image_mimetype="image/png"))
+        return [TextBlock(text=text), *images]
 
     def call(self, *args: Any, **kwargs: Any) -> ToolOutput:
         """Run the tool; bad arguments and sandbox failures become ``is_error`` outputs."""
@@ -101,8 +116,8 @@ class EnclaveNotebookToolSpec(BaseToolSpec):
     ``to_tool_list()`` gives one tool, ``notebook_executor``, with a sync and an async
     function. Each call runs a cell in one Jupyter kernel, so state persists from call
     to call. Its output holds a ``TextBlock`` (what the model reads: output, value or
-    traceback) and one ``ImageBlock`` per plot; ``raw_output`` is the
-    :class:`enclave_tools.Execution`.
+    traceback) and, with ``include_images=True``, one ``ImageBlock`` per plot;
+    ``raw_output`` is the :class:`enclave_tools.Execution` (every image, always).
 
     Args:
         sandbox: a sandbox to use (shared; the spec never closes it). None: the spec
@@ -116,6 +131,13 @@ class EnclaveNotebookToolSpec(BaseToolSpec):
             a running cell's output reaches the workflow's event stream (with
             ``sessions`` it always does): each output is a :class:`NotebookOutputEvent`
             in ``handler.stream_events()``.
+        include_images: the switch that shows plots to the model, as image blocks in
+            the tool output. Use the agent
+            :class:`~llama_index.tools.enclave.ToolImagesFunctionAgent` so that every
+            provider gets them (Chat Completions takes images only in user messages).
+            Off by default: each plot costs tokens (about 30,000 base64 characters).
+        image_max_side: longest side, in pixels, of an image shown to the model
+            (scaled down with Pillow when it is installed); None keeps the size.
 
     Example::
 
@@ -138,7 +160,11 @@ class EnclaveNotebookToolSpec(BaseToolSpec):
         sandbox_config: SandboxConfig | None = None,
         sessions: SandboxSessions | None = None,
         stream_output: bool = False,
+        include_images: bool = False,
+        image_max_side: int | None = DEFAULT_IMAGE_MAX_SIDE,
     ) -> None:
+        self.include_images = include_images
+        self.image_max_side = image_max_side
         self.sandbox = sandbox
         self.stream_output = stream_output
         self.sandbox_config = sandbox_config
@@ -185,7 +211,10 @@ class EnclaveNotebookToolSpec(BaseToolSpec):
             fn, async_fn = self.notebook_executor, self.anotebook_executor
         else:  # the Context-aware function; its sync twin is derived from it
             fn, async_fn = None, self._anotebook_executor_in_context
-        return [NotebookFunctionTool(fn=fn, async_fn=async_fn, metadata=metadata)]
+        tool = NotebookFunctionTool(fn=fn, async_fn=async_fn, metadata=metadata)
+        tool.include_images = self.include_images
+        tool.image_max_side = self.image_max_side
+        return [tool]
 
     def close(self) -> None:
         """Close the sandbox this spec created (not a ``sandbox`` or ``sessions`` passed in).
