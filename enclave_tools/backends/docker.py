@@ -43,6 +43,12 @@ CPU_PERIOD_US = 100_000
 """The CFS period of the CPU limit (Docker's default); the quota is cpus times this."""
 
 
+def limits_fixed_at_create(runtime: str | None) -> bool:
+    """Whether ``runtime`` cannot change a running container's limits (``docker update``):
+    gVisor's runsc (registered as "runsc", "runsc-kvm", "gvisor", ...) cannot."""
+    return runtime is not None and any(name in runtime.lower() for name in ("runsc", "gvisor"))
+
+
 def _owner_alive(labels: dict[str, str]) -> bool:
     return owner_alive(labels.get(OWNER_HOST), labels.get(OWNER_PID), labels.get(OWNER_START))
 
@@ -151,6 +157,8 @@ class DockerBackend:
         )
         if config.runtime:
             kwargs["runtime"] = config.runtime
+        if limits_fixed_at_create(config.runtime):
+            kwargs["cpu_quota"] = int(config.cpus * CPU_PERIOD_US)  # ready() cannot set it later
         labels[RUN_DIR] = run_dir
         if transport == "unix":
             env["ENCLAVE_UNIX_SOCKET"] = f"{SHARED_DIR}/{SOCKET_NAME}"
@@ -183,12 +191,14 @@ class DockerBackend:
 
     def ready(self, handle: SandboxHandle, config: SandboxConfig) -> None:
         """Apply the CPU limit meant for user code; the sandbox runs none before this."""
-        try:
-            self.client.api.update_container(
-                handle.container_id, cpu_period=CPU_PERIOD_US, cpu_quota=int(config.cpus * CPU_PERIOD_US)
-            )
-        except DockerException as exc:
-            raise SandboxStartFailed(f"Docker could not set the sandbox's CPU limit: {exc}") from exc
+        # Under gVisor the quota was set at create (start()): runsc cannot update it.
+        if not limits_fixed_at_create(config.runtime):
+            try:
+                self.client.api.update_container(
+                    handle.container_id, cpu_period=CPU_PERIOD_US, cpu_quota=int(config.cpus * CPU_PERIOD_US)
+                )
+            except DockerException as exc:
+                raise SandboxStartFailed(f"Docker could not set the sandbox's CPU limit: {exc}") from exc
 
     def _published_port(self, container: Any) -> int:
         for _ in range(50):

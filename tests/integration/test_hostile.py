@@ -10,6 +10,8 @@ import pytest
 
 from enclave_tools import Execution
 
+pytestmark = pytest.mark.gvisor  # all of it again under gVisor (make test-gvisor)
+
 
 def ok_after(sandbox) -> None:
     """The sandbox still answers."""

@@ -11,6 +11,8 @@ import socket
 import pytest
 import websocket
 
+pytestmark = pytest.mark.gvisor  # all of it again under gVisor (make test-gvisor)
+
 
 def test_bridge_sandbox_is_still_reached_through_the_private_socket(make_sandbox, docker_engine):
     sb = make_sandbox(network="bridge").start()

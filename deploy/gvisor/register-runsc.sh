@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Register gVisor's runsc as the Docker runtime "runsc", the way enclave-tools needs it:
+# merges one entry into /etc/docker/daemon.json (every other key kept), makes dockerd
+# reload its configuration with SIGHUP (no restart: running containers stay up), and waits
+# until `docker info` lists the runtime. Idempotent: run it again and it changes nothing.
+#
+#   deploy/gvisor/register-runsc.sh            # runsc must already be installed
+#   deploy/gvisor/register-runsc.sh --install  # apt-get install runsc first if missing
+#
+# Environment: RUNSC (path, default /usr/bin/runsc), DAEMON_JSON (default
+# /etc/docker/daemon.json), RUNSC_PLATFORM (default ptrace; systrap on gVisor 2023+).
+#
+# The runtime arguments, and why:
+#   --platform=ptrace  works in any VM (no /dev/kvm needed); it is the default of Debian's
+#                      2022 runsc, named here so a reader sees it.
+#   --host-uds=create  lets the gateway inside bind its unix socket on the bind-mounted
+#                      directory so the host can connect to it. "create" is the least that
+#                      works: "open"/"all" would also let sandboxed code connect OUT to host
+#                      sockets it finds on a mount.
+#   --network=none     no network stack at all; the sandbox's default (network='none') has
+#                      none anyway. Sandboxes that ask for network='bridge' get no egress
+#                      under this runtime (register a second runtime without it for that).
+set -euo pipefail
+
+RUNSC=${RUNSC:-/usr/bin/runsc}
+DAEMON_JSON=${DAEMON_JSON:-/etc/docker/daemon.json}
+PLATFORM=${RUNSC_PLATFORM:-ptrace}
+install=0
+case "${1:-}" in
+  --install) install=1 ;;
+  "") ;;
+  *) echo "usage: $0 [--install]" >&2; exit 2 ;;
+esac
+
+if [ "$(id -u)" != 0 ]; then
+  echo "register-runsc: needs root; re-running with sudo"
+  exec sudo --preserve-env=RUNSC,DAEMON_JSON,RUNSC_PLATFORM "$0" "$@"
+fi
+
+if [ ! -x "$RUNSC" ]; then
+  if [ "$install" = 1 ]; then
+    echo "register-runsc: $RUNSC missing: apt-get install runsc"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runsc >/dev/null
+  fi
+  [ -x "$RUNSC" ] || { echo "register-runsc: no runsc at $RUNSC (install Debian's 'runsc', or pass --install)" >&2; exit 1; }
+fi
+echo "register-runsc: using $("$RUNSC" --version 2>/dev/null | head -1) at $RUNSC"
+
+# Merge {"runtimes": {"runsc": {...}}} into daemon.json; print whether it changed.
+changed=$(python3 - "$DAEMON_JSON" "$RUNSC" "$PLATFORM" <<'PY'
+import json, os, sys
+
+path, runsc, platform = sys.argv[1:4]
+entry = {"path": runsc, "runtimeArgs": ["--platform=" + platform, "--host-uds=create", "--network=none"]}
+try:
+    with open(path) as handle:
+        config = json.load(handle)
+except FileNotFoundError:
+    config = {}
+if not isinstance(config, dict):
+    sys.exit(f"{path} does not hold a JSON object")
+runtimes = config.setdefault("runtimes", {})
+if runtimes.get("runsc") == entry:
+    print("no")
+    sys.exit(0)
+runtimes["runsc"] = entry
+os.makedirs(os.path.dirname(path), exist_ok=True)
+tmp = path + ".register-runsc"
+with open(tmp, "w") as handle:
+    json.dump(config, handle, indent=2)
+    handle.write("\n")
+if os.path.exists(path):
+    os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+os.replace(tmp, path)
+print("yes")
+PY
+)
+
+listed() { docker info --format '{{range $name, $_ := .Runtimes}}{{$name}} {{end}}' 2>/dev/null | tr ' ' '\n' | grep -qx runsc; }
+
+if [ "$changed" = yes ]; then
+  echo "register-runsc: wrote the runsc runtime into $DAEMON_JSON"
+elif listed; then
+  echo "register-runsc: runsc already registered in $DAEMON_JSON and listed by docker info"
+  exit 0
+fi
+
+pids=$(pidof dockerd || true)
+[ -n "$pids" ] || { echo "register-runsc: dockerd is not running; it will read $DAEMON_JSON when it starts" >&2; exit 1; }
+echo "register-runsc: SIGHUP to dockerd ($pids) to reload its configuration"
+kill -HUP $pids
+for _ in $(seq 1 30); do
+  if listed; then echo "register-runsc: docker info lists runsc"; exit 0; fi
+  sleep 1
+done
+echo "register-runsc: dockerd did not list runsc within 30 s after the reload (see its log)" >&2
+exit 1
