@@ -8,23 +8,32 @@
 #   deploy/gvisor/register-runsc.sh --install  # apt-get install runsc first if missing
 #
 # Environment: RUNSC (path, default /usr/bin/runsc), DAEMON_JSON (default
-# /etc/docker/daemon.json), RUNSC_PLATFORM (default ptrace; systrap on gVisor 2023+).
+# /etc/docker/daemon.json), RUNSC_PLATFORM (default ptrace), RUNSC_NETWORK (default none).
 #
-# The runtime arguments, and why:
-#   --platform=ptrace  works in any VM (no /dev/kvm needed); it is the default of Debian's
-#                      2022 runsc, named here so a reader sees it.
-#   --host-uds=create  lets the gateway inside bind its unix socket on the bind-mounted
-#                      directory so the host can connect to it. "create" is the least that
-#                      works: "open"/"all" would also let sandboxed code connect OUT to host
-#                      sockets it finds on a mount.
-#   --network=none     no network stack at all; the sandbox's default (network='none') has
-#                      none anyway. Sandboxes that ask for network='bridge' get no egress
-#                      under this runtime (register a second runtime without it for that).
+# The runtime arguments, and why (measured with Debian's runsc 0.0~20221219):
+#   --platform=ptrace  works in any VM (no /dev/kvm needed); the default of that release,
+#                      named so a reader sees it. gVisor 2023+ releases default to systrap
+#                      (faster; ptrace is deprecated there): RUNSC_PLATFORM=systrap.
+#   --host-uds=all     lets the gateway inside bind its unix socket on the bind-mounted
+#                      directory so that the host can connect to it. "create" alone binds
+#                      the socket but the sandbox can then neither stat nor chmod it (EPERM:
+#                      the gofer must open the host socket to do that), and the gateway's
+#                      chmod fails. "all" also lets sandboxed code connect to host sockets
+#                      visible in its mounts: here only its own gateway socket is (the image,
+#                      the socket directory and /etc/hosts-like files are its only host
+#                      mounts; /tmp, /workspace and the rest are tmpfs inside gVisor).
+#   --network=none     no network stack at all (RUNSC_NETWORK=sandbox for gVisor's own
+#                      netstack). Needed where dockerd itself runs inside a container, as
+#                      here: runsc's netstack refuses to start ("cannot run with network
+#                      enabled in root network namespace"). A sandbox then has no network
+#                      whatever its `network` setting: no egress, and transport="tcp" cannot
+#                      work (the default, network="none" over the unix socket, is unaffected).
 set -euo pipefail
 
 RUNSC=${RUNSC:-/usr/bin/runsc}
 DAEMON_JSON=${DAEMON_JSON:-/etc/docker/daemon.json}
 PLATFORM=${RUNSC_PLATFORM:-ptrace}
+NETWORK=${RUNSC_NETWORK:-none}
 install=0
 case "${1:-}" in
   --install) install=1 ;;
@@ -34,7 +43,7 @@ esac
 
 if [ "$(id -u)" != 0 ]; then
   echo "register-runsc: needs root; re-running with sudo"
-  exec sudo --preserve-env=RUNSC,DAEMON_JSON,RUNSC_PLATFORM "$0" "$@"
+  exec sudo --preserve-env=RUNSC,DAEMON_JSON,RUNSC_PLATFORM,RUNSC_NETWORK "$0" "$@"
 fi
 
 if [ ! -x "$RUNSC" ]; then
@@ -48,11 +57,11 @@ fi
 echo "register-runsc: using $("$RUNSC" --version 2>/dev/null | head -1) at $RUNSC"
 
 # Merge {"runtimes": {"runsc": {...}}} into daemon.json; print whether it changed.
-changed=$(python3 - "$DAEMON_JSON" "$RUNSC" "$PLATFORM" <<'PY'
+changed=$(python3 - "$DAEMON_JSON" "$RUNSC" "$PLATFORM" "$NETWORK" <<'PY'
 import json, os, sys
 
-path, runsc, platform = sys.argv[1:4]
-entry = {"path": runsc, "runtimeArgs": ["--platform=" + platform, "--host-uds=create", "--network=none"]}
+path, runsc, platform, network = sys.argv[1:5]
+entry = {"path": runsc, "runtimeArgs": ["--platform=" + platform, "--host-uds=all", "--network=" + network]}
 try:
     with open(path) as handle:
         config = json.load(handle)
@@ -77,12 +86,20 @@ print("yes")
 PY
 )
 
-listed() { docker info --format '{{range $name, $_ := .Runtimes}}{{$name}} {{end}}' 2>/dev/null | tr ' ' '\n' | grep -qx runsc; }
+# Whether dockerd has loaded the runsc entry that daemon.json now holds (arguments included).
+listed() {
+  docker info --format '{{json .Runtimes}}' 2>/dev/null | python3 -c '
+import json, sys
+loaded = json.load(sys.stdin).get("runsc") or {}
+wanted = json.load(open(sys.argv[1]))["runtimes"]["runsc"]
+sys.exit(0 if loaded.get("path") == wanted["path"] and loaded.get("runtimeArgs") == wanted["runtimeArgs"] else 1)
+' "$DAEMON_JSON"
+}
 
 if [ "$changed" = yes ]; then
   echo "register-runsc: wrote the runsc runtime into $DAEMON_JSON"
 elif listed; then
-  echo "register-runsc: runsc already registered in $DAEMON_JSON and listed by docker info"
+  echo "register-runsc: runsc already registered in $DAEMON_JSON and loaded by dockerd"
   exit 0
 fi
 
@@ -91,7 +108,7 @@ pids=$(pidof dockerd || true)
 echo "register-runsc: SIGHUP to dockerd ($pids) to reload its configuration"
 kill -HUP $pids
 for _ in $(seq 1 30); do
-  if listed; then echo "register-runsc: docker info lists runsc"; exit 0; fi
+  if listed; then echo "register-runsc: docker info lists runsc with these arguments"; exit 0; fi
   sleep 1
 done
 echo "register-runsc: dockerd did not list runsc within 30 s after the reload (see its log)" >&2
