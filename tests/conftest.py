@@ -33,7 +33,7 @@ def pytest_collection_modifyitems(config, items):
         mark = item.get_closest_marker("not_gvisor")
         if mark and limits_fixed_at_create(RUNTIME):
             reason = mark.args[0] if mark.args else mark.kwargs.get("reason", "")
-            item.add_marker(pytest.mark.skip(reason=f"meaningless under gVisor ({RUNTIME}): {reason}"))
+            item.add_marker(pytest.mark.skip(reason=f"not run under gVisor ({RUNTIME}): {reason}"))
 
 
 @pytest.fixture(scope="session")
