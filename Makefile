@@ -9,11 +9,12 @@ DISTS  := -e . $(foreach a,$(ADAPTERS),-e $(a))
 # Each distribution's tests run from its own directory (each has its own conftest).
 JUNIT  ?= build/junit
 
-.PHONY: help venv image demo test unit bench clean
+.PHONY: help venv image demo test test-gvisor unit bench clean
 
 help:
 	@echo "make demo    run the demo (creates the venv and builds the image if needed)"
 	@echo "make test    every test, real Docker included"
+	@echo "make test-gvisor  the tests marked gvisor, every sandbox on runsc (deploy/gvisor/register-runsc.sh)"
 	@echo "make unit    the tests that need no Docker"
 	@echo "make image   build the kernel image if it is missing"
 	@echo "make bench   benchmarks (prints a table, writes bench/results/)"
@@ -43,6 +44,13 @@ test: image
 	@echo "== cookbooks"
 	ENCLAVE_REQUIRE_DOCKER=1 $(BIN)/pytest --nbmake cookbooks -p no:cacheprovider \
 	  --junitxml=$(JUNIT)-cookbooks.xml $(PYTEST_ARGS)
+
+# The tests marked gvisor again, with every sandbox on gVisor's runsc (register it first with
+# deploy/gvisor/register-runsc.sh). ENCLAVE_RUNTIME is read by tests/conftest.py.
+test-gvisor: image
+	@mkdir -p $(dir $(JUNIT))
+	ENCLAVE_REQUIRE_DOCKER=1 ENCLAVE_RUNTIME=runsc $(BIN)/pytest -m gvisor tests \
+	  --junitxml=$(JUNIT)-gvisor.xml $(PYTEST_ARGS)
 
 unit: venv
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

@@ -317,6 +317,26 @@ def concurrent_cells(sandboxes: list[Sandbox], cells: int, interval: float | Non
     return run_concurrently(workers, [sb.container_id for sb in sandboxes])
 
 
+def op_runtimes(image: str, runtimes: list[str], reps: int, calls: int, **_: Any) -> dict:
+    """Per OCI runtime (runc, gVisor's runsc): ``Sandbox()`` to the first result, and the
+    trivial cell's round trip; the runtimes take turns, one repetition at a time."""
+    out: dict[str, dict[str, list]] = {rt: {"first_result_s": [], "roundtrip_s": []} for rt in runtimes}
+    patient = {"startup_timeout": 300.0}  # measure a slow start rather than fail it
+    for runtime in runtimes:  # the first start per runtime pays for imports and caches
+        open_sandbox(image, runtime=runtime, **patient).close()
+    for _ in range(reps):
+        for runtime in runtimes:
+            start = time.perf_counter()
+            sandbox = Sandbox(image=image, build_image=False, runtime=runtime, **patient)
+            try:
+                expect_one(sandbox.run("x = 1\nx"))
+                out[runtime]["first_result_s"].append(time.perf_counter() - start)
+                out[runtime]["roundtrip_s"].append(time_calls(lambda: expect_one(sandbox.run("x")), calls))
+            finally:
+                sandbox.close()
+    return out
+
+
 OPS = {
     "cold": op_cold,
     "warm": op_warm,
@@ -325,6 +345,7 @@ OPS = {
     "plot": op_plot,
     "memory": op_memory,
     "concurrency": op_concurrency,
+    "runtimes": op_runtimes,
 }
 
 

@@ -48,6 +48,8 @@ FULL = {
     # of the lower of the two capacities just measured, with at least `samples` cells per
     # repetition (a p99 of 50 cells is only their worst one or two).
     "equal_load": {"fraction": 0.5, "cells": 50, "samples": 300, "reps": 3},
+    # Ours on runc and on gVisor (runsc, when registered: deploy/gvisor/register-runsc.sh).
+    "runtimes": {"runtimes": ["runc", "runsc"], "reps": 5, "calls": 100},
 }
 QUICK = {
     "cold": {"reps": 2},
@@ -58,6 +60,7 @@ QUICK = {
     "memory": {"sandboxes": 4, "rounds": 1},
     "concurrency": {"levels": [1, 4], "cells": 10, "reps": 1},
     "equal_load": {"fraction": 0.5, "cells": 10, "samples": 20, "reps": 1},
+    "runtimes": {"runtimes": ["runc", "runsc"], "reps": 2, "calls": 30},
 }
 
 
@@ -100,6 +103,9 @@ def run_driver(python: str, script: str, op: str, args: dict, timeout: float = 9
     return {"error": f"{script} {op} failed (exit {done.returncode}):\n" + "\n".join(tail)}
 
 
+OURS_ONLY = {"runtimes"}
+"""Operations of enclave-tools alone (the peer has no OCI runtime option)."""
+
 INTERLEAVED = {"concurrency", "equal_load"}
 """Operations run one repetition at a time, the two sides taking turns, so that a slow
 spell of a shared machine falls on both rather than on one side's whole series."""
@@ -118,7 +124,7 @@ def measure(plan: dict, image: str, peer: bool) -> dict:
             continue
         turns = [{**args, "reps": 1}] * args["reps"] if op in INTERLEAVED else [args]
         for n, turn in enumerate(turns):
-            for side, python, script in sides:
+            for side, python, script in sides[:1] if op in OURS_ONLY else sides:
                 label = "ms-enclave" if side == "peer" else side
                 count = f" {n + 1}/{len(turns)}" if len(turns) > 1 else ""
                 print(f"  {op}: {label}{count}", end="", flush=True)
@@ -145,7 +151,14 @@ def merge_reps(earlier: dict | None, answer: dict) -> dict:
 
 def driver_args(op: str, args: dict, raw: dict) -> tuple[str | None, dict]:
     """The driver operation and arguments for a plan entry. ``equal_load`` runs the
-    drivers' ``concurrency`` paced, at a rate set from both sides' measured capacity."""
+    drivers' ``concurrency`` paced, at a rate set from both sides' measured capacity.
+    ``runtimes`` keeps only the runtimes Docker has registered."""
+    if op == "runtimes":
+        missing = [rt for rt in args["runtimes"] if rt not in docker_runtimes()]
+        if missing:
+            return None, {"why": f"Docker has no runtime {', '.join(missing)} "
+                                 "(gVisor: deploy/gvisor/register-runsc.sh)"}
+        return op, args
     if op != "equal_load":
         return op, args
     capacity = {side: raw[side].get("concurrency") for side in ("ours", "peer")}
@@ -161,6 +174,13 @@ def driver_args(op: str, args: dict, raw: dict) -> tuple[str | None, dict]:
         cells = max(args["cells"], -(-args["samples"] // int(level)))
         paced.append([int(level), round(args["fraction"] * lowest / int(level), 2), cells])
     return "concurrency", {"levels": [], "paced": paced, "cells": args["cells"], "reps": args["reps"]}
+
+
+def docker_runtimes() -> list[str]:
+    """The OCI runtimes the Docker daemon has registered."""
+    done = subprocess.run(["docker", "info", "--format", "{{json .Runtimes}}"],
+                          capture_output=True, text=True, timeout=30)
+    return list(json.loads(done.stdout or "{}")) if done.returncode == 0 else []
 
 
 def report_progress(answer: dict) -> None:
@@ -252,7 +272,7 @@ def figures(raw: dict) -> list[Figure]:
     ours, peer = raw["ours"], raw.get("peer", {})
     rows: list[Figure] = []
     for builder in (start_figures, roundtrip_figures, output_figures, memory_figures,
-                    concurrency_figures, teardown_figures):
+                    concurrency_figures, teardown_figures, runtime_figures):
         rows.extend(builder(ours, peer))
     return rows
 
@@ -439,6 +459,26 @@ def teardown_figures(ours: dict, peer: dict) -> list[Figure]:
     pick = lambda a: scaled(summarize(a["close_s"]), 1000)  # noqa: E731
     p, na = peer_summary(peer, "cold", pick)
     return [Figure("teardown: close()", "ms", pick(ours["cold"]), p, na, note="peer: await sandbox.stop()")]
+
+
+def runtime_figures(ours: dict, peer: dict) -> list[Figure]:
+    """Cold start and trivial round trip per OCI runtime (runc, gVisor's runsc)."""
+    if not ok(ours.get("runtimes")):
+        return []
+    picks = {
+        "cold start to first result": ("s", lambda a: summarize(a["first_result_s"])),
+        "round trip p50": ("ms", lambda a: scaled(batch_percentile(a["roundtrip_s"], 50), 1000)),
+        "round trip p99": ("ms", lambda a: scaled(batch_percentile(a["roundtrip_s"], 99), 1000)),
+    }
+    answers = {rt: a for rt, a in ours["runtimes"].items() if isinstance(a, dict)}
+    rows = []
+    for runtime, answer in answers.items():
+        for label, (unit, pick) in picks.items():
+            mine = pick(answer)
+            runc = pick(answers["runc"]) if "runc" in answers else None
+            note = f"{mine['median'] / runc['median']:.1f}x runc's" if runc and runtime != "runc" else ""
+            rows.append(Figure(f"runtime {runtime}: {label}", unit, mine, peer_na="ours only", note=note))
+    return rows
 
 
 # -- the report -------------------------------------------------------------------------------

@@ -94,7 +94,13 @@ class SandboxConfig(BaseModel):
     labels: dict[str, str] = Field(
         default_factory=dict, description="Extra labels on the container."
     )
-    runtime: str | None = Field(None, description="OCI runtime, e.g. 'runsc' for gVisor.")
+    runtime: str | None = Field(
+        None,
+        description="OCI runtime of the container; None: Docker's default (runc). 'runsc' runs "
+        "the sandbox under gVisor, once registered with Docker (deploy/gvisor/register-runsc.sh: "
+        "the gateway's socket needs --host-uds=create). Under gVisor the CPU limit is set when "
+        "the container is created (runsc cannot update it), so the kernel boots under it.",
+    )
 
     @field_validator("memory", "workspace_size", "tmp_size", "shm_size", "file_limit")
     @classmethod

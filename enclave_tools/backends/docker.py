@@ -61,6 +61,12 @@ CPU_PERIOD_US = 100_000
 """The CFS period of the CPU limit (Docker's default); the quota is cpus times this."""
 
 
+def limits_fixed_at_create(runtime: str | None) -> bool:
+    """Whether ``runtime`` cannot change a running container's limits (``docker update``):
+    gVisor's runsc (registered as "runsc", "runsc-kvm", "gvisor", ...) cannot."""
+    return runtime is not None and any(name in runtime.lower() for name in ("runsc", "gvisor"))
+
+
 def _owner_of(labels: dict[str, str]) -> Owner:
     return Owner(
         labels.get(OWNER_HOST, ""), labels.get(OWNER_PID, ""), labels.get(OWNER_START, ""),
@@ -186,6 +192,8 @@ class DockerBackend:
         )
         if config.runtime:
             kwargs["runtime"] = config.runtime
+        if limits_fixed_at_create(config.runtime):
+            kwargs["cpu_quota"] = int(config.cpus * CPU_PERIOD_US)  # ready() cannot set it later
         labels[RUN_DIR] = run_dir
         if transport == "unix":
             env["ENCLAVE_UNIX_SOCKET"] = f"{SHARED_DIR}/{SOCKET_NAME}"
@@ -243,6 +251,8 @@ class DockerBackend:
         return any("name=userns" in option or "name=rootless" in option for option in options)
 
     def _limit_cpu(self, handle: SandboxHandle, config: SandboxConfig) -> None:
+        if limits_fixed_at_create(config.runtime):
+            return  # under gVisor the quota was set at create: runsc cannot update it
         try:
             self.client.api.update_container(
                 handle.container_id, cpu_period=CPU_PERIOD_US, cpu_quota=int(config.cpus * CPU_PERIOD_US)

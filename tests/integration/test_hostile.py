@@ -10,12 +10,15 @@ import pytest
 
 from enclave_tools import Execution
 
+pytestmark = pytest.mark.gvisor  # all of it again under gVisor (make test-gvisor)
+
 
 def ok_after(sandbox) -> None:
     """The sandbox still answers."""
     assert sandbox.run("6 * 7").text.endswith("42")
 
 
+@pytest.mark.not_gvisor('under gVisor 2022 (ptrace) the fork bomb ends the whole sandbox (exit 2: SandboxDied, replaced) instead of failing fork()')
 def test_fork_bomb_is_stopped_by_the_pids_limit(sandbox):
     execution = sandbox.run(
         "import os\nchildren = []\n"
@@ -40,6 +43,7 @@ def test_fork_bomb_is_stopped_by_the_pids_limit(sandbox):
     ok_after(sandbox)
 
 
+@pytest.mark.not_gvisor('under gVisor 2022 thread creation never fails at the pids limit: the bomb runs to its time limit and the sandbox is replaced')
 def test_thread_bomb_is_stopped_by_the_pids_limit(sandbox):
     execution = sandbox.run(
         "import threading, time\nstop = threading.Event()\nthreads = []\n"
@@ -57,6 +61,7 @@ def test_thread_bomb_is_stopped_by_the_pids_limit(sandbox):
     ok_after(sandbox)
 
 
+@pytest.mark.not_gvisor("the OOM killer ends the whole gVisor sandbox (exit 137, SandboxDied 'out of memory'), not only the kernel process")
 def test_memory_bomb_is_reported_as_out_of_memory(make_sandbox):
     sb = make_sandbox(memory="512m").start()
     sb.run("kept = 1")
@@ -98,6 +103,7 @@ def test_root_filesystem_is_read_only(sandbox):
         assert execution.error.name in ("OSError", "PermissionError"), execution.text
 
 
+@pytest.mark.not_gvisor("gVisor 2022 lets same-uid code read a non-dumpable process's /proc/PID/environ (its mem stays unreadable; the token is not in environ)")
 def test_no_docker_socket_no_host_files_no_privileges(sandbox):
     script = (
         "import os, subprocess, ctypes\n"

@@ -12,12 +12,14 @@ import pytest
 from enclave_tools import InvalidInput, SandboxDied
 
 
+@pytest.mark.gvisor
 def test_state_persists_across_calls(sandbox):
     assert sandbox.run("x = [1, 2, 3, 4, 5]").ok
     assert sandbox.run("print(sum(x))").text == "15"
     assert sandbox.run("import statistics; statistics.mean(x)").text == "3"
 
 
+@pytest.mark.gvisor
 async def test_state_persists_across_async_calls(make_sandbox):
     async with make_sandbox() as sb:
         await sb.arun("y = {'a': 1}")
@@ -42,6 +44,7 @@ async def test_arun_does_not_block_the_event_loop(sandbox):
     assert ticks > 20  # the loop kept running while the cell slept
 
 
+@pytest.mark.gvisor
 def test_plot_comes_back_as_png(sandbox):
     execution = sandbox.run(
         "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nplt.title('squares')\nplt.show()"
@@ -52,6 +55,7 @@ def test_plot_comes_back_as_png(sandbox):
     assert "image/png" in execution.text and "base64" not in execution.text
 
 
+@pytest.mark.gvisor
 def test_html_dataframe_stderr_and_result(sandbox):
     execution = sandbox.run(
         "from IPython.display import HTML, display\n"
@@ -88,6 +92,7 @@ def test_output_written_as_a_cell_ends_is_never_lost(sandbox):
         assert execution.results[0].data["text/plain"] == str(n)
 
 
+@pytest.mark.gvisor
 def test_user_error_is_a_result_and_kernel_lives(sandbox):
     sandbox.run("kept = 41")
     execution = sandbox.run("def f():\n    return 1 / 0\nf()")
@@ -98,6 +103,7 @@ def test_user_error_is_a_result_and_kernel_lives(sandbox):
     assert sandbox.run("kept + 1").text == "42"
 
 
+@pytest.mark.gvisor
 def test_timeout_interrupts_and_keeps_state(sandbox):
     sandbox.run("before = 'still here'")
     started = time.monotonic()
@@ -109,6 +115,7 @@ def test_timeout_interrupts_and_keeps_state(sandbox):
     assert sandbox.run("before").text == "'still here'"
 
 
+@pytest.mark.gvisor
 def test_code_ignoring_sigint_is_escalated_and_says_state_was_lost(make_sandbox):
     sb = make_sandbox(interrupt_grace=1).start()
     sb.run("lost = 1")
@@ -124,6 +131,7 @@ def test_code_ignoring_sigint_is_escalated_and_says_state_was_lost(make_sandbox)
     assert sb.run("1 + 1").text == "2"
 
 
+@pytest.mark.gvisor
 def test_kernel_death_is_prompt_and_recovers(sandbox):
     sandbox.run("doomed = 1")
     started = time.monotonic()
@@ -136,6 +144,7 @@ def test_kernel_death_is_prompt_and_recovers(sandbox):
     assert sandbox.run("2 * 21").text == "42"
 
 
+@pytest.mark.gvisor
 def test_container_killed_during_a_call(sandbox, docker_engine, make_sandbox):
     threading.Timer(1.0, lambda: docker_engine.containers.get(sandbox.container_id).kill()).start()
     started = time.monotonic()
@@ -149,6 +158,7 @@ def test_container_killed_during_a_call(sandbox, docker_engine, make_sandbox):
     assert make_sandbox().run("3").text == "3"
 
 
+@pytest.mark.gvisor
 def test_input_fails_fast(sandbox):
     started = time.monotonic()
     execution = sandbox.run("input('name? ')", timeout=30)
@@ -161,6 +171,7 @@ def _max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+@pytest.mark.gvisor
 def test_huge_single_print_is_bounded(sandbox):
     execution = sandbox.run("print('x' * 10**8)", timeout=60)
     assert execution.status in ("ok", "error")
@@ -218,6 +229,7 @@ def test_calls_from_threads_are_serialized(sandbox):
     assert sandbox.run("seen_overlap").text == "False"
 
 
+@pytest.mark.gvisor
 def test_files_in_and_out(sandbox, tmp_path):
     local = tmp_path / "data.csv"
     local.write_text("a,b\n1,2\n3,4\n")
@@ -238,6 +250,7 @@ def test_files_in_and_out(sandbox, tmp_path):
         sandbox.write_file("/etc/passwd", "nope")
 
 
+@pytest.mark.gvisor
 def test_constructing_starts_nothing_and_close_removes_everything(make_sandbox, docker_engine):
     sb = make_sandbox()
     assert not sb.started
@@ -294,6 +307,7 @@ def test_eight_sandboxes_at_once(make_sandbox, docker_engine):
     assert not ids & left
 
 
+@pytest.mark.gvisor
 async def test_cancelling_arun_interrupts_the_kernel(sandbox):
     await sandbox.arun("kept = 'yes'")
     task = asyncio.create_task(sandbox.arun("import time; time.sleep(600)"))
