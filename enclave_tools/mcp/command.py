@@ -49,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory", default=None, help="memory limit per sandbox, e.g. 2g")
     parser.add_argument("--image", default=None, help="kernel image (default: the project's)")
     parser.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE",
+        help="extra label on every sandbox container (repeatable)",
+    )
+    parser.add_argument(
         "--file-limit", default="16m", help="largest file moved in or out by a tool call (16m)"
     )
 
@@ -73,6 +77,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     for field in ("timeout", "memory", "image"):
         if getattr(args, field):
             overrides[field] = getattr(args, field)
+    overrides["labels"] = dict(_label(text) for text in args.label)
     config = SandboxConfig(**overrides)  # type: ignore[arg-type]
     sessions = SandboxSessions(
         warm=args.warm, idle_ttl=args.idle_ttl, factory=lambda: Sandbox(config, progress=say)
@@ -90,8 +95,16 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
                 on_ready=lambda url: say(f"MCP server at {url}"),
             ))
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the sandboxes' removal finish
         sessions.close()
     return 0
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise InvalidInput(f"--label takes KEY=VALUE, not {text!r}")
+    return key, value
 
 
 def _token(path: str | None) -> str | None:
