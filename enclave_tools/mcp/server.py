@@ -155,7 +155,7 @@ def build_server(notebooks: NotebookServer, **settings: Any) -> FastMCP:
         "enclave-tools",
         instructions="A stateful Python notebook in an isolated sandbox. Run code with "
         f"{TOOL_NAME}; variables persist between calls of one session.",
-        **settings,
+        **{"log_level": "WARNING", **settings},
     )
     async def in_thread(fn: Any, *args: Any) -> Any:
         return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
