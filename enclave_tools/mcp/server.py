@@ -33,7 +33,13 @@ from enclave_tools.errors import EnclaveError
 from enclave_tools.execution import Execution
 from enclave_tools.sandbox import Sandbox
 from enclave_tools.sessions import SandboxSessions
-from enclave_tools.tooling import TOOL_DESCRIPTION, TOOL_NAME, NotebookInput, describe_failure, model_text
+from enclave_tools.tooling import (
+    TOOL_DESCRIPTION,
+    TOOL_NAME,
+    NotebookInput,
+    describe_failure,
+    model_text,
+)
 
 __all__ = ["DEFAULT_SESSION", "NotebookServer", "TooManySessions", "build_server"]
 
@@ -86,7 +92,7 @@ class NotebookServer:
     def sandbox(self, key: str) -> Sandbox:
         """The sandbox of session ``key``, made if it is new and there is room."""
         with self._lock:
-            if key not in self.sessions.keys() and len(self.sessions) >= self.max_sessions:
+            if key not in self.sessions.keys() and len(self.sessions) >= self.max_sessions:  # noqa: SIM118
                 raise TooManySessions(
                     f"this server already holds its most notebook sessions ({self.max_sessions}); "
                     "end one with end_session, or wait until an idle one is closed"
@@ -96,7 +102,7 @@ class NotebookServer:
     def end(self, key: str) -> bool:
         """Close session ``key``'s kernel; return whether it had one."""
         with self._lock:
-            known = key in self.sessions.keys()
+            known = key in self.sessions.keys()  # noqa: SIM118 - a method, not a dict
         self.sessions.release(key)
         return known
 

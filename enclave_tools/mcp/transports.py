@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import io
+import ipaddress
 import os
 import socket
 import sys

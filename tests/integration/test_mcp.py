@@ -21,13 +21,13 @@ import pytest
 
 pytest.importorskip("mcp")
 
-from mcp import ClientSession, StdioServerParameters  # noqa: E402
-from mcp.client.stdio import stdio_client  # noqa: E402
-from mcp.client.streamable_http import streamable_http_client  # noqa: E402
-from mcp.types import CallToolResult, ImageContent, TextContent  # noqa: E402
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.types import CallToolResult, ImageContent, TextContent
 
-from enclave_tools.testing import RUN_ID, RUN_LABEL  # noqa: E402
-from enclave_tools.tooling import TOOL_DESCRIPTION  # noqa: E402
+from enclave_tools.testing import RUN_ID, RUN_LABEL
+from enclave_tools.tooling import TOOL_DESCRIPTION
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_LABEL = "io.enclave-tools.test-mcp"
@@ -169,28 +169,31 @@ async def test_http_sessions_are_apart_and_bounded(server_args: list[str]) -> No
             assert text_of(await run(first, "1 + 1", session="b")) == "2"
 
 
-async def test_http_needs_a_token_off_loopback_and_checks_one_when_set(
-    server_args: list[str], tmp_path: Path
-) -> None:
+def test_http_off_loopback_refuses_to_start_without_a_token(server_args: list[str]) -> None:
     refused = subprocess.run(
         [sys.executable, *server_args, "--transport", "http", "--host", "0.0.0.0", "--port", "0"],
-        env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=STARTUP,
+        env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=STARTUP, check=False,
     )
     assert refused.returncode != 0 and "needs a bearer token" in refused.stderr
 
+
+async def test_http_checks_the_token_when_one_is_set(server_args: list[str], tmp_path: Path) -> None:
     token = uuid.uuid4().hex
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
     with http_server(server_args, ENCLAVE_TOOLS_MCP_TOKEN=token) as url:
-        for wrong in ({}, {"Authorization": "Bearer nope"}, {"Authorization": token}):
-            answer = httpx.post(url, headers=wrong, json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
-            assert answer.status_code == 401
+        async with httpx.AsyncClient() as raw:
+            for wrong in ({}, {"Authorization": "Bearer nope"}, {"Authorization": token}):
+                assert (await raw.post(url, headers=wrong, json=ping)).status_code == 401
         async with http_session(url, token) as session:
             assert "notebook_executor" in {tool.name for tool in (await session.list_tools()).tools}
 
     token_file = tmp_path / "token"
     token_file.write_text(token + "\n")
     with http_server(server_args, "--host", "0.0.0.0", "--token-file", str(token_file)) as url:
-        assert httpx.post(url.replace("0.0.0.0", "127.0.0.1"), json={}).status_code == 401
-        async with http_session(url.replace("0.0.0.0", "127.0.0.1"), token) as session:
+        local = url.replace("0.0.0.0", "127.0.0.1")
+        async with httpx.AsyncClient() as raw:
+            assert (await raw.post(local, json=ping)).status_code == 401
+        async with http_session(local, token) as session:
             assert (await session.list_tools()).tools
 
 
@@ -198,9 +201,8 @@ async def test_langchain_agent_through_langchain_mcp_adapters(server_args: list[
     pytest.importorskip("langchain_mcp_adapters")
     from langchain.agents import create_agent
     from langchain_core.messages import AIMessage, ToolMessage
-    from langchain_mcp_adapters.tools import load_mcp_tools
-
     from langchain_enclave.scripted import ScriptedChatModel, notebook_call
+    from langchain_mcp_adapters.tools import load_mcp_tools
 
     async with stdio_session(server_args) as session:
         tools = await load_mcp_tools(session)
@@ -223,9 +225,8 @@ async def test_langchain_agent_through_langchain_mcp_adapters(server_args: list[
 async def test_llamaindex_agent_through_llama_index_tools_mcp(server_args: list[str]) -> None:
     pytest.importorskip("llama_index.tools.mcp")
     from llama_index.core.agent.workflow import FunctionAgent
-    from llama_index.tools.mcp import BasicMCPClient, McpToolSpec
-
     from llama_index.tools.enclave.scripted import answer, notebook_call, scripted_llm
+    from llama_index.tools.mcp import BasicMCPClient, McpToolSpec
 
     with http_server(server_args) as url:
         # BasicMCPClient opens a new MCP session for every call: the session argument,
