@@ -77,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     gc.set_defaults(func=_gc)
 
+    from enclave_tools.mcp import command as mcp_command
+
+    mcp = commands.add_parser("mcp", help="serve the notebook as an MCP server (stdio or HTTP)")
+    mcp_command.add_arguments(mcp)
+    mcp.set_defaults(func=lambda args: mcp_command.run(args, _say))
+
     for name, helptext, func in (
         ("exec", "run code once in a fresh sandbox and print the result", _exec),
         ("run", "an interactive prompt into a fresh sandbox", _run),
