@@ -67,8 +67,13 @@ def state_dir() -> Path:
     :class:`SandboxAccessDenied` if it exists but is not private to this user."""
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     path = Path(base) / "enclave-tools" / "sandboxes"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = os.lstat(path)
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.lstat(path)
+    except PermissionError:
+        raise SandboxAccessDenied(
+            f"{path} belongs to another user: only the user who created a sandbox may connect to it"
+        ) from None
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
         raise SandboxAccessDenied(f"{path} is not a directory of this user; refusing to keep sandbox records there")
     if info.st_mode & 0o077:

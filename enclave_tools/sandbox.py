@@ -96,9 +96,7 @@ class Sandbox:
         **overrides: Any,
     ) -> None:
         base = config or SandboxConfig()
-        self.config = base.model_copy(update=overrides) if overrides else base
-        if overrides:
-            self.config = SandboxConfig.model_validate(self.config.model_dump())
+        self.config = SandboxConfig.model_validate({**base.model_dump(), **overrides}) if overrides else base
         self.id = uuid.uuid4().hex[:12]
         self._backend = backend or DockerBackend()
         self._progress = progress

@@ -67,8 +67,7 @@ class SandboxSessions:
         self.warm = warm
         self.idle_ttl = idle_ttl
         self._factory = factory or (lambda: Sandbox(config, **overrides))
-        self._config = (config or SandboxConfig()).model_copy(update=overrides)
-        self._config = SandboxConfig.model_validate(self._config.model_dump())
+        self._config = SandboxConfig.model_validate({**(config or SandboxConfig()).model_dump(), **overrides})
         self.attach_wait = attach_wait
         """Seconds a kept-alive session's ``get`` waits for another worker to let go."""
         if self._config.keep_alive is not None and (warm or idle_ttl):
