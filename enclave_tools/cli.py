@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     ps = commands.add_parser("ps", help="list running sandboxes")
     ps.set_defaults(func=_ps)
     stop = commands.add_parser("stop", help="remove a sandbox (a detached one too) by id or name")
-    stop.add_argument("id", help="sandbox id (as `ps` shows it), container id (prefix) or name")
+    stop.add_argument("id", help="sandbox id (the name without 'enclave-'), container id (prefix) or name")
     stop.set_defaults(func=_stop)
     gc = commands.add_parser(
         "gc", help="remove sandboxes (and leftover run directories) whose owner process is provably gone, "
@@ -146,10 +146,10 @@ def _ps(_args: argparse.Namespace) -> int:
             owner = labels.get(OWNER_PID, "?") + ("" if _owner_alive(labels) else " (gone)")
             idle = expires = "-"
         rows.append([
-            container.name.removeprefix("enclave-"), labels.get(SESSION, "-") if kept else "-", owner,
+            container.name, labels.get(SESSION, "-") if kept else "-", owner,
             _age(labels.get(CREATED)), idle, expires, where, memory, container.status,
         ])
-    _table(["ID", "SESSION", "OWNER PID", "AGE", "IDLE", "EXPIRES IN", "GATEWAY", "MEMORY", "STATUS"], rows)
+    _table(["NAME", "SESSION", "OWNER PID", "AGE", "IDLE", "EXPIRES IN", "GATEWAY", "MEMORY", "STATUS"], rows)
     return EXIT_OK
 
 
