@@ -195,6 +195,28 @@ def op_warm(image: str, reps: int, **_: Any) -> dict:
     return {"acquire_first_result_s": times}
 
 
+def op_connect(image: str, reps: int, **_: Any) -> dict:
+    """``Sandbox.connect(id)`` to a detached kept-alive sandbox, to the first result of a
+    trivial cell; then ``detach()`` (beside ``cold``: what a worker pays per turn)."""
+    sandbox = Sandbox(image=image, build_image=False, keep_alive="10m")
+    expect_one(sandbox.run("x = 1\nx"))
+    sandbox_id = sandbox.id
+    sandbox.detach()
+    first, detach = [], []
+    try:
+        for _ in range(reps):
+            start = time.perf_counter()
+            sandbox = Sandbox.connect(sandbox_id)
+            expect_one(sandbox.run("x"))
+            first.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            sandbox.detach()
+            detach.append(time.perf_counter() - start)
+    finally:
+        Sandbox.connect(sandbox_id, wait=10).close()
+    return {"connect_first_result_s": first, "detach_s": detach}
+
+
 def op_roundtrip(image: str, batches: int, calls: int, **_: Any) -> dict:
     """``x`` through the core (unix and TCP), each adapter, and the kernel's own floor;
     in interleaved batches, so drift in the machine's load hits every path alike."""
@@ -340,6 +362,7 @@ def op_runtimes(image: str, runtimes: list[str], reps: int, calls: int, **_: Any
 OPS = {
     "cold": op_cold,
     "warm": op_warm,
+    "connect": op_connect,
     "roundtrip": op_roundtrip,
     "output": op_output,
     "plot": op_plot,

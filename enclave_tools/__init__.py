@@ -19,8 +19,11 @@ from enclave_tools.errors import (
     ImageError,
     ImageNotFound,
     InvalidInput,
+    SandboxAccessDenied,
     SandboxClosed,
     SandboxDied,
+    SandboxGone,
+    SandboxInUse,
     SandboxStartFailed,
 )
 from enclave_tools.execution import Execution, ExecutionError, Result
@@ -48,6 +51,9 @@ __all__ = [
     "SandboxClosed",
     "SandboxConfig",
     "SandboxDied",
+    "SandboxGone",
+    "SandboxInUse",
+    "SandboxAccessDenied",
     "SandboxSessions",
     "SandboxStartFailed",
     "__version__",

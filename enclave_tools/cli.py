@@ -69,11 +69,12 @@ def _parser() -> argparse.ArgumentParser:
 
     ps = commands.add_parser("ps", help="list running sandboxes")
     ps.set_defaults(func=_ps)
-    stop = commands.add_parser("stop", help="remove a sandbox by id or name")
-    stop.add_argument("id", help="container id (prefix) or name")
+    stop = commands.add_parser("stop", help="remove a sandbox (a detached one too) by id or name")
+    stop.add_argument("id", help="sandbox id (the name without 'enclave-'), container id (prefix) or name")
     stop.set_defaults(func=_stop)
     gc = commands.add_parser(
-        "gc", help="remove sandboxes (and leftover run directories) whose owner process is provably gone"
+        "gc", help="remove sandboxes (and leftover run directories) whose owner process is provably gone, "
+        "and detached ones that have expired"
     )
     gc.set_defaults(func=_gc)
 
@@ -132,10 +133,11 @@ def _image_ls(_args: argparse.Namespace) -> int:
 
 
 def _ps(_args: argparse.Namespace) -> int:
-    from enclave_tools.backends.docker import CREATED, OWNER_PID, DockerBackend, _owner_alive
+    from enclave_tools.backends.docker import CREATED, KEEP_ALIVE, OWNER_PID, SESSION, DockerBackend, _owner_alive
 
+    backend = DockerBackend()
     rows = []
-    for container in DockerBackend().list_sandboxes():
+    for container in backend.list_sandboxes():
         labels = container.labels or {}
         ports = (container.attrs.get("NetworkSettings", {}).get("Ports") or {}).get("8888/tcp") or []
         where = f"127.0.0.1:{ports[0]['HostPort']}" if ports else "unix socket"
@@ -146,23 +148,67 @@ def _ps(_args: argparse.Namespace) -> int:
                 memory = f"{stats['memory_stats'].get('usage', 0) / 2**20:.0f} MiB"
             except Exception:  # noqa: BLE001 - informational column
                 pass
-        owner = labels.get(OWNER_PID, "?") + ("" if _owner_alive(labels) else " (gone)")
-        rows.append([container.name, owner, _age(labels.get(CREATED)), where, memory, container.status])
-    _table(["NAME", "OWNER PID", "AGE", "GATEWAY", "MEMORY", "STATUS"], rows)
+        kept = labels.get(KEEP_ALIVE) == "1"
+        if kept:
+            owner = "detached"
+            idle, expires = _kept_alive_times(backend, container) if container.status == "running" else ("-", "ended")
+        else:
+            owner = labels.get(OWNER_PID, "?") + ("" if _owner_alive(labels) else " (gone)")
+            idle = expires = "-"
+        rows.append([
+            container.name, labels.get(SESSION, "-") if kept else "-", owner,
+            _age(labels.get(CREATED)), idle, expires, where, memory, container.status,
+        ])
+    _table(["NAME", "SESSION", "OWNER PID", "AGE", "IDLE", "EXPIRES IN", "GATEWAY", "MEMORY", "STATUS"], rows)
     return EXIT_OK
 
 
+def _kept_alive_times(backend, container) -> tuple[str, str]:
+    """A kept-alive sandbox's idle time and time left, from its gateway (reading them is
+    not use); '?' if this user holds no record of it or it does not answer."""
+    from enclave_tools import registry
+    from enclave_tools.transport import GatewayHTTP
+
+    try:
+        record = registry.load(container.name.removeprefix("enclave-"))
+        http = GatewayHTTP(backend.attach(record).endpoint)
+        try:
+            limits = http.json("GET", "/api/enclave/lifetime", timeout=3)
+        finally:
+            http.close()
+        return _duration(limits.get("idle")), _duration(limits.get("expires_in"))
+    except (EnclaveError, OSError, AttributeError, TypeError, ValueError):
+        return "?", "?"
+
+
+def _duration(seconds: object) -> str:
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{max(seconds, 0):.0f}s"
+
+
 def _stop(args: argparse.Namespace) -> int:
+    from enclave_tools import registry
     from enclave_tools.backends.docker import RUN_DIR, DockerBackend, _safe_run_dir
 
     backend = DockerBackend()
-    matches = [c for c in backend.list_sandboxes() if c.name == args.id or c.id.startswith(args.id)]
+    matches = [
+        c for c in backend.list_sandboxes()
+        if args.id in (c.name, c.name.removeprefix("enclave-")) or c.id.startswith(args.id)
+    ]
     if len(matches) != 1:
         what = "no sandbox" if not matches else f"{len(matches)} sandboxes"
         print(f"enclave-tools: {what} match {args.id!r}; see `enclave-tools ps`", file=sys.stderr)
         return EXIT_USAGE
     container = matches[0]
     backend.remove_container(container.id, _safe_run_dir((container.labels or {}).get(RUN_DIR)))
+    try:
+        registry.remove(container.name.removeprefix("enclave-"))
+    except EnclaveError:
+        pass  # not a sandbox id: nothing recorded
     print(f"removed {safe(container.name)}")
     return EXIT_OK
 

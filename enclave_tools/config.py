@@ -7,9 +7,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["SandboxConfig", "size_in_bytes"]
+__all__ = ["SandboxConfig", "seconds_in", "size_in_bytes"]
 
 _SIZE = re.compile(r"^\d+(\.\d+)?[bkmg]?$", re.IGNORECASE)
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$", re.IGNORECASE)
+_MAX_LIMIT_S = 30 * 86400
+DEFAULT_LIFETIME_S = 86400.0
+"""The absolute lifetime of a kept-alive sandbox when none is given."""
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -18,6 +22,23 @@ def size_in_bytes(value: str) -> int:
     value = _check_size(value)
     scale = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30}.get(value[-1])
     return int(float(value[:-1]) * scale) if scale else int(float(value))
+
+
+def seconds_in(value: str | float | int) -> float:
+    """Seconds in a duration: a number of seconds, or ``"20s"``, ``"30m"``, ``"2h"``, ``"1d"``
+    (at most 30 days)."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string such as '30m'")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value).strip())
+        if not match:
+            raise ValueError(f"{value!r} is not a duration such as '20s', '30m', '2h' or '1d'")
+        seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2).lower()]
+    if not 0 < seconds <= _MAX_LIMIT_S:
+        raise ValueError(f"a duration must be more than 0 and at most 30 days, not {value!r}")
+    return seconds
 
 
 def _check_size(value: str) -> str:
@@ -98,9 +119,32 @@ class SandboxConfig(BaseModel):
         None,
         description="OCI runtime of the container; None: Docker's default (runc). 'runsc' runs "
         "the sandbox under gVisor, once registered with Docker (deploy/gvisor/register-runsc.sh: "
-        "the gateway's socket needs --host-uds=create). Under gVisor the CPU limit is set when "
+        "the gateway's socket needs --host-uds=all). Under gVisor the CPU limit is set when "
         "the container is created (runsc cannot update it), so the kernel boots under it.",
     )
+    keep_alive: float | None = Field(
+        None,
+        description="Seconds (or a duration such as '30m') the sandbox outlives its last use, "
+        "whatever happens to the process that made it: it can be detached and connected "
+        "to from another process (Sandbox.connect). None: it ends with its owner.",
+    )
+    lifetime: float | None = Field(
+        None,
+        description="With keep_alive: the most seconds (or a duration) the sandbox lives, "
+        "used or not (default one day).",
+    )
+
+    @field_validator("keep_alive", "lifetime", mode="before")
+    @classmethod
+    def _durations(cls, value: object) -> float | None:
+        return None if value is None else seconds_in(value)  # type: ignore[arg-type]
+
+    @property
+    def lifetime_limit(self) -> float | None:
+        """The absolute lifetime of a kept-alive sandbox (None without keep_alive)."""
+        if self.keep_alive is None:
+            return None
+        return self.lifetime if self.lifetime is not None else DEFAULT_LIFETIME_S
 
     @field_validator("memory", "workspace_size", "tmp_size", "shm_size", "file_limit")
     @classmethod

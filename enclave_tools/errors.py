@@ -13,6 +13,9 @@ Exception tree::
     │   └── ImageBuildFailed     building the kernel image (or its base) failed
     ├── SandboxStartFailed       the container or its gateway did not come up
     ├── SandboxDied              the container stopped or vanished; its state is lost
+    │   └── SandboxGone          a kept-alive sandbox to connect to has ended or is unknown
+    ├── SandboxInUse             a kept-alive sandbox is attached to another process
+    ├── SandboxAccessDenied      a kept-alive sandbox belongs to another user
     ├── SandboxClosed            the sandbox was closed and cannot run code
     ├── GatewayError             the gateway answered an unexpected error
     ├── FileTransferError        a file could not be read or written in the sandbox
@@ -33,8 +36,11 @@ __all__ = [
     "ImageError",
     "ImageNotFound",
     "InvalidInput",
+    "SandboxAccessDenied",
     "SandboxClosed",
     "SandboxDied",
+    "SandboxGone",
+    "SandboxInUse",
     "SandboxStartFailed",
 ]
 
@@ -72,6 +78,21 @@ class SandboxStartFailed(EnclaveError):
 
 class SandboxDied(EnclaveError):
     """The sandbox's container stopped or was removed; everything in it is lost."""
+
+
+class SandboxGone(SandboxDied):
+    """The kept-alive sandbox to connect to has ended (idle or lifetime limit, stopped) or
+    was never known to this user."""
+
+
+class SandboxInUse(EnclaveError):
+    """The kept-alive sandbox is attached to another process; it lets go on ``detach()``,
+    ``close()`` or its exit."""
+
+
+class SandboxAccessDenied(EnclaveError):
+    """The kept-alive sandbox (its record or lock) is not this user's: only the user who
+    created it may connect."""
 
 
 class SandboxClosed(EnclaveError):

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from enclave_tools.backends.base import Backend, SandboxHandle
-from enclave_tools.backends.docker import DockerBackend
-from enclave_tools.config import SandboxConfig, size_in_bytes
+from enclave_tools import registry
+from enclave_tools.backends.docker import SESSION, DockerBackend
+from enclave_tools.config import SandboxConfig, seconds_in, size_in_bytes
 from enclave_tools.errors import (
     EnclaveError,
     FileTransferError,
@@ -37,6 +38,7 @@ from enclave_tools.errors import (
     InvalidInput,
     SandboxClosed,
     SandboxDied,
+    SandboxGone,
     SandboxStartFailed,
 )
 from enclave_tools.execution import Execution, ExecutionError, for_model
@@ -103,9 +105,7 @@ class Sandbox:
         **overrides: Any,
     ) -> None:
         base = config or SandboxConfig()
-        self.config = base.model_copy(update=overrides) if overrides else base
-        if overrides:
-            self.config = SandboxConfig.model_validate(self.config.model_dump())
+        self.config = SandboxConfig.model_validate({**base.model_dump(), **overrides}) if overrides else base
         self.id = uuid.uuid4().hex[:12]
         self._backend = backend or DockerBackend()
         self._progress = progress
@@ -543,6 +543,7 @@ class Sandbox:
             ready = getattr(self._backend, "ready", None)
             if ready is not None:
                 ready(handle, self.config)
+            self._keep_alive_started(handle, kernel)
             with self._lock:
                 if self._closed:
                     raise self._closed_error("while it started")
@@ -601,6 +602,7 @@ class Sandbox:
             http.close()
         if handle is not None:
             self._backend.remove(handle)
+            self._keep_alive_forget()
 
     def _replace_container(self) -> None:
         self._stop_container()
@@ -836,6 +838,187 @@ class Sandbox:
         )
 
 
+    # -- kept alive: detach, connect, lifetimes ------------------------------------------
+    # A sandbox made with ``keep_alive`` has no owner process: its gateway ends it when it
+    # has not been used for ``keep_alive`` seconds or its ``lifetime`` is up. Its record
+    # (enclave_tools.registry, private to this user) lets any process of this user reach
+    # it; one process at a time is attached (registry.attach: a flock, freed on exit).
+
+    _attached: registry.AttachLock | None = None
+    _detached = False
+
+    @classmethod
+    def connect(
+        cls, sandbox_id: str, *, wait: float = 0.0, backend: Backend | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> Sandbox:
+        """Attach this process to the kept-alive sandbox ``sandbox_id`` (made with
+        ``keep_alive`` by any process of this user on this host, then detached): the same
+        kernel, the same variables.
+
+        One process at a time may be attached: if another is, this waits up to ``wait``
+        seconds for it to let go, then raises :class:`~enclave_tools.errors.SandboxInUse`.
+        Raises :class:`~enclave_tools.errors.SandboxGone` if the sandbox has ended (its
+        idle limit or lifetime passed, or it was stopped) and
+        :class:`~enclave_tools.errors.SandboxAccessDenied` if it is another user's.
+        Docker backend only for now."""
+        backend = backend or DockerBackend()
+        if not hasattr(backend, "attach"):
+            raise SandboxStartFailed(
+                f"Sandbox.connect is not available for the {backend.name} backend yet (Docker only); "
+                "create a new Sandbox there instead"
+            )
+        record = registry.load(sandbox_id)
+        if record.backend != backend.name:
+            raise SandboxGone(f"sandbox {sandbox_id} was made by the {record.backend} backend, not {backend.name}")
+        attached = registry.attach(record.id, wait)
+        try:
+            return cls._attach_to(record, backend, attached, progress)
+        except BaseException:
+            attached.release()
+            raise
+
+    @classmethod
+    async def aconnect(
+        cls, sandbox_id: str, *, wait: float = 0.0, backend: Backend | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> Sandbox:
+        """Async :meth:`connect` (on a thread of its own)."""
+        return await in_own_thread(lambda: cls.connect(sandbox_id, wait=wait, backend=backend, progress=progress))
+
+    @classmethod
+    def _attach_to(
+        cls, record: registry.Record, backend: Any, attached: registry.AttachLock,
+        progress: Callable[[str], None] | None,
+    ) -> Sandbox:
+        try:
+            handle = backend.attach(record)
+        except SandboxGone:
+            if not backend.state(SandboxHandle(record.container_id, record.name, None, record.run_dir)).running:  # type: ignore[arg-type]
+                backend.remove_container(record.container_id, record.run_dir)  # expired: as gc would
+                registry.remove(record.id)
+            raise
+        sandbox = cls(SandboxConfig.model_validate(record.config), backend=backend, progress=progress)
+        sandbox.id = record.id
+        http = GatewayHTTP(handle.endpoint)
+        kernel = KernelClient(http)
+        kernel.kernel_id = record.kernel_id
+        timeout = sandbox.config.startup_timeout
+        try:
+            if kernel.model() is None:  # the kernel was replaced: start one, say state is lost
+                kernel.start(timeout=timeout)
+                sandbox.mark_state_lost("The sandbox's kernel had ended while no process was attached")
+                record.kernel_id = kernel.kernel_id or ""
+                registry.save(record)
+            else:
+                kernel.connect(timeout=timeout)
+        except (GatewayError, *_CONNECT_ERRORS) as exc:
+            http.close()
+            raise SandboxGone(f"sandbox {record.id} cannot be reached: {exc}") from None
+        sandbox._handle, sandbox._http, sandbox._kernel = handle, http, kernel
+        sandbox._attached = attached
+        _live.add(sandbox)  # at this process's exit it is detached again
+        return sandbox
+
+    def detach(self, timeout: float | None = None) -> None:
+        """Let go of a kept-alive sandbox without ending it: this object can no longer run
+        code, and any process of this user may :meth:`connect` to ``self.id`` (until its
+        idle limit or lifetime passes). Starts it first if it never started. Waits up to
+        ``timeout`` seconds (default: no limit) for a running call."""
+        if self.config.keep_alive is None:
+            raise InvalidInput(
+                "only a sandbox made with keep_alive can be detached, e.g. Sandbox(keep_alive='30m'); "
+                "use close() to end this one"
+            )
+        if self._handle is None and not self._closed:
+            self.start()
+        turn = self._enter()
+        try:
+            if not self._turns.wait(turn, timeout):
+                self._turns.abandon(turn)
+                raise SandboxClosed(f"a call was still running after {timeout:g} s; the sandbox was not detached")
+            with self._lock:
+                _, kernel, http = self._handle, self._kernel, self._http
+                self._handle = self._kernel = self._http = None
+                self._closed = self._detached = True
+        finally:
+            self._turns.leave(turn)
+        self._turns.close(SandboxClosed(
+            f"this sandbox was detached from this process; use Sandbox.connect({self.id!r}) to run code in it"
+        ))
+        if kernel is not None:
+            kernel.disconnect()
+        if http is not None:
+            http.close()
+        attached, self._attached = self._attached, None
+        if attached is not None:
+            attached.release()
+        _live.discard(self)
+
+    def set_timeout(self, keep_alive: str | float | None = None, lifetime: str | float | None = None) -> dict[str, Any]:
+        """Change a kept-alive sandbox's limits: ``keep_alive`` replaces its idle limit,
+        ``lifetime`` lets it live that long from now at most (durations such as ``"30m"``).
+        Returns its limits as the gateway now has them (seconds: ``idle_limit``,
+        ``lifetime``, ``age``, ``idle``, ``expires_in``)."""
+        if self.config.keep_alive is None:
+            raise InvalidInput("only a sandbox made with keep_alive has limits to change")
+        try:
+            idle = None if keep_alive is None else seconds_in(keep_alive)
+            life = None if lifetime is None else seconds_in(lifetime)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        self.start()
+        http = self._http
+        if http is None:
+            raise self._closed_error("before its limits were changed") if self._closed else SandboxDied(
+                "the sandbox stopped; the next run starts a new one"
+            )
+        try:
+            limits = http.json("POST", "/api/enclave/lifetime", {"idle_limit": idle, "lifetime": life}, timeout=10)
+        except (GatewayError, *_CONNECT_ERRORS) as exc:
+            raise self._died_or(exc) from exc
+        update = {k: v for k, v in (("keep_alive", idle), ("lifetime", life)) if v is not None}
+        self.config = self.config.model_copy(update=update)
+        try:
+            record = registry.load(self.id)
+            record.config = self.config.model_dump(mode="json")
+            registry.save(record)
+        except EnclaveError as exc:
+            log.debug("could not update the record of %s: %s", self.id, exc)
+        return limits if isinstance(limits, dict) else {}
+
+    def _keep_alive_started(self, handle: SandboxHandle, kernel: KernelClient) -> None:
+        """Record a kept-alive sandbox (before any user code runs) and attach this process."""
+        if self.config.keep_alive is None:
+            return
+        if not hasattr(self._backend, "attach"):
+            raise SandboxStartFailed(
+                f"keep_alive is not available for the {self._backend.name} backend yet (Docker only)"
+            )
+        if self._attached is None:
+            self._attached = registry.attach(self.id, wait=0.0)
+        registry.save(registry.Record(
+            id=self.id, backend=self._backend.name, container_id=handle.container_id, name=handle.name,
+            token=handle.endpoint.token, kernel_id=kernel.kernel_id or "", run_dir=handle.run_dir,
+            unix_path=handle.endpoint.unix_path, port=handle.host_port,
+            session=self.config.labels.get(SESSION), created=time.time(),
+            config=self.config.model_dump(mode="json"),
+        ))
+
+    def _keep_alive_forget(self) -> None:
+        """The container was removed: forget its record and let go."""
+        if self.config.keep_alive is None:
+            return
+        try:
+            registry.remove(self.id)
+        except EnclaveError as exc:
+            log.debug("could not remove the record of %s: %s", self.id, exc)
+        if self._closed:
+            attached, self._attached = self._attached, None
+            if attached is not None:
+                attached.release()
+
+
 def _cancelled(sent: bool) -> Execution:
     """The result of a call its caller cancelled (nobody reads it)."""
     what = "was interrupted" if sent else "never ran"
@@ -895,5 +1078,13 @@ def check_timeout(timeout: Any, default: float) -> float:
 
 @atexit.register
 def _close_all() -> None:
-    """At interpreter exit, close every sandbox still open, within :data:`CLOSE_TIMEOUT`."""
-    close_sandboxes(list(_live))
+    """At interpreter exit, close every sandbox still open, within :data:`CLOSE_TIMEOUT`;
+    kept-alive ones are detached instead (they outlive this process by design)."""
+    live = list(_live)
+    for sandbox in live:
+        if sandbox.config.keep_alive is not None:
+            try:
+                sandbox.detach(timeout=CLOSE_TIMEOUT)
+            except EnclaveError as exc:
+                log.debug("detaching sandbox %s at exit failed: %s", sandbox.id, exc)
+    close_sandboxes([sb for sb in live if sb.config.keep_alive is None])

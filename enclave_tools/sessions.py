@@ -5,19 +5,33 @@ optional warm pool of started sandboxes and retirement of idle ones.
     sb = sessions.get("thread-42")      # the same Sandbox for every call of thread-42
     sb.run("x = 1")
     sessions.close()                    # removes every sandbox, warm ones included
+
+With ``keep_alive`` the sessions outlive the process, and serve a conversation from any
+number of worker processes of this user: a session's sandbox id (and container name) is
+derived from its key, so every worker finds the same kernel, and two racing to create it
+end with one. One worker at a time is attached to a session: a worker lets go when its turn
+ends (``with sessions.use(key) as sb:``, or ``sessions.detach(key)``), and another worker's
+``get`` waits up to ``attach_wait`` seconds for it.
+
+    sessions = SandboxSessions(keep_alive="30m")
+    with sessions.use("thread-42") as sb:   # in whichever worker serves this turn
+        sb.run("x = 1")
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from enclave_tools import registry
+from enclave_tools.backends.docker import SESSION, SandboxExists
 from enclave_tools.config import SandboxConfig
-from enclave_tools.errors import EnclaveError, SandboxClosed
+from enclave_tools.errors import EnclaveError, SandboxClosed, SandboxGone
 from enclave_tools.sandbox import CLOSE_TIMEOUT, Sandbox, close_sandboxes
 from enclave_tools.turns import in_own_thread
 
@@ -43,6 +57,7 @@ class SandboxSessions:
         warm: int = 0,
         idle_ttl: float | None = None,
         factory: Callable[[], Sandbox] | None = None,
+        attach_wait: float = 60.0,
         **overrides: Any,
     ) -> None:
         if warm < 0:
@@ -52,6 +67,11 @@ class SandboxSessions:
         self.warm = warm
         self.idle_ttl = idle_ttl
         self._factory = factory or (lambda: Sandbox(config, **overrides))
+        self._config = SandboxConfig.model_validate({**(config or SandboxConfig()).model_dump(), **overrides})
+        self.attach_wait = attach_wait
+        """Seconds a kept-alive session's ``get`` waits for another worker to let go."""
+        if self._config.keep_alive is not None and (warm or idle_ttl):
+            raise ValueError("keep_alive sessions end by their own limits: warm and idle_ttl do not apply")
         self._sessions: dict[str, Sandbox] = {}
         self._last_used: dict[str, float] = {}
         self._retired: dict[str, Sandbox] = {}  # retired for idleness: no container
@@ -80,6 +100,8 @@ class SandboxSessions:
         A session retired for idleness gets its own sandbox back: its next result says
         that its state was lost."""
         key = str(key)
+        if self._config.keep_alive is not None:
+            return self._kept_alive(key)
         self.start()
         with self._wake:
             self._check_open()
@@ -136,6 +158,12 @@ class SandboxSessions:
             sandboxes = [
                 *self._sessions.values(), *self._ready, *self._retired.values(), *self._warming
             ]
+            if self._config.keep_alive is not None:  # they outlive these sessions: let go
+                self._sessions.clear()
+                for sandbox in sandboxes:
+                    with contextlib.suppress(EnclaveError):
+                        sandbox.detach(timeout=CLOSE_TIMEOUT)
+                return
             self._sessions.clear()
             self._ready.clear()
             self._retired.clear()
@@ -163,6 +191,57 @@ class SandboxSessions:
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    # -- kept-alive sessions, across processes ---------------------------------------------
+
+    def _kept_alive(self, key: str) -> Sandbox:
+        """Session ``key``'s sandbox: this process's if attached, else the one any process
+        made (waiting up to ``attach_wait`` s for its worker to let go), else a new one."""
+        with self._wake:
+            self._check_open()
+            sandbox = self._sessions.get(key)
+            if sandbox is not None:
+                return sandbox
+        sandbox_id = registry.session_sandbox_id(key)
+        with registry.creation_lock(sandbox_id, wait=self.attach_wait + self._config.startup_timeout):
+            try:
+                sandbox = Sandbox.connect(sandbox_id, wait=self.attach_wait)
+            except SandboxGone:
+                sandbox = self._create(key, sandbox_id)
+        with self._wake:
+            if self._closed:
+                sandbox.detach()
+                self._check_open()
+            self._sessions[key] = sandbox
+        return sandbox
+
+    def _create(self, key: str, sandbox_id: str) -> Sandbox:
+        labels = {**self._config.labels, SESSION: key[:256]}
+        sandbox = Sandbox(self._config.model_copy(update={"labels": labels}))
+        sandbox.id = sandbox_id
+        try:
+            return sandbox.start()
+        except SandboxExists:  # made meanwhile by a process that holds no creation lock here
+            return Sandbox.connect(sandbox_id, wait=self.attach_wait)
+
+    def detach(self, key: str) -> None:
+        """Let go of kept-alive session ``key`` in this process (it keeps running; any
+        worker's next ``get(key)`` attaches to it)."""
+        with self._wake:
+            sandbox = self._sessions.pop(str(key), None)
+        if sandbox is not None:
+            sandbox.detach()
+
+    @contextlib.contextmanager
+    def use(self, key: str) -> Iterator[Sandbox]:
+        """Session ``key``'s sandbox for one turn: attached on entry; on exit detached
+        (kept-alive sessions) so that another worker can serve the next turn."""
+        sandbox = self.get(key)
+        try:
+            yield sandbox
+        finally:
+            if self._config.keep_alive is not None:
+                self.detach(key)
 
     # -- the background worker ---------------------------------------------------------
 

@@ -28,11 +28,11 @@ from enclave_tools._fs import remove_tree
 from enclave_tools.backends.base import ContainerState, SandboxHandle
 from enclave_tools.backends.owner import Owner, OwnerCheck
 from enclave_tools.config import SandboxConfig
-from enclave_tools.errors import DockerUnavailable, SandboxStartFailed
+from enclave_tools.errors import DockerUnavailable, EnclaveError, GatewayError, SandboxGone, SandboxStartFailed
 from enclave_tools.image import ensure_image
 from enclave_tools.transport import Endpoint
 
-__all__ = ["ContainerState", "DockerBackend", "LABEL", "SandboxHandle"]
+__all__ = ["ContainerState", "DockerBackend", "LABEL", "SandboxExists", "SandboxHandle"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,13 @@ OWNER_HOST = "io.enclave-tools.owner-host"
 OWNER_BOOT = "io.enclave-tools.owner-boot"
 OWNER_PID_NS = "io.enclave-tools.owner-pid-ns"
 CREATED = "io.enclave-tools.created"
+KEEP_ALIVE = "io.enclave-tools.keep-alive"
+"""On a kept-alive sandbox (it has no owner labels): the reaper judges it by its expiry
+(the gateway exits when it is up) rather than by an owner process."""
+SESSION = "io.enclave-tools.session"
+"""The session id of a kept-alive sandbox made by SandboxSessions."""
+IDLE_EXIT, LIFETIME_EXIT = 80, 81
+"""The gateway's exit codes when a kept-alive sandbox ended for idleness, or its lifetime."""
 RUN_DIR = "io.enclave-tools.run-dir"
 SANDBOX_UID = 10001
 GATEWAY_PORT = 8888
@@ -65,6 +72,19 @@ def limits_fixed_at_create(runtime: str | None) -> bool:
     """Whether ``runtime`` cannot change a running container's limits (``docker update``):
     gVisor's runsc (registered as "runsc", "runsc-kvm", "gvisor", ...) cannot."""
     return runtime is not None and any(name in runtime.lower() for name in ("runsc", "gvisor"))
+
+
+class SandboxExists(SandboxStartFailed):
+    """A kept-alive sandbox of that id already runs (another process created it)."""
+
+
+def ended_because(exit_code: int | None, describe: str) -> str:
+    """Why a kept-alive sandbox's container stopped, in words."""
+    if exit_code == IDLE_EXIT:
+        return "it was not used for longer than its keep_alive limit"
+    if exit_code == LIFETIME_EXIT:
+        return "its lifetime was up"
+    return describe
 
 
 def _owner_of(labels: dict[str, str]) -> Owner:
@@ -128,11 +148,7 @@ class DockerBackend:
         labels = {
             LABEL: "1",
             RUN_DIR: "",
-            OWNER_PID: owner.pid,
-            OWNER_START: owner.started,
-            OWNER_HOST: owner.host,
-            OWNER_BOOT: owner.boot_id,
-            OWNER_PID_NS: owner.pid_namespace,
+            **self._ownership_labels(owner, config),
             CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **config.labels,
         }
@@ -157,6 +173,7 @@ class DockerBackend:
             "ENCLAVE_TOKEN_FILE": f"{SHARED_DIR}/{TOKEN_NAME}",
             "ENCLAVE_KERNEL_ENV": ",".join(config.env),
             **config.env,
+            **_lifetime_env(config),
         }
         tmpfs = {
             "/tmp": f"rw,nosuid,nodev,size={config.tmp_size},mode=1777",
@@ -202,9 +219,11 @@ class DockerBackend:
             kwargs["network"] = config.network
             kwargs["ports"] = {f"{GATEWAY_PORT}/tcp": ("127.0.0.1", None)}
         try:
-            container = self.client.containers.create(image_id, **kwargs)
+            container = self._create(image_id, name, config, kwargs)
         except APIError as exc:
             remove_tree(run_dir)
+            if exc.status_code == 409 and config.keep_alive is not None:
+                raise SandboxExists(f"a sandbox named {name} already exists") from exc
             raise SandboxStartFailed(f"Docker could not create the sandbox container: {exc.explanation or exc}") from exc
         except DockerException as exc:
             remove_tree(run_dir)
@@ -223,6 +242,96 @@ class DockerBackend:
             self.remove_container(container.id, run_dir)
             raise
         return SandboxHandle(container.id, name, Endpoint(token=token, port=port), run_dir, port)
+
+    # -- kept-alive sandboxes --------------------------------------------------------------
+
+    @staticmethod
+    def _ownership_labels(owner: Owner, config: SandboxConfig) -> dict[str, str]:
+        """The owner's labels, or none for a kept-alive sandbox: it outlives its maker, and
+        the reaper judges it by its expiry instead."""
+        if config.keep_alive is not None:
+            return {KEEP_ALIVE: "1"}
+        return {
+            OWNER_PID: owner.pid, OWNER_START: owner.started, OWNER_HOST: owner.host,
+            OWNER_BOOT: owner.boot_id, OWNER_PID_NS: owner.pid_namespace,
+        }
+
+    def _create(self, image_id: str, name: str, config: SandboxConfig, kwargs: dict[str, Any]) -> Any:
+        """Create the container; a kept-alive one whose name is held by an ended container
+        of the same id (expired, not yet reaped) takes the name over."""
+        try:
+            return self.client.containers.create(image_id, **kwargs)
+        except APIError as exc:
+            if exc.status_code != 409 or config.keep_alive is None or not self._remove_ended(name):
+                raise
+            return self.client.containers.create(image_id, **kwargs)
+
+    def _remove_ended(self, name: str) -> bool:
+        """Remove the kept-alive container ``name`` if it has stopped; return whether it did."""
+        try:
+            attrs = self.client.api.inspect_container(name)
+        except NotFound:
+            return True
+        labels = attrs.get("Config", {}).get("Labels") or {}
+        if labels.get(KEEP_ALIVE) != "1" or attrs.get("State", {}).get("Running"):
+            return False
+        self.remove_container(attrs["Id"], _safe_run_dir(labels.get(RUN_DIR)))
+        return True
+
+    def attach(self, record: Any) -> SandboxHandle:
+        """A handle on the running kept-alive sandbox of ``record`` (a registry.Record),
+        after checking what a connecting process must not take on trust: the container is
+        a kept-alive sandbox and runs, the run directory and its shared directory are this
+        user's and private (locked), and the socket is a socket of the sandbox's uid, which
+        the endpoint is then pinned to. Raises SandboxGone when it has ended."""
+        try:
+            attrs = self.client.api.inspect_container(record.container_id)
+        except NotFound:
+            raise SandboxGone(f"sandbox {record.id} is gone: its container was removed") from None
+        except DockerException as exc:
+            raise DockerUnavailable(f"Docker failed while looking for sandbox {record.id}: {exc}") from exc
+        labels = attrs.get("Config", {}).get("Labels") or {}
+        if labels.get(KEEP_ALIVE) != "1" or labels.get(RUN_DIR) != (record.run_dir or ""):
+            raise SandboxGone(f"sandbox {record.id} is gone: its container is not the one recorded")
+        state = attrs.get("State", {})
+        if not state.get("Running"):
+            described = ContainerState(False, True, state.get("ExitCode"), bool(state.get("OOMKilled"))).describe()
+            raise SandboxGone(f"sandbox {record.id} has ended: {ended_because(state.get('ExitCode'), described)}")
+        if record.unix_path:
+            endpoint = Endpoint(token=record.token, unix_path=self._checked_socket(record))
+            try:
+                endpoint.pin()
+            except (OSError, GatewayError) as exc:
+                raise SandboxGone(f"sandbox {record.id} cannot be reached: its socket is gone ({exc})") from None
+            return SandboxHandle(attrs["Id"], attrs.get("Name", "").lstrip("/"), endpoint, record.run_dir)
+        port = _port_of(attrs)
+        return SandboxHandle(
+            attrs["Id"], attrs.get("Name", "").lstrip("/"), Endpoint(token=record.token, port=port),
+            record.run_dir, port,
+        )
+
+    def _checked_socket(self, record: Any) -> str:
+        run_dir = _safe_run_dir(record.run_dir)
+        if run_dir is None:
+            raise SandboxGone(f"sandbox {record.id}'s run directory {record.run_dir!r} is not one of ours")
+        shared = os.path.join(run_dir, SHARED_NAME)
+        for path in (run_dir, shared):
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:
+                raise SandboxGone(f"sandbox {record.id} cannot be reached: {path} is gone") from None
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+                raise SandboxStartFailed(
+                    f"sandbox {record.id}'s directory {path} is not private to this user; refusing to connect"
+                )
+        sock = os.path.join(shared, SOCKET_NAME)
+        try:
+            info = os.lstat(sock)
+        except FileNotFoundError:
+            raise SandboxGone(f"sandbox {record.id} cannot be reached: its socket is gone") from None
+        if not stat.S_ISSOCK(info.st_mode) or (info.st_uid != SANDBOX_UID and not self._remapped_uids()):
+            raise SandboxStartFailed(f"{sock} is not the sandbox's socket; refusing to connect")
+        return sock
 
     def ready(self, handle: SandboxHandle, config: SandboxConfig) -> None:
         """Lock the shared directory and apply the CPU limit meant for user code; called
@@ -342,17 +451,34 @@ class DockerBackend:
         sandboxes were removed."""
         removed = 0
         check = OwnerCheck()
+        listed_at = time.time()
         containers = self.list_sandboxes()
         for container in containers:
             labels = container.labels or {}
-            if _owner_alive(labels, check):
+            if labels.get(KEEP_ALIVE) == "1":
+                if container.status not in ("exited", "dead"):
+                    continue  # judged by its expiry: the gateway ends it when it is up
+            elif _owner_alive(labels, check):
                 continue
             self.remove_container(container.id, _safe_run_dir(labels.get(RUN_DIR)))
             removed += 1
             if on_removed:
                 on_removed(container)
         self.reap_run_dirs(on_dir_removed, check, containers)
+        self.reap_records({c.id for c in containers if c.status not in ("exited", "dead")}, listed_at)
         return removed
+
+    def reap_records(self, running: set[str], listed_at: float) -> None:
+        """Forget this user's kept-alive records whose container no longer runs (of the
+        ``running`` ids listed at ``listed_at``; records written since are left alone)."""
+        from enclave_tools import registry
+
+        try:
+            for record in registry.records():
+                if record.backend == self.name and record.created < listed_at and record.container_id not in running:
+                    registry.remove(record.id)
+        except (OSError, EnclaveError) as exc:
+            log.debug("pruning sandbox records failed: %s", exc)
 
     def reap_run_dirs(
         self, on_removed: Callable[[str], None] | None = None, check: OwnerCheck | None = None,
@@ -418,6 +544,21 @@ def lock_shared_dir(shared: str, expect_socket: bool, remapped_uids: Callable[[]
             raise SandboxStartFailed(
                 f"{shared}/{SOCKET_NAME} belongs to uid {sock.st_uid}, not the sandbox's uid {SANDBOX_UID}"
             )
+
+
+def _lifetime_env(config: SandboxConfig) -> dict[str, str]:
+    """The gateway's limits for a kept-alive sandbox (none otherwise)."""
+    if config.keep_alive is None:
+        return {}
+    return {"ENCLAVE_IDLE_LIMIT": f"{config.keep_alive:g}", "ENCLAVE_LIFETIME": f"{config.lifetime_limit:g}"}
+
+
+def _port_of(attrs: dict[str, Any]) -> int | None:
+    bindings = (attrs.get("NetworkSettings", {}).get("Ports") or {}).get(f"{GATEWAY_PORT}/tcp") or []
+    for binding in bindings:
+        if binding.get("HostIp") in ("127.0.0.1", "") and binding.get("HostPort"):
+            return int(binding["HostPort"])
+    return None
 
 
 def _safe_run_dir(path: str | None) -> str | None:

@@ -7,6 +7,9 @@ Additions to the stock gateway, all behind the same token:
 * ``/api/enclave/files`` reads and writes files, ``/api/enclave/info`` reports memory use
   and out-of-memory kills, and ``/api/enclave/reap`` ends stray processes, so the host
   needs no ``docker exec``;
+* a kept-alive sandbox ends itself (``ENCLAVE_IDLE_LIMIT``, ``ENCLAVE_LIFETIME``): the
+  gateway exits once it has not been used for the idle limit, or once the lifetime is up,
+  whether or not a host process is left; ``/api/enclave/lifetime`` reads and extends them;
 * kernel websockets get TCP_NODELAY, and the process is not dumpable (its token stays
   out of reach of the sandboxed code, which runs under the same uid);
 * the first kernel is started before the gateway's own (slow) imports, and handed out by
@@ -482,6 +485,132 @@ class QuietActivityKernelManager(SeedingMappingKernelManager):
         kernel._activity_stream.on_recv(record_activity)
 
 
+IDLE_EXIT = 80
+"""The gateway's exit code (and so the container's) when it ended for idleness."""
+LIFETIME_EXIT = 81
+"""The exit code when the sandbox's absolute lifetime was up."""
+MAX_LIMIT_S = 30 * 86400
+"""The longest idle limit or lifetime the gateway accepts."""
+
+
+class LifetimeWatch:
+    """Ends the sandbox when it has not been used for ``idle_limit`` seconds, or once
+    ``lifetime`` seconds have passed since ``lifetime_from``. Use is any request to the
+    gateway, any message from a kernel, or a kernel busy running code; an open but silent
+    websocket is not use (a worker may keep one open for days). ``None``: no limit."""
+
+    def __init__(self, idle_limit, lifetime):
+        import time
+
+        self.idle_limit = idle_limit
+        self.lifetime = lifetime
+        self.started = self.last_use = self.lifetime_from = time.monotonic()
+
+    def used(self):
+        """Record a use now."""
+        import time
+
+        self.last_use = time.monotonic()
+
+    def set(self, idle_limit=None, lifetime=None):
+        """Replace the idle limit and/or restart the lifetime from now."""
+        import time
+
+        if idle_limit is not None:
+            self.idle_limit = idle_limit
+        if lifetime is not None:
+            self.lifetime, self.lifetime_from = lifetime, time.monotonic()
+        self.used()
+
+    def describe(self, kernel_manager=None):
+        """The limits and where the sandbox stands, in seconds."""
+        import time
+
+        now = time.monotonic()
+        last = max(self.last_use, _kernel_activity(kernel_manager))
+        ends = []
+        if self.idle_limit is not None:
+            ends.append(last + self.idle_limit - now)
+        if self.lifetime is not None:
+            ends.append(self.lifetime_from + self.lifetime - now)
+        return {
+            "idle_limit": self.idle_limit, "lifetime": self.lifetime, "age": now - self.started,
+            "idle": now - last, "expires_in": min(ends) if ends else None,
+        }
+
+    def expired(self, kernel_manager=None):
+        """None, or (exit code, why) when the sandbox must end now."""
+        import time
+
+        now = time.monotonic()
+        if self.lifetime is not None and now - self.lifetime_from >= self.lifetime:
+            return LIFETIME_EXIT, f"its lifetime of {self.lifetime:g} s is up"
+        if self.idle_limit is None or _kernels_busy(kernel_manager):
+            return None
+        idle = now - max(self.last_use, _kernel_activity(kernel_manager))
+        if idle >= self.idle_limit:
+            return IDLE_EXIT, f"it was not used for {idle:.0f} s (the limit is {self.idle_limit:g} s)"
+        return None
+
+
+def _kernel_activity(kernel_manager):
+    """The monotonic time of the last kernel message (0 if none is known)."""
+    import time
+
+    last = getattr(kernel_manager, "last_kernel_activity", None)
+    if last is None:
+        return 0.0
+    return time.monotonic() - max((utcnow() - last).total_seconds(), 0.0)
+
+
+def _kernels_busy(kernel_manager):
+    kernels = getattr(kernel_manager, "_kernels", None) or {}
+    return any(getattr(k, "execution_state", "") == "busy" for k in list(kernels.values()))
+
+
+def _limit_from_env(name):
+    value = os.environ.get(name, "")
+    try:
+        seconds = float(value) if value else None
+    except ValueError:
+        seconds = None
+    return seconds if seconds is not None and 0 < seconds <= MAX_LIMIT_S else None
+
+
+class LifetimeHandler(_TokenHandler):
+    """GET: the sandbox's limits and how long it has been idle. POST ``{"idle_limit": s,
+    "lifetime": s}`` replaces the idle limit and/or gives it ``lifetime`` more seconds
+    from now (either may be left out)."""
+
+    def get(self):
+        watch = self.settings["enclave_watch"]
+        self.finish(json.dumps(watch.describe(self.settings.get("kernel_manager"))))
+
+    def post(self):
+        try:
+            payload = json.loads(self.request.body or b"{}")
+            values = {key: payload.get(key) for key in ("idle_limit", "lifetime")}
+            for key, value in values.items():
+                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                          or not 0 < value <= MAX_LIMIT_S):
+                    raise ValueError(key)
+        except (ValueError, AttributeError) as exc:
+            raise web.HTTPError(400, reason=f"bad limit {exc}: seconds between 0 and {MAX_LIMIT_S}")
+        watch = self.settings["enclave_watch"]
+        watch.set(**values)
+        self.finish(json.dumps(watch.describe(self.settings.get("kernel_manager"))))
+
+
+def end_if_expired(watch, kernel_manager):
+    """Exit the gateway (and so the container: docker-init runs it) if ``watch`` says so."""
+    verdict = watch.expired(kernel_manager)
+    if verdict is None:
+        return
+    code, why = verdict
+    print(f"enclave-gateway: ending the sandbox: {why}", file=sys.stderr, flush=True)
+    os._exit(code)
+
+
 WS_PING_INTERVAL_MS = 30_000
 
 
@@ -527,8 +656,31 @@ class EnclaveGatewayApp(KernelGatewayApp):
                 (r"/api/enclave/files", FilesHandler),
                 (r"/api/enclave/info", InfoHandler),
                 (r"/api/enclave/reap", ReapHandler),
+                (r"/api/enclave/lifetime", LifetimeHandler),
             ],
         )
+        self._watch_lifetime()
+
+    def _watch_lifetime(self):
+        """Count every request as use, and check the limits every second."""
+        from tornado.ioloop import PeriodicCallback
+
+        watch = LifetimeWatch(_limit_from_env("ENCLAVE_IDLE_LIMIT"), _limit_from_env("ENCLAVE_LIFETIME"))
+        settings = self.web_app.settings
+        settings["enclave_watch"] = watch
+        log_request = self.web_app.log_request
+
+        def log_and_count(handler):
+            if not (isinstance(handler, LifetimeHandler) and handler.request.method == "GET"):
+                watch.used()  # reading the limits (enclave-tools ps) is not use
+            log_request(handler)
+
+        self.web_app.log_request = log_and_count
+        if watch.idle_limit is not None or watch.lifetime is not None:
+            self._lifetime_timer = PeriodicCallback(
+                lambda: end_if_expired(watch, settings.get("kernel_manager")), 1000
+            )
+            self._lifetime_timer.start()
 
     def init_http_server(self):
         self.http_server = httpserver.HTTPServer(
