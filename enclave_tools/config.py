@@ -105,6 +105,9 @@ class SandboxConfig(BaseModel):
     file_limit: str = Field(
         "512m", description="Largest file read_file() or download() takes from the sandbox."
     )
+    file_timeout: float = Field(
+        120.0, gt=0, description="Seconds one file transfer (read, write, copy) may take."
+    )
     workdir: str = Field("/workspace", description="Working directory of the kernel.")
     workspace_size: str = Field("1g", description="Size of the writable workspace.")
     tmp_size: str = Field("256m", description="Size of /tmp.")

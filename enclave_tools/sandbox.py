@@ -499,7 +499,7 @@ class Sandbox:
 
     @property
     def _file_timeout(self) -> float:
-        return max(self.config.timeout, 60.0)
+        return self.config.file_timeout
 
     def _files(self, transfer: Callable[[GatewayHTTP], _T]) -> _T:
         self.start()
@@ -681,9 +681,11 @@ class Sandbox:
         grace = self.config.interrupt_grace
         try:
             kernel.interrupt(timeout=INTERRUPT_TIMEOUT)
+            answered = True
         except (GatewayError, *_CONNECT_ERRORS) as exc:
             log.debug("interrupt failed: %s", exc)
-        stopped = kernel.wait(call, grace) or call.idle  # idle came: the cell is over
+            answered = False  # a gateway that cannot take an interrupt cannot restart either
+        stopped = (answered and kernel.wait(call, grace)) or call.idle  # idle: the cell is over
         if stopped and call.ended:
             return self._finished(turn, call)
         why = "it was cancelled" if cancelled else f"it ran longer than {timeout:g} s (the time limit)"
@@ -699,13 +701,14 @@ class Sandbox:
             return execution
         if self._closed:
             raise self._closed_error("while this code ran")
-        how = self._escalate(kernel)
+        if answered:
+            how, ignored = self._escalate(kernel), "the code ignored the interrupt"
+        else:
+            how, ignored = self._drop_unresponsive(), "the gateway did not answer the interrupt"
         execution.state_lost = True
-        execution.error = ExecutionError(name, f"{why} and the code ignored the interrupt", "")
-        execution.notes.append(f"Stopped because {why}: the code ignored the interrupt, so {how}. {STATE_LOST}.")
-        self._losses.record(
-            f"An earlier run ignored an interrupt, so {how}. {STATE_LOST}.", witness=turn
-        )
+        execution.error = ExecutionError(name, f"{why} and {ignored}", "")
+        execution.notes.append(f"Stopped because {why}: {ignored}, so {how}. {STATE_LOST}.")
+        self._losses.record(f"In an earlier run {ignored}, so {how}. {STATE_LOST}.", witness=turn)
         return execution
 
     def _escalate(self, kernel: KernelClient) -> str:
@@ -719,6 +722,12 @@ class Sandbox:
             log.debug("restart failed (%s); replacing the container", exc)
             self._replace_container()
             return "the sandbox was replaced with a new one"
+
+    def _drop_unresponsive(self) -> str:
+        """Remove a sandbox whose gateway does not answer (stopped, stuck or hostile); the
+        next run starts a new one. Say so."""
+        self._stop_container()
+        return "the sandbox, whose gateway did not answer, was removed; the next run starts a new one"
 
     def _kernel_died(self, turn: Turn, call: ExecuteCall) -> Execution:
         execution = call.execution()
