@@ -11,6 +11,8 @@ import pytest
 
 from enclave_tools import image
 from enclave_tools.errors import ImageBuildFailed, ImageNotFound
+from enclave_tools.image import _common, bootstrap, wheelhouse
+from enclave_tools.image import recipe as recipe_module
 
 # --- the recipe hash -------------------------------------------------------------------
 
@@ -57,7 +59,7 @@ def test_only_the_top_level_wheels_dir_is_skipped(recipe):
 
 
 def test_default_image_is_tagged_by_the_recipe(recipe, monkeypatch):
-    monkeypatch.setattr(image, "context_dir", lambda: recipe)
+    monkeypatch.setattr(recipe_module, "context_dir", lambda: recipe)
     assert image.default_image() == f"enclave-tools/kernel:{image.recipe_hash(recipe)[:12]}"
 
 
@@ -77,7 +79,7 @@ def test_context_tar_holds_the_recipe_and_the_wheelhouse(recipe, tmp_path_factor
     house = tmp_path_factory.mktemp("house")
     wheel = house / "six-1.17.0-py2.py3-none-any.whl"
     wheel.write_bytes(b"zip")
-    with image._context_tar(recipe, [wheel]) as handle:
+    with recipe_module.context_tar(recipe, [wheel]) as handle:
         data = handle.read()
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         members = {m.name: m for m in tar.getmembers()}
@@ -151,9 +153,9 @@ def test_mirror_falls_back_to_deb_debian_org(tmp_path):
     ubuntu = "deb http://archive.ubuntu.com/ubuntu jammy main\n"
     assert (
         image.debian_mirror("bookworm", _apt(tmp_path, {"sources.list": ubuntu}))
-        == image.DEFAULT_MIRROR
+        == bootstrap.DEFAULT_MIRROR
     )
-    assert image.debian_mirror("bookworm", tmp_path / "missing") == image.DEFAULT_MIRROR
+    assert image.debian_mirror("bookworm", tmp_path / "missing") == bootstrap.DEFAULT_MIRROR
 
 
 # --- platform tags ---------------------------------------------------------------------
@@ -199,7 +201,7 @@ def test_tags_follow_the_base_glibc():
 
 def test_parse_pins():
     text = "# comment\nSix==1.17.0\nJinja2 == 3.1.6  # note\nfoo>=1\n-r other.txt\nbar[x]==2; python_version>'3'\n"
-    assert image._parse_pins(text) == {"six": "1.17.0", "jinja2": "3.1.6", "foo": None, "bar": "2"}
+    assert wheelhouse.parse_pins(text) == {"six": "1.17.0", "jinja2": "3.1.6", "foo": None, "bar": "2"}
 
 
 def test_select_wheels_drops_stale_versions_and_unresolved_names():
@@ -213,7 +215,7 @@ def test_select_wheels_drops_stale_versions_and_unresolved_names():
     ]
     paths = [pathlib.Path("/w") / n for n in names]
     pins = {"six": "1.17.0", "foo": None, "jinja2": "3.1.6"}
-    chosen = {p.name for p in image._select_wheels(paths, pins, {"six", "foo", "jinja2"})}
+    chosen = {p.name for p in wheelhouse.select_wheels(paths, pins, {"six", "foo", "jinja2"})}
     assert chosen == {
         "six-1.17.0-py2.py3-none-any.whl",
         "foo-1.0-py3-none-any.whl",
@@ -222,7 +224,7 @@ def test_select_wheels_drops_stale_versions_and_unresolved_names():
     }
     # Without pip's list of resolved names every name is kept.
     assert "unused-9.9-py3-none-any.whl" in {
-        p.name for p in image._select_wheels(paths, pins, None)
+        p.name for p in wheelhouse.select_wheels(paths, pins, None)
     }
 
 
@@ -231,7 +233,7 @@ def test_select_wheels_drops_stale_versions_and_unresolved_names():
 
 def test_debootstrap_output_is_condensed():
     lines: list[str] = []
-    counter = image._PackageCounter("debootstrap", lines.append)
+    counter = bootstrap.PackageCounter("debootstrap", lines.append)
     counter.feed("I: Retrieving InRelease ")
     for n in range(60):
         counter.feed(f"I: Retrieving pkg{n} 1.0-{n}")
@@ -255,7 +257,7 @@ def test_debootstrap_output_is_condensed():
 
 
 def test_default_progress_goes_to_stderr(capsys):
-    image._reporter(None)("hello")
+    _common.reporter(None)("hello")
     assert capsys.readouterr().err == "enclave-tools: hello\n"
 
 
@@ -263,27 +265,27 @@ def test_default_progress_goes_to_stderr(capsys):
 
 
 def test_bootstrap_without_tools_says_what_to_install(monkeypatch):
-    monkeypatch.setattr(image.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(bootstrap.shutil, "which", lambda _name: None)
     with pytest.raises(ImageBuildFailed, match="mmdebstrap"):
-        image._bootstrap_tool()
+        bootstrap.bootstrap_tool()
 
 
 def test_debootstrap_needs_root(monkeypatch):
     monkeypatch.setattr(
-        image.shutil, "which", lambda name: f"/usr/sbin/{name}" if name == "debootstrap" else None
+        bootstrap.shutil, "which", lambda name: f"/usr/sbin/{name}" if name == "debootstrap" else None
     )
-    monkeypatch.setattr(image.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(bootstrap.os, "geteuid", lambda: 1000)
     with pytest.raises(ImageBuildFailed, match="root"):
-        image._bootstrap_tool()
-    monkeypatch.setattr(image.os, "geteuid", lambda: 0)
-    assert image._bootstrap_tool() == "debootstrap"
+        bootstrap.bootstrap_tool()
+    monkeypatch.setattr(bootstrap.os, "geteuid", lambda: 0)
+    assert bootstrap.bootstrap_tool() == "debootstrap"
 
 
 def test_mmdebstrap_is_preferred(monkeypatch):
-    monkeypatch.setattr(image.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(bootstrap.shutil, "which", lambda name: f"/usr/bin/{name}")
     for uid in (0, 1000):
-        monkeypatch.setattr(image.os, "geteuid", lambda uid=uid: uid)
-        assert image._bootstrap_tool() == "mmdebstrap"
+        monkeypatch.setattr(bootstrap.os, "geteuid", lambda uid=uid: uid)
+        assert bootstrap.bootstrap_tool() == "mmdebstrap"
 
 
 class _Images:
