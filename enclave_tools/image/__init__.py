@@ -18,7 +18,7 @@ image is never silently reused. Looking up the kernel image never pulls it.
 """
 
 from enclave_tools.image._common import Progress, cache_dir
-from enclave_tools.image.base import SLIM_BASE
+from enclave_tools.image.base import SLIM_BASE, needs_bootstrap
 from enclave_tools.image.bootstrap import BOOTSTRAP_BASE, bootstrap_base, debian_mirror
 from enclave_tools.image.build import build_image, ensure_image, list_images
 from enclave_tools.image.recipe import IMAGE_REPOSITORY, context_dir, default_image, recipe_hash
@@ -37,6 +37,7 @@ __all__ = [
     "default_image",
     "ensure_image",
     "list_images",
+    "needs_bootstrap",
     "platform_tags",
     "recipe_hash",
 ]

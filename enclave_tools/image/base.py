@@ -17,10 +17,17 @@ import requests.exceptions
 from docker.utils import parse_repository_tag
 
 from enclave_tools.errors import ImageBuildFailed
-from enclave_tools.image._common import DockerClient, Progress, find_image, first_line
+from enclave_tools.image._common import (
+    DockerClient,
+    Progress,
+    client_or_default,
+    find_image,
+    first_line,
+)
 from enclave_tools.image.bootstrap import BOOTSTRAP_BASE, bootstrap_base
+from enclave_tools.image.recipe import default_image
 
-__all__ = ["SLIM_BASE", "base_python", "choose_base"]
+__all__ = ["SLIM_BASE", "base_python", "choose_base", "needs_bootstrap"]
 
 SLIM_BASE = "python:3.12-slim"
 """The preferred base: local, or pulled where a registry answers."""
@@ -74,6 +81,17 @@ def choose_base(
     report(f"base: bootstrapping {base_tag} from Debian packages (no registry needed)")
     bootstrap_base(client, tag=base_tag, progress=report)
     return base_tag
+
+
+def needs_bootstrap(client: DockerClient | None = None) -> bool:
+    """Whether building the default kernel image now would bootstrap a base from Debian packages.
+
+    False when the image exists, a base is local, or a registry serves python:3.12-slim.
+    """
+    client = client_or_default(client)
+    if any(find_image(client, name) for name in (default_image(), SLIM_BASE, BOOTSTRAP_BASE)):
+        return False
+    return bool(_registry_has(client, SLIM_BASE))
 
 
 def _registry_has(client: DockerClient, name: str) -> str:

@@ -7,11 +7,13 @@ import pathlib
 import re
 import tarfile
 
+import docker.errors
 import pytest
+import requests.exceptions
 
 from enclave_tools import image
 from enclave_tools.errors import ImageBuildFailed, ImageNotFound
-from enclave_tools.image import _common, bootstrap, wheelhouse
+from enclave_tools.image import _common, base, bootstrap, build, wheelhouse
 from enclave_tools.image import recipe as recipe_module
 
 # --- the recipe hash -------------------------------------------------------------------
@@ -317,3 +319,108 @@ def test_ensure_image_never_builds_or_pulls_other_images():
 def test_ensure_image_without_build_points_at_the_cli():
     with pytest.raises(ImageNotFound, match="enclave-tools image build"):
         image.ensure_image(_Client({}), None, build=False)
+
+
+# --- choosing the base -----------------------------------------------------------------
+
+
+class _Api:
+    """The daemon's registry answer for the probe, and a record of pulls."""
+
+    def __init__(self, registry: Exception | None) -> None:
+        self.registry = registry
+        self.pulled: list[str] = []
+
+    def _url(self, path: str, *args: str) -> str:
+        return path.format(*args)
+
+    def _get(self, url: str, timeout: float):
+        assert timeout <= base.REGISTRY_TIMEOUT
+        if self.registry is not None:
+            raise self.registry
+        return object()
+
+    def _raise_for_status(self, response) -> None:
+        pass
+
+    def pull(self, repository, tag, stream, decode):
+        self.pulled.append(f"{repository}:{tag}")
+        return iter([{"status": "Pull complete"}, {"status": "Status: Downloaded"}])
+
+
+class _BaseClient(_Client):
+    def __init__(self, present: dict[str, str], registry: Exception | None = None) -> None:
+        super().__init__(present)
+        self.api = _Api(registry)
+
+
+def _choose(client, monkeypatch, bootstrap=False):
+    made: list[str] = []
+    monkeypatch.setattr(base, "bootstrap_base", lambda client, tag, progress: made.append(tag))
+    lines: list[str] = []
+    chosen = base.choose_base(client, None, bootstrap, lines.append)
+    return chosen, made, lines
+
+
+def test_a_local_slim_base_comes_first(monkeypatch):
+    client = _BaseClient({base.SLIM_BASE: "sha256:1", image.BOOTSTRAP_BASE: "sha256:2"})
+    chosen, made, lines = _choose(client, monkeypatch)
+    assert (chosen, made, client.api.pulled) == (base.SLIM_BASE, [], [])
+    assert lines == [f"base: {base.SLIM_BASE} (local)"]
+
+
+def test_a_base_bootstrapped_earlier_is_reused_before_pulling(monkeypatch):
+    client = _BaseClient({image.BOOTSTRAP_BASE: "sha256:2"})
+    chosen, made, _ = _choose(client, monkeypatch)
+    assert (chosen, made, client.api.pulled) == (image.BOOTSTRAP_BASE, [], [])
+
+
+def test_the_slim_base_is_pulled_where_a_registry_answers(monkeypatch):
+    client = _BaseClient({})
+    chosen, made, lines = _choose(client, monkeypatch)
+    assert (chosen, made, client.api.pulled) == (base.SLIM_BASE, [], ["python:3.12-slim"])
+    assert any("pulled" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    "offline",
+    [
+        pytest.param(requests.exceptions.ReadTimeout("read timed out"), id="registry-hangs"),
+        pytest.param(docker.errors.APIError("no such host"), id="no-dns"),
+    ],
+)
+def test_without_a_registry_the_base_is_bootstrapped(monkeypatch, offline):
+    client = _BaseClient({}, registry=offline)
+    chosen, made, lines = _choose(client, monkeypatch)
+    assert (chosen, made, client.api.pulled) == (image.BOOTSTRAP_BASE, [image.BOOTSTRAP_BASE], [])
+    assert any(line.startswith(f"base: cannot pull {base.SLIM_BASE}") for line in lines)
+    assert any("bootstrapping" in line for line in lines)
+
+
+def test_bootstrap_asked_for_never_pulls(monkeypatch):
+    client = _BaseClient({base.SLIM_BASE: "sha256:1"})
+    chosen, made, _ = _choose(client, monkeypatch, bootstrap=True)
+    assert (chosen, made, client.api.pulled) == (image.BOOTSTRAP_BASE, [image.BOOTSTRAP_BASE], [])
+
+
+# --- no dangling images ----------------------------------------------------------------
+
+
+def test_the_images_of_finished_stages_are_noted():
+    timer = build._StepTimer(lambda _line: None)
+    for line in [
+        "Step 1/6 : ARG BASE_IMAGE=python:3.12-slim",
+        "Step 2/6 : FROM ${BASE_IMAGE} AS packages",
+        " ---> 30d28260ffd7",
+        "Step 3/6 : RUN pip install",
+        " ---> Running in 0123456789ab",
+        "Removing intermediate container 0123456789ab",
+        " ---> 8cafe48e48da",
+        "Step 4/6 : FROM ${BASE_IMAGE}",
+        " ---> 30d28260ffd7",
+        "Step 5/6 : COPY --from=packages /opt/enclave/ /opt/enclave/",
+        " ---> ce0d2345d490",
+        "Successfully built ce0d2345d490",
+    ]:
+        timer.line(line)
+    assert timer.stage_images == ["8cafe48e48da"]
