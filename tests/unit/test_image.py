@@ -203,7 +203,12 @@ def test_tags_follow_the_base_glibc():
 
 def test_parse_pins():
     text = "# comment\nSix==1.17.0\nJinja2 == 3.1.6  # note\nfoo>=1\n-r other.txt\nbar[x]==2; python_version>'3'\n"
-    assert wheelhouse.parse_pins(text) == {"six": "1.17.0", "jinja2": "3.1.6", "foo": None, "bar": "2"}
+    assert wheelhouse.parse_pins(text) == {
+        "six": "1.17.0",
+        "jinja2": "3.1.6",
+        "foo": None,
+        "bar": "2",
+    }
 
 
 def test_select_wheels_drops_stale_versions_and_unresolved_names():
@@ -274,7 +279,9 @@ def test_bootstrap_without_tools_says_what_to_install(monkeypatch):
 
 def test_debootstrap_needs_root(monkeypatch):
     monkeypatch.setattr(
-        bootstrap.shutil, "which", lambda name: f"/usr/sbin/{name}" if name == "debootstrap" else None
+        bootstrap.shutil,
+        "which",
+        lambda name: f"/usr/sbin/{name}" if name == "debootstrap" else None,
     )
     monkeypatch.setattr(bootstrap.os, "geteuid", lambda: 1000)
     with pytest.raises(ImageBuildFailed, match="root"):
@@ -424,3 +431,22 @@ def test_the_images_of_finished_stages_are_noted():
     ]:
         timer.line(line)
     assert timer.stage_images == ["8cafe48e48da"]
+
+
+def test_only_untagged_stage_images_are_removed():
+    removed: list[str] = []
+
+    class Image:
+        def __init__(self, tags):
+            self.tags = tags
+
+    class Images:
+        def get(self, name):
+            return {"aaa": Image([]), "bbb": Image(["enclave-tools/base:bookworm"])}[name]
+
+        def remove(self, name):
+            removed.append(name)
+
+    client = type("Client", (), {"images": Images()})()
+    build._remove_stages(client, ["aaa", "bbb"], lambda _line: None)
+    assert removed == ["aaa"]
