@@ -9,7 +9,7 @@ DISTS  := -e . $(foreach a,$(ADAPTERS),-e $(a))
 # Each distribution's tests run from its own directory (each has its own conftest).
 JUNIT  ?= build/junit
 
-.PHONY: help venv image demo test test-gvisor unit bench clean
+.PHONY: help venv image bootstrap-tool demo test test-gvisor unit bench clean
 
 help:
 	@echo "make demo    run the demo (creates the venv and builds the image if needed)"
@@ -27,8 +27,33 @@ $(STAMP): pyproject.toml requirements-dev.txt $(wildcard adapters/*/pyproject.to
 
 venv: $(STAMP)
 
+# The base comes from python:3.12-slim (local, or pulled where a registry answers), else it
+# is made from Debian packages: only then, and only if neither tool is installed, install one.
 image: venv
+	@if ! command -v mmdebstrap >/dev/null && ! command -v debootstrap >/dev/null \
+	  && $(BIN)/python -c 'import sys; from enclave_tools.image import needs_bootstrap; sys.exit(not needs_bootstrap())'; \
+	then $(MAKE) --no-print-directory bootstrap-tool; fi
 	$(BIN)/enclave-tools image build --if-missing
+
+# mmdebstrap: apt resolves and dpkg skips fsyncs, so it is the faster of the two; uidmap
+# lets it run unprivileged. Installed as root, or with sudo when it needs no password.
+BOOTSTRAP_PACKAGES := mmdebstrap uidmap
+bootstrap-tool:
+	@if [ "$$(id -u)" = 0 ]; then as_root=""; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then as_root="sudo -n"; \
+	else as_root=none; fi; \
+	if [ "$$as_root" = none ] || ! command -v apt-get >/dev/null; then \
+	  echo "No registry answered and python:3.12-slim is not local, so the kernel image's base is"; \
+	  echo "made from Debian packages, which needs mmdebstrap or debootstrap. Install one:"; \
+	  echo "  sudo apt-get install $(BOOTSTRAP_PACKAGES)   (works unprivileged)"; \
+	  echo "  sudo apt-get install debootstrap          (then build as root)"; \
+	  echo "or load a python:3.12-slim image (docker load -i FILE), then run make again."; \
+	  exit 1; \
+	fi; \
+	echo "+ $${as_root:+$$as_root }apt-get update -qq"; \
+	$$as_root apt-get update -qq; \
+	echo "+ $${as_root:+$$as_root }env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BOOTSTRAP_PACKAGES)"; \
+	$$as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BOOTSTRAP_PACKAGES) >/dev/null
 
 demo: image
 	$(BIN)/python examples/demo.py

@@ -7,10 +7,14 @@ import pathlib
 import re
 import tarfile
 
+import docker.errors
 import pytest
+import requests.exceptions
 
 from enclave_tools import image
 from enclave_tools.errors import ImageBuildFailed, ImageNotFound
+from enclave_tools.image import _common, base, bootstrap, build, wheelhouse
+from enclave_tools.image import recipe as recipe_module
 
 # --- the recipe hash -------------------------------------------------------------------
 
@@ -57,7 +61,7 @@ def test_only_the_top_level_wheels_dir_is_skipped(recipe):
 
 
 def test_default_image_is_tagged_by_the_recipe(recipe, monkeypatch):
-    monkeypatch.setattr(image, "context_dir", lambda: recipe)
+    monkeypatch.setattr(recipe_module, "context_dir", lambda: recipe)
     assert image.default_image() == f"enclave-tools/kernel:{image.recipe_hash(recipe)[:12]}"
 
 
@@ -77,7 +81,7 @@ def test_context_tar_holds_the_recipe_and_the_wheelhouse(recipe, tmp_path_factor
     house = tmp_path_factory.mktemp("house")
     wheel = house / "six-1.17.0-py2.py3-none-any.whl"
     wheel.write_bytes(b"zip")
-    with image._context_tar(recipe, [wheel]) as handle:
+    with recipe_module.context_tar(recipe, [wheel]) as handle:
         data = handle.read()
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         members = {m.name: m for m in tar.getmembers()}
@@ -151,9 +155,9 @@ def test_mirror_falls_back_to_deb_debian_org(tmp_path):
     ubuntu = "deb http://archive.ubuntu.com/ubuntu jammy main\n"
     assert (
         image.debian_mirror("bookworm", _apt(tmp_path, {"sources.list": ubuntu}))
-        == image.DEFAULT_MIRROR
+        == bootstrap.DEFAULT_MIRROR
     )
-    assert image.debian_mirror("bookworm", tmp_path / "missing") == image.DEFAULT_MIRROR
+    assert image.debian_mirror("bookworm", tmp_path / "missing") == bootstrap.DEFAULT_MIRROR
 
 
 # --- platform tags ---------------------------------------------------------------------
@@ -199,7 +203,12 @@ def test_tags_follow_the_base_glibc():
 
 def test_parse_pins():
     text = "# comment\nSix==1.17.0\nJinja2 == 3.1.6  # note\nfoo>=1\n-r other.txt\nbar[x]==2; python_version>'3'\n"
-    assert image._parse_pins(text) == {"six": "1.17.0", "jinja2": "3.1.6", "foo": None, "bar": "2"}
+    assert wheelhouse.parse_pins(text) == {
+        "six": "1.17.0",
+        "jinja2": "3.1.6",
+        "foo": None,
+        "bar": "2",
+    }
 
 
 def test_select_wheels_drops_stale_versions_and_unresolved_names():
@@ -213,7 +222,7 @@ def test_select_wheels_drops_stale_versions_and_unresolved_names():
     ]
     paths = [pathlib.Path("/w") / n for n in names]
     pins = {"six": "1.17.0", "foo": None, "jinja2": "3.1.6"}
-    chosen = {p.name for p in image._select_wheels(paths, pins, {"six", "foo", "jinja2"})}
+    chosen = {p.name for p in wheelhouse.select_wheels(paths, pins, {"six", "foo", "jinja2"})}
     assert chosen == {
         "six-1.17.0-py2.py3-none-any.whl",
         "foo-1.0-py3-none-any.whl",
@@ -222,7 +231,7 @@ def test_select_wheels_drops_stale_versions_and_unresolved_names():
     }
     # Without pip's list of resolved names every name is kept.
     assert "unused-9.9-py3-none-any.whl" in {
-        p.name for p in image._select_wheels(paths, pins, None)
+        p.name for p in wheelhouse.select_wheels(paths, pins, None)
     }
 
 
@@ -231,7 +240,7 @@ def test_select_wheels_drops_stale_versions_and_unresolved_names():
 
 def test_debootstrap_output_is_condensed():
     lines: list[str] = []
-    counter = image._PackageCounter("debootstrap", lines.append)
+    counter = bootstrap.PackageCounter("debootstrap", lines.append)
     counter.feed("I: Retrieving InRelease ")
     for n in range(60):
         counter.feed(f"I: Retrieving pkg{n} 1.0-{n}")
@@ -255,7 +264,7 @@ def test_debootstrap_output_is_condensed():
 
 
 def test_default_progress_goes_to_stderr(capsys):
-    image._reporter(None)("hello")
+    _common.reporter(None)("hello")
     assert capsys.readouterr().err == "enclave-tools: hello\n"
 
 
@@ -263,27 +272,29 @@ def test_default_progress_goes_to_stderr(capsys):
 
 
 def test_bootstrap_without_tools_says_what_to_install(monkeypatch):
-    monkeypatch.setattr(image.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(bootstrap.shutil, "which", lambda _name: None)
     with pytest.raises(ImageBuildFailed, match="mmdebstrap"):
-        image._bootstrap_tool()
+        bootstrap.bootstrap_tool()
 
 
 def test_debootstrap_needs_root(monkeypatch):
     monkeypatch.setattr(
-        image.shutil, "which", lambda name: f"/usr/sbin/{name}" if name == "debootstrap" else None
+        bootstrap.shutil,
+        "which",
+        lambda name: f"/usr/sbin/{name}" if name == "debootstrap" else None,
     )
-    monkeypatch.setattr(image.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(bootstrap.os, "geteuid", lambda: 1000)
     with pytest.raises(ImageBuildFailed, match="root"):
-        image._bootstrap_tool()
-    monkeypatch.setattr(image.os, "geteuid", lambda: 0)
-    assert image._bootstrap_tool() == "debootstrap"
+        bootstrap.bootstrap_tool()
+    monkeypatch.setattr(bootstrap.os, "geteuid", lambda: 0)
+    assert bootstrap.bootstrap_tool() == "debootstrap"
 
 
 def test_mmdebstrap_is_preferred(monkeypatch):
-    monkeypatch.setattr(image.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(bootstrap.shutil, "which", lambda name: f"/usr/bin/{name}")
     for uid in (0, 1000):
-        monkeypatch.setattr(image.os, "geteuid", lambda uid=uid: uid)
-        assert image._bootstrap_tool() == "mmdebstrap"
+        monkeypatch.setattr(bootstrap.os, "geteuid", lambda uid=uid: uid)
+        assert bootstrap.bootstrap_tool() == "mmdebstrap"
 
 
 class _Images:
@@ -315,3 +326,127 @@ def test_ensure_image_never_builds_or_pulls_other_images():
 def test_ensure_image_without_build_points_at_the_cli():
     with pytest.raises(ImageNotFound, match="enclave-tools image build"):
         image.ensure_image(_Client({}), None, build=False)
+
+
+# --- choosing the base -----------------------------------------------------------------
+
+
+class _Api:
+    """The daemon's registry answer for the probe, and a record of pulls."""
+
+    def __init__(self, registry: Exception | None) -> None:
+        self.registry = registry
+        self.pulled: list[str] = []
+
+    def _url(self, path: str, *args: str) -> str:
+        return path.format(*args)
+
+    def _get(self, url: str, timeout: float):
+        assert timeout <= base.REGISTRY_TIMEOUT
+        if self.registry is not None:
+            raise self.registry
+        return object()
+
+    def _raise_for_status(self, response) -> None:
+        pass
+
+    def pull(self, repository, tag, stream, decode):
+        self.pulled.append(f"{repository}:{tag}")
+        return iter([{"status": "Pull complete"}, {"status": "Status: Downloaded"}])
+
+
+class _BaseClient(_Client):
+    def __init__(self, present: dict[str, str], registry: Exception | None = None) -> None:
+        super().__init__(present)
+        self.api = _Api(registry)
+
+
+def _choose(client, monkeypatch, bootstrap=False):
+    made: list[str] = []
+    monkeypatch.setattr(base, "bootstrap_base", lambda client, tag, progress: made.append(tag))
+    lines: list[str] = []
+    chosen = base.choose_base(client, None, bootstrap, lines.append)
+    return chosen, made, lines
+
+
+def test_a_local_slim_base_comes_first(monkeypatch):
+    client = _BaseClient({base.SLIM_BASE: "sha256:1", image.BOOTSTRAP_BASE: "sha256:2"})
+    chosen, made, lines = _choose(client, monkeypatch)
+    assert (chosen, made, client.api.pulled) == (base.SLIM_BASE, [], [])
+    assert lines == [f"base: {base.SLIM_BASE} (local)"]
+
+
+def test_a_base_bootstrapped_earlier_is_reused_before_pulling(monkeypatch):
+    client = _BaseClient({image.BOOTSTRAP_BASE: "sha256:2"})
+    chosen, made, _ = _choose(client, monkeypatch)
+    assert (chosen, made, client.api.pulled) == (image.BOOTSTRAP_BASE, [], [])
+
+
+def test_the_slim_base_is_pulled_where_a_registry_answers(monkeypatch):
+    client = _BaseClient({})
+    chosen, made, lines = _choose(client, monkeypatch)
+    assert (chosen, made, client.api.pulled) == (base.SLIM_BASE, [], ["python:3.12-slim"])
+    assert any("pulled" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    "offline",
+    [
+        pytest.param(requests.exceptions.ReadTimeout("read timed out"), id="registry-hangs"),
+        pytest.param(docker.errors.APIError("no such host"), id="no-dns"),
+    ],
+)
+def test_without_a_registry_the_base_is_bootstrapped(monkeypatch, offline):
+    client = _BaseClient({}, registry=offline)
+    chosen, made, lines = _choose(client, monkeypatch)
+    assert (chosen, made, client.api.pulled) == (image.BOOTSTRAP_BASE, [image.BOOTSTRAP_BASE], [])
+    assert any(line.startswith(f"base: cannot pull {base.SLIM_BASE}") for line in lines)
+    assert any("bootstrapping" in line for line in lines)
+
+
+def test_bootstrap_asked_for_never_pulls(monkeypatch):
+    client = _BaseClient({base.SLIM_BASE: "sha256:1"})
+    chosen, made, _ = _choose(client, monkeypatch, bootstrap=True)
+    assert (chosen, made, client.api.pulled) == (image.BOOTSTRAP_BASE, [image.BOOTSTRAP_BASE], [])
+
+
+# --- no dangling images ----------------------------------------------------------------
+
+
+def test_the_images_of_finished_stages_are_noted():
+    timer = build._StepTimer(lambda _line: None)
+    for line in [
+        "Step 1/6 : ARG BASE_IMAGE=python:3.12-slim",
+        "Step 2/6 : FROM ${BASE_IMAGE} AS packages",
+        " ---> 30d28260ffd7",
+        "Step 3/6 : RUN pip install",
+        " ---> Running in 0123456789ab",
+        "Removing intermediate container 0123456789ab",
+        " ---> 8cafe48e48da",
+        "Step 4/6 : FROM ${BASE_IMAGE}",
+        " ---> 30d28260ffd7",
+        "Step 5/6 : COPY --from=packages /opt/enclave/ /opt/enclave/",
+        " ---> ce0d2345d490",
+        "Successfully built ce0d2345d490",
+    ]:
+        timer.line(line)
+    assert timer.stage_images == ["8cafe48e48da"]
+
+
+def test_only_untagged_stage_images_are_removed():
+    removed: list[str] = []
+
+    class Image:
+        def __init__(self, tags):
+            self.tags = tags
+
+    class Images:
+        def get(self, name):
+            return {"aaa": Image([]), "bbb": Image(["enclave-tools/base:bookworm"])}[name]
+
+        def remove(self, name):
+            removed.append(name)
+
+    client = type("Client", (), {"images": Images()})()
+    build._remove_stages(client, ["aaa", "bbb"], lambda _line: None)
+    assert removed == ["aaa"]
