@@ -185,3 +185,19 @@ def test_detach_with_a_bad_timeout_is_invalid_input():
         with pytest.raises(InvalidInput):
             sb.detach(timeout=bad)
     assert sb._handle is None, "a bad argument must be refused before anything starts"
+
+
+@pytest.mark.parametrize("body", [b'{"oom_kills": 1e999}', b'{"oom_kills": -1e999}', b'{"oom_kills": "NaN"}',
+                                  b'{"oom_kills": [1]}', b"[]", b"[" * 100_000, b'{"oom_kills": NaN}'])
+def test_a_hostile_info_answer_never_crashes_the_death_cause(hostile_gateway, body):
+    # Before: {"oom_kills": 1e999} (JSON's infinity) raised a bare OverflowError out of
+    # run() when the kernel died.
+    endpoint, bodies = hostile_gateway
+    bodies.append(body)
+    sb = Sandbox()
+    sb._http = GatewayHTTP(endpoint, timeout=WATCHDOG_S)
+    try:
+        assert sb._death_cause() == ""
+    finally:
+        sb._http.close()
+        sb._http = None
