@@ -12,6 +12,8 @@ __all__ = ["SandboxConfig", "seconds_in", "size_in_bytes"]
 _SIZE = re.compile(r"^\d+(\.\d+)?[bkmg]?$", re.IGNORECASE)
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$", re.IGNORECASE)
 _MAX_LIMIT_S = 30 * 86400
+_MAX_WAIT_S = 86400.0
+"""The longest any one wait may be (a day; also what run() accepts): no inf, no overflow."""
 DEFAULT_LIFETIME_S = 86400.0
 """The absolute lifetime of a kept-alive sandbox when none is given."""
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -83,10 +85,10 @@ class SandboxConfig(BaseModel):
             "engine (whatever the network), otherwise TCP."
         ),
     )
-    timeout: float = Field(60.0, gt=0, description="Default seconds a run may take.")
-    startup_timeout: float = Field(60.0, gt=0, description="Seconds to wait for the gateway.")
+    timeout: float = Field(60.0, gt=0, le=_MAX_WAIT_S, description="Default seconds a run may take.")
+    startup_timeout: float = Field(60.0, gt=0, le=_MAX_WAIT_S, description="Seconds to wait for the gateway.")
     interrupt_grace: float = Field(
-        3.0, gt=0, description="Seconds a timed-out run gets to stop after an interrupt."
+        3.0, gt=0, le=_MAX_WAIT_S, description="Seconds a timed-out run gets to stop after an interrupt."
     )
     output_limit: int = Field(
         8000, ge=200, description="Characters of Execution.text, cut head and tail."
@@ -106,7 +108,7 @@ class SandboxConfig(BaseModel):
         "512m", description="Largest file read_file() or download() takes from the sandbox."
     )
     file_timeout: float = Field(
-        120.0, gt=0, description="Seconds one file transfer (read, write, copy) may take."
+        120.0, gt=0, le=_MAX_WAIT_S, description="Seconds one file transfer (read, write, copy) may take."
     )
     workdir: str = Field("/workspace", description="Working directory of the kernel.")
     workspace_size: str = Field("1g", description="Size of the writable workspace.")

@@ -8,7 +8,6 @@ belongs to, by parent ``msg_id``. Server status messages with no parent (``resta
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
@@ -29,6 +28,7 @@ from enclave_tools.protocol import (
     ExecuteCall,
     decode_frame,
     encode_message,
+    loads_bounded,
     msg_type,
     new_message,
     parent_id,
@@ -181,7 +181,7 @@ class KernelClient:
         if status != 200:
             raise GatewayError(f"the gateway answered {status} for the kernel's state", status)
         try:
-            model = json.loads(data)
+            model = loads_bounded(data)
         except (ValueError, RecursionError):
             model = None
         if not isinstance(model, dict):

@@ -14,6 +14,7 @@ verifying, parsing and re-encoding each message: less of its CPU per cell.
 from __future__ import annotations
 
 import json
+import re
 import struct
 import time
 import uuid
@@ -23,7 +24,9 @@ from typing import Any
 
 from enclave_tools.execution import RICH_LIMIT, Execution, OutputLog, Result, error_from_content
 
-__all__ = ["ExecuteCall", "WS_PROTOCOL_V1", "decode_frame", "encode_message", "new_message"]
+__all__ = [
+    "ExecuteCall", "WS_PROTOCOL_V1", "decode_frame", "encode_message", "loads_bounded", "new_message",
+]
 
 PROTOCOL_VERSION = "5.3"
 
@@ -31,6 +34,32 @@ WS_PROTOCOL_V1 = "v1.kernel.websocket.jupyter.org"
 """The websocket subprotocol of jupyter_server 2's binary message format."""
 
 _V1_PARTS = ("header", "parent_header", "metadata", "content")
+
+MAX_JSON_VALUES = 500_000
+"""The most JSON values (outside strings) one message or answer may hold. Decoded, each
+small value costs ~30-70 bytes of host memory per 2-3 bytes sent (``[{},{},...]``: a
+32 MiB message would take ~700 MiB), so this bounds what one message costs (~35 MiB)."""
+MAX_BUFFERS = 1024
+"""The most binary buffers one message may carry (each is an offset the host decodes)."""
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+
+
+def loads_bounded(data: str | bytes | bytearray) -> Any:
+    """``json.loads(data)``, refusing (``ValueError``) JSON of more than
+    :data:`MAX_JSON_VALUES` values: the gateway is hostile, and many small values cost the
+    host far more memory than their bytes. Cheap for ordinary messages: the exact count
+    (strings skipped) runs only when the separators in ``data`` could exceed the bound."""
+    check_values(data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data))
+    return json.loads(data)
+
+
+def check_values(raw: bytes) -> None:
+    """Raise ``ValueError`` if the JSON text ``raw`` holds more than :data:`MAX_JSON_VALUES`
+    values (see :func:`loads_bounded`)."""
+    if raw.count(b",") + raw.count(b"[") + raw.count(b"{") > MAX_JSON_VALUES:
+        outside = _JSON_STRING.sub(b"", raw)
+        if outside.count(b",") + outside.count(b"[") + outside.count(b"{") > MAX_JSON_VALUES:
+            raise ValueError(f"JSON of more than {MAX_JSON_VALUES:,} values")
 
 
 def new_message(
@@ -83,7 +112,7 @@ def decode_frame(frame: str | bytes, v1: bool = False) -> dict[str, Any] | None:
     """
     try:
         if isinstance(frame, str):
-            msg = json.loads(frame)
+            msg = loads_bounded(frame)
         elif v1:
             msg = _decode_v1(frame)
         else:
@@ -100,10 +129,10 @@ def decode_frame(frame: str | bytes, v1: bool = False) -> dict[str, Any] | None:
 
 def _decode_binary(frame: bytes) -> Any:
     (count,) = struct.unpack_from("!I", frame, 0)
-    if count < 1 or 4 * (count + 1) > len(frame):
+    if count < 1 or count > MAX_BUFFERS + 1 or 4 * (count + 1) > len(frame):
         raise ValueError("bad offset count")
     offsets = list(struct.unpack_from(f"!{count}I", frame, 4)) + [len(frame)]
-    msg = json.loads(frame[offsets[0] : offsets[1]].decode("utf-8"))
+    msg = loads_bounded(frame[offsets[0] : offsets[1]].decode("utf-8"))
     if isinstance(msg, dict):
         msg["buffers"] = [frame[a:b] for a, b in zip(offsets[1:-1], offsets[2:], strict=True)]
     return msg
@@ -111,12 +140,13 @@ def _decode_binary(frame: bytes) -> Any:
 
 def _decode_v1(frame: bytes) -> dict[str, Any]:
     (count,) = struct.unpack_from("<Q", frame, 0)
-    if count < len(_V1_PARTS) + 2 or 8 * (count + 1) > len(frame):
+    if count < len(_V1_PARTS) + 2 or count > len(_V1_PARTS) + 2 + MAX_BUFFERS or 8 * (count + 1) > len(frame):
         raise ValueError("bad offset count")
     offsets = struct.unpack_from(f"<{count}Q", frame, 8)
     if offsets[0] < 8 * (count + 1) or offsets[-1] > len(frame) or list(offsets) != sorted(offsets):
         raise ValueError("bad offsets")
     parts = [frame[a:b] for a, b in zip(offsets, offsets[1:])]
+    check_values(frame[offsets[1] : offsets[len(_V1_PARTS) + 1]])  # the four JSON parts at once
     msg: dict[str, Any] = {key: json.loads(part) for key, part in zip(_V1_PARTS, parts[1:])}
     msg["channel"] = parts[0].decode("utf-8")
     msg["buffers"] = parts[len(_V1_PARTS) + 1 :]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import json
 import logging
 import os
 import posixpath
@@ -54,7 +53,7 @@ from enclave_tools.live import (
     deliver_async,
 )
 from enclave_tools.losses import LossLog
-from enclave_tools.protocol import ExecuteCall
+from enclave_tools.protocol import ExecuteCall, loads_bounded
 from enclave_tools.transport import GatewayHTTP
 from enclave_tools.turns import Turn, TurnQueue, Workers, in_own_thread, run_job
 
@@ -751,8 +750,8 @@ class Sandbox:
             if http is None:
                 raise OSError("closed")
             status, data = http.request("GET", "/api/enclave/info", timeout=5)
-            kills = int(json.loads(data).get("oom_kills") or 0) if status == 200 else 0
-        except (GatewayError, OSError, ValueError, AttributeError, TypeError):
+            kills = int(loads_bounded(data).get("oom_kills") or 0) if status == 200 else 0
+        except (GatewayError, OSError, ValueError, AttributeError, TypeError, ArithmeticError, RecursionError):
             kills = self._oom_kills
         if kills > self._oom_kills:
             self._oom_kills = kills
@@ -877,6 +876,7 @@ class Sandbox:
                 f"Sandbox.connect is not available for the {backend.name} backend yet (Docker only); "
                 "create a new Sandbox there instead"
             )
+        wait = check_wait(wait, "wait") or 0.0
         record = registry.load(sandbox_id)
         if record.backend != backend.name:
             raise SandboxGone(f"sandbox {sandbox_id} was made by the {record.backend} backend, not {backend.name}")
@@ -904,7 +904,9 @@ class Sandbox:
             handle = backend.attach(record)
         except SandboxGone:
             if not backend.state(SandboxHandle(record.container_id, record.name, None, record.run_dir)).running:  # type: ignore[arg-type]
-                backend.remove_container(record.container_id, record.run_dir)  # expired: as gc would
+                # Expired: as gc would, trusting no path or id the record holds (remove_ended
+                # takes only a stopped kept-alive sandbox, and only a run directory of ours).
+                backend.remove_ended(record.container_id)
                 registry.remove(record.id)
             raise
         sandbox = cls(SandboxConfig.model_validate(record.config), backend=backend, progress=progress)
@@ -939,6 +941,7 @@ class Sandbox:
                 "only a sandbox made with keep_alive can be detached, e.g. Sandbox(keep_alive='30m'); "
                 "use close() to end this one"
             )
+        timeout = check_wait(timeout, "timeout")
         if self._handle is None and not self._closed:
             self.start()
         turn = self._enter()
@@ -1083,6 +1086,16 @@ def check_timeout(timeout: Any, default: float) -> float:
     if not (0 < timeout <= 24 * 3600) or timeout != timeout:
         raise InvalidInput(f"timeout must be between 0 and 86400 seconds, not {timeout}")
     return float(timeout)
+
+
+def check_wait(seconds: Any, name: str) -> float | None:
+    """``seconds`` to wait (0 to a day, or None: no limit); raises :class:`InvalidInput`
+    for anything else (NaN, inf, negative, a string)."""
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 24 * 3600:
+        raise InvalidInput(f"{name} must be a number of seconds from 0 to 86400, not {seconds!r}")
+    return float(seconds)
 
 
 @atexit.register

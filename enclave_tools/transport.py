@@ -16,10 +16,14 @@ from typing import Any, BinaryIO
 from urllib.parse import quote
 
 from enclave_tools.errors import GatewayError, GatewayMisbehaved, GatewayUnreachable
+from enclave_tools.protocol import loads_bounded
 from enclave_tools.wire import Deadline
 from enclave_tools.wire.http import BODY_LIMIT, HTTPConnection, Response, Sink
 
 __all__ = ["Endpoint", "GatewayHTTP"]
+
+ERROR_TEXT_LIMIT = 65536
+"""The most bytes of an error answer read for its reason."""
 
 
 @dataclass(frozen=True)
@@ -199,7 +203,7 @@ class GatewayHTTP:
         if status >= 300 or not data.strip():
             return None  # an expected error status: its body is not the answer
         try:
-            return json.loads(data)
+            return loads_bounded(data)
         except (ValueError, RecursionError):
             raise GatewayMisbehaved(
                 f"the gateway answered {method} {path} with something that is not JSON"
@@ -218,7 +222,7 @@ class GatewayHTTP:
 
 def _reason(data: bytes) -> str:
     try:
-        payload = json.loads(data)
+        payload = loads_bounded(data[:ERROR_TEXT_LIMIT])
         return str(payload.get("reason") or payload.get("message") or payload)[:500]
     except (ValueError, AttributeError, RecursionError):
         return data[:200].decode("utf-8", "replace")

@@ -266,6 +266,12 @@ class DockerBackend:
                 raise
             return self.client.containers.create(image_id, **kwargs)
 
+    def remove_ended(self, name: str) -> bool:
+        """Remove the kept-alive container ``name`` (a name or id) if it has stopped, with
+        its run directory if that is one of ours; return whether it is gone. Any other
+        container (running, or not a kept-alive sandbox) is left alone."""
+        return self._remove_ended(name)
+
     def _remove_ended(self, name: str) -> bool:
         """Remove the kept-alive container ``name`` if it has stopped; return whether it did."""
         try:

@@ -25,12 +25,16 @@ __all__ = ["RECV_CHUNK", "Deadline", "SocketIO"]
 
 RECV_CHUNK = 65536
 """The most bytes asked of the socket at once."""
+_POLL_MAX_S = 3600.0
+"""The longest single poll (the loop polls again until the deadline): no overflow."""
 
 
 class Deadline:
     """An absolute monotonic time by which a call must be over; ``None`` seconds: never."""
 
     def __init__(self, seconds: float | None) -> None:
+        if seconds is not None and not seconds >= 0:  # NaN or negative: no time at all
+            seconds = 0.0
         self.seconds = seconds
         self.at = None if seconds is None else time.monotonic() + seconds
 
@@ -63,7 +67,7 @@ def wait_ready(sock: socket.socket, events: int, deadline: Deadline) -> None:
         if left is not None and left <= 0:
             raise deadline.error()
         try:
-            if poller.poll(None if left is None else math.ceil(left * 1000)):
+            if poller.poll(None if left is None else math.ceil(min(left, _POLL_MAX_S) * 1000)):
                 return
         except InterruptedError:
             continue
