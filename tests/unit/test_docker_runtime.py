@@ -8,6 +8,7 @@ import pytest
 
 from enclave_tools.backends.docker import DockerBackend, limits_fixed_at_create
 from enclave_tools.config import SandboxConfig
+from enclave_tools.transport import Endpoint
 
 
 class RecordingApi:
@@ -32,7 +33,8 @@ def test_which_runtimes_fix_limits_at_create(runtime, fixed):
 def test_ready_updates_the_cpu_quota_only_where_the_runtime_can(runtime, updates):
     api = RecordingApi()
     backend = DockerBackend(client=SimpleNamespace(api=api))
-    handle = SimpleNamespace(container_id="c1")
+    # A TCP handle with no run directory: ready()'s directory lock has nothing to do.
+    handle = SimpleNamespace(container_id="c1", run_dir=None, endpoint=Endpoint(token="t", port=1))
     backend.ready(handle, SandboxConfig(runtime=runtime, cpus=0.5))
     assert len(api.updates) == updates
     if updates:
