@@ -20,6 +20,15 @@ from enclave_tools.errors import SandboxStartFailed
 
 log = logging.getLogger(__name__)
 
+PERMISSIONS = {
+    ("", "pods"): {"create", "get", "list", "watch", "patch", "delete"},
+    ("", "pods/log"): {"get"},
+    ("", "pods/portforward"): {"create", "get"},
+    ("", "secrets"): {"create", "get", "patch", "delete"},
+    ("networking.k8s.io", "networkpolicies"): {"get", "create"},
+}
+"""(API group, resource): the verbs the backend uses, in the sandbox namespace only
+(deploy/kubernetes/rbac.yaml grants exactly these)."""
 RETRYABLE = {429, 500, 502, 503, 504}
 CONNECT_TIMEOUT = 10.0
 """Seconds to open a connection to the API server."""
@@ -82,6 +91,8 @@ class KubeApi:
         self._client = api_client
         self._context = context
         self.in_cluster = False
+        self.timeouts = (CONNECT_TIMEOUT, READ_TIMEOUT)
+        """(connect, read) seconds of every call; a watch reads for its own length."""
         self._lock = threading.Lock()
 
     @property
@@ -124,7 +135,7 @@ class KubeApi:
             try:
                 response = method(
                     *args, _preload_content=False,
-                    _request_timeout=(CONNECT_TIMEOUT, READ_TIMEOUT), **kwargs,
+                    _request_timeout=self.timeouts, **kwargs,
                 )
                 return json.loads(response.data or b"null")
             except Exception as exc:

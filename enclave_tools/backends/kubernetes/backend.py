@@ -17,7 +17,6 @@ from typing import Any
 
 from enclave_tools.backends.base import SandboxHandle
 from enclave_tools.backends.kubernetes.api import (
-    CONNECT_TIMEOUT,
     RETRYABLE,
     WATCH_SLACK,
     KubeApi,
@@ -216,7 +215,7 @@ class KubernetesBackend:
         try:
             response = self.api.read_namespaced_pod_log(
                 handle.container_id, self.namespace, container="gateway", tail_lines=lines,
-                _preload_content=False, _request_timeout=(CONNECT_TIMEOUT, 10),
+                _preload_content=False, _request_timeout=self.kube.timeouts,
             )
             return response.data.decode("utf-8", "replace")
         except Exception:  # noqa: BLE001 - best effort, for error messages
@@ -362,7 +361,7 @@ class KubernetesBackend:
                     field_selector=f"metadata.name={name}",
                     resource_version=pod["metadata"]["resourceVersion"],
                     timeout_seconds=seconds,
-                    _request_timeout=(CONNECT_TIMEOUT, seconds + WATCH_SLACK),
+                    _request_timeout=(self.kube.timeouts[0], seconds + WATCH_SLACK),
                 ):
                     if event["type"] == "DELETED":
                         raise SandboxStartFailed(f"pod {self.namespace}/{name} was deleted while starting")
