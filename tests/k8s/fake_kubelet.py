@@ -244,7 +244,8 @@ class _PodRunner:
             return False
         self.container.start()
         self.container.reload()
-        ip = self.container.attrs["NetworkSettings"]["IPAddress"]
+        networks = self.container.attrs["NetworkSettings"]["Networks"]
+        ip = next(n["IPAddress"] for n in networks.values() if n.get("IPAddress"))
         self.started = time.monotonic()
         self._container_state({"running": {"startedAt": _now()}})
         self._write(phase="Running", podIP=ip, podIPs=[{"ip": ip}], startTime=_now())

@@ -67,8 +67,8 @@ def test_sandbox_in_a_pod_keeps_state(fake_cluster, make_pod_sandbox):
     seen = sb.run("import os; os.listdir('/run/enclave'), os.path.exists('/run/enclave-secret')")
     assert seen.text == "([], False)"
     assert fake_cluster.get("secrets", NAMESPACE, sb.container_id) is not None
-    sb.close()
-    assert fake_cluster.get("pods", NAMESPACE, pod["metadata"]["name"]) is None
+    sb.close()  # a graceful delete: the pod goes once its containers have stopped
+    assert _wait_for(lambda: fake_cluster.get("pods", NAMESPACE, pod["metadata"]["name"]) is None)
     assert fake_cluster.get("secrets", NAMESPACE, pod["metadata"]["name"]) is None
 
 
@@ -131,7 +131,7 @@ def test_deadline_stops_the_pod_and_the_reaper_removes_it(fake_cluster, make_bac
     with pytest.raises(SandboxDied, match="time limit"):
         sb.run("c")
     assert backend.reap_orphans() == 0  # the Sandbox already removed it; nothing is left over
-    assert fake_cluster.get("pods", NAMESPACE, name) is None
+    assert _wait_for(lambda: fake_cluster.get("pods", NAMESPACE, name) is None)
 
 
 def test_reaper_removes_pods_of_a_crashed_client(fake_cluster, make_backend, k8s_config):
@@ -142,14 +142,14 @@ def test_reaper_removes_pods_of_a_crashed_client(fake_cluster, make_backend, k8s
         fake_cluster.objects["pods"][(NAMESPACE, name)]["metadata"]["annotations"][
             "io.enclave-tools/owner-pid"] = "999999999"
     assert make_backend().reap_orphans() == 1
-    assert not _pods(fake_cluster, f"{SANDBOX}=orphan1")
+    assert _wait_for(lambda: not _pods(fake_cluster, f"{SANDBOX}=orphan1"))
 
 
 def test_image_that_cannot_be_pulled(make_pod_sandbox, fake_cluster):
     sb = make_pod_sandbox(image="registry.invalid/nothing:1")
     with pytest.raises(SandboxStartFailed, match="could not be pulled"):
         sb.start()
-    assert not _pods(fake_cluster)  # the failed pod was deleted
+    assert _wait_for(lambda: not _pods(fake_cluster))  # the failed pod was deleted
 
 
 def test_unschedulable_pod_is_waited_for_until_a_node_comes(make_pod_sandbox, fake_cluster):
