@@ -57,7 +57,7 @@ def fake_cluster(docker_engine, kernel_image):
 @pytest.fixture
 def k8s_config(kernel_image):
     """Sandbox settings for pods: the test image, this run's label, a short startup limit."""
-    return SandboxConfig(image=kernel_image, labels={RUN_LABEL: RUN_ID}, startup_timeout=30)
+    return SandboxConfig(image=kernel_image, labels={RUN_LABEL: RUN_ID}, startup_timeout=90)
 
 
 @pytest.fixture

@@ -327,36 +327,37 @@ def test_full_workspace_is_enospc_as_on_docker(make_pod_sandbox):
     assert sb.run("import os; os.remove('big'); 'alive'").text == "'alive'"
 
 
-def test_disk_emptydir_over_its_limit_evicts_the_pod(make_backend, make_pod_sandbox, k8s_config):
+def test_disk_emptydir_over_its_limit_evicts_the_pod(make_pod_sandbox, monkeypatch):
     """Why scratch volumes are memory-backed: a disk emptyDir over its sizeLimit evicts the pod."""
-    from enclave_tools.backends.kubernetes import pod_manifest
+    from enclave_tools.backends.kubernetes import backend as module
 
-    volumes = pod_manifest(k8s_config.model_copy(update={"workspace_size": "8m"}), name="x", image="i",
-                           secret="s", labels={}, annotations={}, max_lifetime=60)["spec"]["volumes"]
-    for volume in volumes:
-        if volume["name"] == "workspace":
-            volume["emptyDir"].pop("medium")
-    sb = make_pod_sandbox(make_backend(pod_overrides={"spec": {"volumes": volumes}}), workspace_size="8m")
+    def with_disk_workspace(*args, **kwargs):
+        pod = pod_manifest(*args, **kwargs)
+        for volume in pod["spec"]["volumes"]:
+            if volume["name"] == "workspace":
+                volume["emptyDir"].pop("medium")
+        return pod
+
+    monkeypatch.setattr(module, "pod_manifest", with_disk_workspace)
+    sb = make_pod_sandbox(workspace_size="8m")
     sb.run("open('big', 'wb').write(b'x' * (20 * 2**20))")
     sb._backend.wait_stopped(sb.handle, 30)
     with pytest.raises(SandboxDied, match="evicted.*workspace"):
         sb.run("1")
 
 
-def test_network_none_denies_egress(fake_cluster, make_pod_sandbox, docker_engine):
-    """The default makes the deny-egress policy, and the fake kubelet enforces it."""
+def test_network_none_denies_egress(fake_cluster, make_pod_sandbox):
+    """The default makes the deny-egress policy, and the fake kubelet enforces it: a
+    network-less pod cannot reach another pod that listens (and the host can)."""
     import socket
 
-    gateway_ip = docker_engine.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
-    listener = socket.create_server((gateway_ip, 0))
-    port = listener.getsockname()[1]
-    probe = f"import socket\ntry:\n    socket.create_connection(({gateway_ip!r}, {port}), 3).close(); print('open')\n" \
+    listening = make_pod_sandbox(network="bridge")
+    listening.run("import socket; server = socket.create_server(('0.0.0.0', 7777))")
+    target = fake_cluster.get("pods", NAMESPACE, listening.container_id)["status"]["podIP"]
+    socket.create_connection((target, 7777), 5).close()  # the listener answers
+    probe = f"import socket\ntry:\n    socket.create_connection(({target!r}, 7777), 3).close(); print('open')\n" \
             "except OSError:\n    print('denied')"
-    try:
-        assert make_pod_sandbox(network="bridge").run(probe).text == "open"
-        assert make_pod_sandbox().run(probe).text == "denied"
-    finally:
-        listener.close()
+    assert make_pod_sandbox().run(probe).text == "denied"
 
 
 def test_egress_policy_that_cannot_be_made_refuses_to_start(fake_cluster, make_backend, make_pod_sandbox):
