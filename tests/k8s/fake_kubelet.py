@@ -57,26 +57,32 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def create_deny_egress_network(docker_client: Any, labels: dict[str, str]) -> Any:
+    """An internal Docker network: its containers reach no other network (nor other
+    containers' networks), and the host can still reach them."""
+    name = f"fake-kubelet-deny-egress-{os.getpid()}"
+    return docker_client.networks.create(name, driver="bridge", internal=True, labels=labels)
+
+
 class FakeKubelet:
     """Runs the fake API server's pods on Docker; ``labels`` go on every container."""
 
-    def __init__(self, docker_client: Any, labels: dict[str, str], node_memory: float = 16 * 2**30) -> None:
+    def __init__(self, docker_client: Any, labels: dict[str, str], node_memory: float = 16 * 2**30,
+                 deny_egress_network: str | None = None) -> None:
         self.docker = docker_client
         self.labels = labels
         self.node_memory = node_memory
         self.server: FakeAPIServer | None = None
         self._pods: dict[tuple[str, str], _PodRunner] = {}
         self._lock = threading.Lock()
-        self._deny_network: Any = None
+        self._deny_network = deny_egress_network
 
     def deny_egress_network(self) -> str:
-        """The internal Docker network that stands in for a deny-all-egress NetworkPolicy."""
-        with self._lock:
-            if self._deny_network is None:
-                name = f"fake-kubelet-deny-egress-{os.getpid()}-{id(self):x}"
-                self._deny_network = self.docker.networks.create(
-                    name, driver="bridge", internal=True, labels=self.labels)
-            return self._deny_network.name
+        """The internal Docker network that stands in for a deny-all-egress NetworkPolicy
+        (made by the caller, see :func:`create_deny_egress_network`)."""
+        if self._deny_network is None:
+            raise RuntimeError("this FakeKubelet was given no deny_egress_network")
+        return self._deny_network
 
     def pod_terminating(self, pod: dict[str, Any], grace: float) -> None:
         """Stop ``pod``'s containers (SIGTERM, SIGKILL after ``grace`` s), then let the API
@@ -132,11 +138,6 @@ class FakeKubelet:
             runners, self._pods = list(self._pods.values()), {}
         for runner in runners:
             runner.stop()
-        if self._deny_network is not None:
-            try:
-                self._deny_network.remove()
-            except Exception:  # noqa: BLE001, S110 - best effort
-                pass
 
 
 class _PodRunner:

@@ -10,10 +10,10 @@ import pytest
 
 pytest.importorskip("kubernetes")
 
-from kubernetes import client  # noqa: E402
+from kubernetes import client
 
-from enclave_tools import SandboxConfig, SandboxStartFailed  # noqa: E402
-from enclave_tools.backends.kubernetes import KubernetesBackend, PortForwardEndpoint  # noqa: E402
+from enclave_tools import SandboxConfig, SandboxStartFailed
+from enclave_tools.backends.kubernetes import KubernetesBackend, PortForwardEndpoint
 
 
 @pytest.fixture
