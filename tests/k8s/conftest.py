@@ -40,13 +40,25 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session")
+def deny_egress_network(docker_engine):
+    """One internal Docker network for the session's network-less pods; removed at the end."""
+    from fake_kubelet import create_deny_egress_network
+
+    network = create_deny_egress_network(docker_engine, {RUN_LABEL: RUN_ID})
+    yield network.name
+    for container in docker_engine.containers.list(all=True, filters={"network": network.name}):
+        container.remove(force=True)
+    network.remove()
+
+
 @pytest.fixture
-def fake_cluster(docker_engine, kernel_image):
+def fake_cluster(docker_engine, kernel_image, deny_egress_network):
     """A started FakeAPIServer with a FakeKubelet; every container it made is removed after."""
     from fake_apiserver import FakeAPIServer
     from fake_kubelet import FakeKubelet
 
-    kubelet = FakeKubelet(docker_engine, labels={RUN_LABEL: RUN_ID})
+    kubelet = FakeKubelet(docker_engine, labels={RUN_LABEL: RUN_ID}, deny_egress_network=deny_egress_network)
     server = FakeAPIServer(kubelet).start()
     kubelet.server = server
     yield server
@@ -57,7 +69,7 @@ def fake_cluster(docker_engine, kernel_image):
 @pytest.fixture
 def k8s_config(kernel_image):
     """Sandbox settings for pods: the test image, this run's label, a short startup limit."""
-    return SandboxConfig(image=kernel_image, labels={RUN_LABEL: RUN_ID}, startup_timeout=30)
+    return SandboxConfig(image=kernel_image, labels={RUN_LABEL: RUN_ID}, startup_timeout=90)
 
 
 @pytest.fixture

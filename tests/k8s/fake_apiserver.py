@@ -6,12 +6,19 @@ preconditions that fail with 409, delete with garbage collection of owned secret
 logs, the port-forward websocket (v4.channel.k8s.io), and NetworkPolicy objects (stored,
 never enforced). Tests inject API errors (any status, on any path) and expired watches (410).
 
-A kubelet hook (see ``fake_kubelet.py``) is told about created and deleted pods and
-writes their status back with :meth:`FakeAPIServer.set_status`.
+A kubelet hook (see ``fake_kubelet.py``) is told about created, terminating and deleted
+pods and writes their status back with :meth:`FakeAPIServer.set_status`.
+
+As the real one: a pod delete with a grace period (the query, DeleteOptions, or the pod's
+``terminationGracePeriodSeconds``, default 30) sets ``deletionTimestamp`` and keeps the
+object until the kubelet has stopped the containers; grace 0 removes the object at once
+and the kubelet stops the containers afterwards. Injected failures can lose the answer
+of a request that was served (``after_write``: a 504 after the write). Port-forwards and
+API calls are served concurrently.
 
 Not faked: scheduling (beyond a memory check), admission and PodSecurity, RBAC and
-authentication, quotas, NetworkPolicy enforcement, image pulls, graceful termination,
-strategic-merge list semantics, and the SPDY port-forward protocol.
+authentication, quotas, image pulls, strategic-merge list semantics, and the SPDY
+port-forward protocol (see docs/kubernetes.md for the full list).
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from aiohttp import WSMsgType, web
 
 KINDS = {"pods": "Pod", "secrets": "Secret", "networkpolicies": "NetworkPolicy"}
 HISTORY = 1000
+FORCED_DELETE_NOTICE = 1.0
+"""Seconds before the kubelet stops the containers of a force-deleted pod (object gone)."""
 
 
 class Kubelet(Protocol):
@@ -39,6 +48,8 @@ class Kubelet(Protocol):
     def pod_created(self, pod: dict[str, Any]) -> None: ...
 
     def pod_deleted(self, pod: dict[str, Any]) -> None: ...
+
+    def pod_terminating(self, pod: dict[str, Any], grace: float) -> None: ...
 
     def pod_logs(self, pod: dict[str, Any], tail: int | None) -> str: ...
 
@@ -99,8 +110,19 @@ def _matches_fields(obj: dict[str, Any], selector: str) -> bool:
 
 
 class _Rule:
-    def __init__(self, method: str, pattern: str, status: int, times: int) -> None:
+    def __init__(self, method: str, pattern: str, status: int, times: int, after_write: bool) -> None:
         self.method, self.pattern, self.status, self.times = method.upper(), re.compile(pattern), status, times
+        self.after_write = after_write
+
+
+def _grace(request: web.Request, body: dict[str, Any] | None, pod: dict[str, Any]) -> int:
+    """The grace period of a delete: the query, else DeleteOptions, else the pod's
+    terminationGracePeriodSeconds (default 30), as the API server decides it."""
+    if "gracePeriodSeconds" in request.query:
+        return int(request.query["gracePeriodSeconds"])
+    if body and body.get("gracePeriodSeconds") is not None:
+        return int(body["gracePeriodSeconds"])
+    return int((pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30))
 
 
 class FakeAPIServer:
@@ -123,10 +145,12 @@ class FakeAPIServer:
 
     # -- control from tests ---------------------------------------------------------------
 
-    def fail(self, method: str, path_pattern: str, status: int, times: int = 1) -> None:
-        """Answer the next ``times`` requests matching ``method`` and the regex with ``status``."""
+    def fail(self, method: str, path_pattern: str, status: int, times: int = 1, after_write: bool = False) -> None:
+        """Answer the next ``times`` requests matching ``method`` and the regex with ``status``;
+        with ``after_write``, the request is served first and only its answer is lost (a 504
+        from a proxy or an API server whose etcd write went through)."""
         with self._lock:
-            self._rules.append(_Rule(method, path_pattern, status, times))
+            self._rules.append(_Rule(method, path_pattern, status, times, after_write))
 
     def expire_watches(self, times: int = 1) -> None:
         """The next ``times`` watches end at once with a 410 Gone event."""
@@ -151,6 +175,14 @@ class FakeAPIServer:
             if pod is None:
                 return
             pod["status"] = copy.deepcopy(status)
+            self._changed("MODIFIED", "pods", pod)
+
+    def mark_terminating(self, namespace: str, name: str) -> None:
+        """Set a pod's deletionTimestamp as a node drain or an eviction does, leaving it
+        Running and Ready (its grace period has not run out yet)."""
+        with self._lock:
+            pod = self.objects["pods"][(namespace, name)]
+            pod["metadata"].update(deletionTimestamp=_now(), deletionGracePeriodSeconds=30)
             self._changed("MODIFIED", "pods", pod)
 
     def remove(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -236,8 +268,14 @@ class FakeAPIServer:
             for rule in self._rules:
                 if rule.times and rule.method == request.method and rule.pattern.search(request.path_qs):
                     rule.times -= 1
-                    return _error(rule.status, "InjectedFailure", f"injected failure {rule.status}")
-        return await handler(request)
+                    break
+            else:
+                rule = None
+        if rule is None:
+            return await handler(request)
+        if rule.after_write:
+            await handler(request)
+        return _error(rule.status, "InjectedFailure", f"injected failure {rule.status}")
 
     def _kind(self, request: web.Request) -> str:
         kind = request.match_info["kind"]
@@ -292,13 +330,34 @@ class FakeAPIServer:
             return web.json_response(copy.deepcopy(obj))
 
     async def _delete(self, request: web.Request) -> web.Response:
+        """Delete as the API server does: other kinds go at once; a pod with a grace period
+        gets ``deletionTimestamp`` and stays (Running, maybe Ready) until its kubelet has
+        stopped its containers; grace 0 is a forced delete: the object goes at once and the
+        kubelet stops the containers later, on its own."""
         kind, ns, name = self._kind(request), request.match_info["ns"], request.match_info["name"]
-        obj = self.remove(kind, ns, name)
-        if obj is None:
-            return _error(404, "NotFound", f'{kind} "{name}" not found')
-        if kind == "pods" and self.kubelet is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.kubelet.pod_deleted, obj)
+        raw = await request.read()
+        body = json.loads(raw) if raw.strip() else None
+        with self._lock:
+            obj = self.objects[kind].get((ns, name))
+            if obj is None:
+                return _error(404, "NotFound", f'{kind} "{name}" not found')
+            if kind != "pods":
+                return web.json_response(self.remove(kind, ns, name))
+            grace = _grace(request, body, obj)
+            if grace > 0 and self.kubelet is not None:
+                if not obj["metadata"].get("deletionTimestamp"):
+                    obj["metadata"].update(deletionTimestamp=_now(), deletionGracePeriodSeconds=grace)
+                    self._changed("MODIFIED", kind, obj)
+                    self.kubelet.pod_terminating(copy.deepcopy(obj), grace)
+                return web.json_response(copy.deepcopy(obj))
+            obj = self.remove(kind, ns, name)
+        if self.kubelet is not None:
+            threading.Thread(target=self.kubelet.pod_deleted, args=(obj, FORCED_DELETE_NOTICE), daemon=True).start()
         return web.json_response(obj)
+
+    def terminated(self, namespace: str, name: str) -> None:
+        """The kubelet stopped a terminating pod's containers: the object goes now."""
+        self.remove("pods", namespace, name)
 
     async def _list_or_watch(self, request: web.Request) -> web.StreamResponse:
         kind = self._kind(request)

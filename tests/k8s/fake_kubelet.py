@@ -9,9 +9,22 @@ they share with the pod are host directories, the others sized tmpfs), the first
 image gives ErrImagePull, then ImagePullBackOff), env (values and secretKeyRef), secret
 volumes (as read-only files, group-owned by fsGroup),
 runAsUser/runAsGroup, dropped capabilities, allowPrivilegeEscalation, readOnlyRootFilesystem,
-memory and CPU limits, workingDir, shareProcessNamespace (as Docker's --init: a reaping PID 1). A memory request above ``node_memory`` leaves the pod
-Unschedulable. It ignores runtimeClassName, nodeSelector, tolerations and probes other
-than tcpSocket.
+memory and CPU limits, workingDir, shareProcessNamespace (as Docker's --init: a reaping PID 1).
+
+Behaviours of a real kubelet and cluster it reproduces:
+
+* a memory request above ``node_memory`` leaves the pod Pending with PodScheduled=False,
+  reason Unschedulable, until ``node_memory`` grows (a node added by an autoscaler);
+* ``medium: Memory`` emptyDirs are tmpfs sized min(sizeLimit, the memory limit): a full
+  one is ENOSPC; disk emptyDirs are host directories with no size of their own, and a
+  pod whose disk emptyDir holds more than its ``sizeLimit`` is evicted (phase Failed,
+  reason Evicted), as the kubelet's eviction manager does;
+* a pod selected by a NetworkPolicy with policyTypes Egress and no egress rule runs on an
+  internal Docker network: it can be reached from the host, but reaches nothing itself;
+* graceful deletion: the containers get SIGTERM, then SIGKILL after the grace period,
+  and only then is the pod object removed; a forced delete (grace 0) stops them later.
+
+It ignores runtimeClassName, nodeSelector, tolerations and probes other than tcpSocket.
 """
 
 from __future__ import annotations
@@ -27,7 +40,7 @@ from typing import Any
 
 from fake_apiserver import FakeAPIServer
 
-UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 10**3, "M": 10**6, "G": 10**9}
+UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ei": 2**60, "k": 10**3, "M": 10**6, "G": 10**9}
 
 
 def parse_quantity(text: str) -> float:
@@ -44,16 +57,46 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def create_deny_egress_network(docker_client: Any, labels: dict[str, str]) -> Any:
+    """An internal Docker network: its containers reach no other network (nor other
+    containers' networks), and the host can still reach them."""
+    name = f"fake-kubelet-deny-egress-{os.getpid()}"
+    return docker_client.networks.create(name, driver="bridge", internal=True, labels=labels)
+
+
 class FakeKubelet:
     """Runs the fake API server's pods on Docker; ``labels`` go on every container."""
 
-    def __init__(self, docker_client: Any, labels: dict[str, str], node_memory: float = 16 * 2**30) -> None:
+    def __init__(self, docker_client: Any, labels: dict[str, str], node_memory: float = 16 * 2**30,
+                 deny_egress_network: str | None = None) -> None:
         self.docker = docker_client
         self.labels = labels
         self.node_memory = node_memory
         self.server: FakeAPIServer | None = None
         self._pods: dict[tuple[str, str], _PodRunner] = {}
         self._lock = threading.Lock()
+        self._deny_network = deny_egress_network
+
+    def deny_egress_network(self) -> str:
+        """The internal Docker network that stands in for a deny-all-egress NetworkPolicy
+        (made by the caller, see :func:`create_deny_egress_network`)."""
+        if self._deny_network is None:
+            raise RuntimeError("this FakeKubelet was given no deny_egress_network")
+        return self._deny_network
+
+    def pod_terminating(self, pod: dict[str, Any], grace: float) -> None:
+        """Stop ``pod``'s containers (SIGTERM, SIGKILL after ``grace`` s), then let the API
+        server remove the object."""
+        key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
+
+        def terminate() -> None:
+            with self._lock:
+                runner = self._pods.pop(key, None)
+            if runner is not None:
+                runner.stop(grace)
+            self.server.terminated(*key)
+
+        threading.Thread(target=terminate, name=f"kubelet-terminate-{key[1]}", daemon=True).start()
 
     def pod_created(self, pod: dict[str, Any]) -> None:
         """Start running ``pod`` in the background."""
@@ -62,8 +105,11 @@ class FakeKubelet:
             self._pods[runner.key] = runner
         runner.start()
 
-    def pod_deleted(self, pod: dict[str, Any]) -> None:
-        """Stop and remove ``pod``'s container."""
+    def pod_deleted(self, pod: dict[str, Any], notice: float = 0) -> None:
+        """Stop and remove ``pod``'s container, after ``notice`` seconds (a real kubelet
+        learns of a forced delete on its next sync, after the object is gone)."""
+        if notice:
+            time.sleep(notice)
         key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
         with self._lock:
             runner = self._pods.pop(key, None)
@@ -113,9 +159,14 @@ class _PodRunner:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 0) -> None:
         self._stopped.set()
         self._thread.join(30)
+        if grace and self.container is not None:
+            try:
+                self.container.stop(timeout=int(grace))
+            except Exception:  # noqa: BLE001, S110 - already stopped
+                pass
         self._remove_container()
 
     # -- status --------------------------------------------------------------------------
@@ -150,11 +201,17 @@ class _PodRunner:
             self._write(phase="Failed", reason="FakeKubeletError", message=str(exc))
 
     def _schedule(self) -> bool:
+        """Bind the pod once it fits the node; until then it stays Pending, Unschedulable."""
         requests = self.pod["spec"]["containers"][0].get("resources", {}).get("requests", {})
-        if parse_quantity(requests.get("memory", "0")) > self.kubelet.node_memory:
-            self._condition("PodScheduled", False, "Unschedulable", "0/1 nodes are available: 1 Insufficient memory.")
-            self._write()
-            return False
+        told = False
+        while parse_quantity(requests.get("memory", "0")) > self.kubelet.node_memory:
+            if not told:
+                self._condition("PodScheduled", False, "Unschedulable",
+                                "0/1 nodes are available: 1 Insufficient memory.")
+                self._write()
+                told = True
+            if self._stopped.wait(0.2):
+                return False
         self._condition("PodScheduled", True)
         self._container_state({"waiting": {"reason": "ContainerCreating"}})
         self._write()
@@ -188,7 +245,8 @@ class _PodRunner:
             return False
         self.container.start()
         self.container.reload()
-        ip = self.container.attrs["NetworkSettings"]["IPAddress"]
+        networks = self.container.attrs["NetworkSettings"]["Networks"]
+        ip = next(n["IPAddress"] for n in networks.values() if n.get("IPAddress"))
         self.started = time.monotonic()
         self._container_state({"running": {"startedAt": _now()}})
         self._write(phase="Running", podIP=ip, podIPs=[{"ip": ip}], startTime=_now())
@@ -227,6 +285,8 @@ class _PodRunner:
             ref = (var.get("valueFrom") or {}).get("secretKeyRef")
             env[var["name"]] = self._secret_value(ref["name"], ref["key"]) if ref else var.get("value", "")
         volumes, tmpfs, shm = {}, {}, None
+        limits = (container.get("resources") or {}).get("limits") or {}
+        memory_limit = parse_quantity(limits.get("memory") or "1Ei")
         sources = {v["name"]: v for v in spec.get("volumes") or []}
         for mount in container.get("volumeMounts") or []:
             source = sources[mount["name"]]
@@ -237,19 +297,21 @@ class _PodRunner:
                 volumes[path] = {"bind": mount["mountPath"], "mode": "ro"}
             elif "emptyDir" in source and self._shared_with_init(mount["name"]):
                 volumes[self._empty_dir(mount["name"])] = {"bind": mount["mountPath"], "mode": "rw"}
+            elif "emptyDir" in source and source["emptyDir"].get("medium") != "Memory":
+                # A disk emptyDir: no size of its own; the eviction check watches its usage.
+                volumes[self._empty_dir(mount["name"])] = {"bind": mount["mountPath"], "mode": "rw"}
             elif "emptyDir" in source:
-                size = source["emptyDir"].get("sizeLimit")
+                # tmpfs sized min(sizeLimit, the memory limit), as SizeMemoryBackedVolumes does.
+                size = min(parse_quantity(source["emptyDir"].get("sizeLimit") or "1Ei"), memory_limit)
                 if mount["mountPath"] == "/dev/shm":
-                    shm = size and int(parse_quantity(size))
+                    shm = int(size)
                     continue
                 owner = f",uid={uid},gid={pod_ctx.get('fsGroup', gid)}" if uid is not None else ""
-                tmpfs[mount["mountPath"]] = f"rw,exec,mode=1777{owner}" + (
-                    f",size={int(parse_quantity(size))}" if size else "")
-        limits = (container.get("resources") or {}).get("limits") or {}
+                tmpfs[mount["mountPath"]] = f"rw,exec,mode=1777{owner},size={int(size)}"
         kwargs: dict[str, Any] = {
             "detach": True, "hostname": spec.get("hostname") or self.key[1], "environment": env, "tmpfs": tmpfs,
             "volumes": volumes, "labels": {**self.kubelet.labels, "io.enclave-tools.fake-pod": "/".join(self.key)},
-            "network": "bridge", "working_dir": container.get("workingDir"),
+            "network": self._network(), "working_dir": container.get("workingDir"),
             "read_only": bool(ctx.get("readOnlyRootFilesystem")),
             "cap_drop": (ctx.get("capabilities") or {}).get("drop") or None,
             "security_opt": ["no-new-privileges"] if ctx.get("allowPrivilegeEscalation") is False else None,
@@ -265,6 +327,18 @@ class _PodRunner:
         if "cpu" in limits:
             kwargs["nano_cpus"] = int(parse_quantity(limits["cpu"]) * 1e9)
         return kwargs
+
+    def _network(self) -> str:
+        """The default bridge, or the internal network if a NetworkPolicy denies all egress."""
+        labels = self.pod["metadata"].get("labels") or {}
+        for policy in self.server.list("networkpolicies"):
+            spec = policy.get("spec") or {}
+            selector = (spec.get("podSelector") or {}).get("matchLabels") or {}
+            same_namespace = policy["metadata"].get("namespace") == self.key[0]
+            if (same_namespace and all(labels.get(k) == v for k, v in selector.items())
+                    and "Egress" in (spec.get("policyTypes") or []) and not spec.get("egress")):
+                return self.kubelet.deny_egress_network()
+        return "bridge"
 
     def _shared_with_init(self, volume: str) -> bool:
         inits = self.pod["spec"].get("initContainers") or []
@@ -336,6 +410,13 @@ class _PodRunner:
                 self._write(phase="Failed", reason="DeadlineExceeded",
                             message="Pod was active on the node longer than the specified deadline")
                 return
+            over = self._empty_dir_over_limit()
+            if over:
+                self._kill()
+                self._container_state({"terminated": {"exitCode": 137, "reason": "Error", "finishedAt": _now()}})
+                self._condition("Ready", False, "PodFailed")
+                self._write(phase="Failed", reason="Evicted", message=over)
+                return
             self.container.reload()
             state = self.container.attrs["State"]
             if not state["Running"]:
@@ -353,6 +434,24 @@ class _PodRunner:
                 self._condition("ContainersReady", True)
                 self._condition("Ready", True)
                 self._write()
+
+    def _empty_dir_over_limit(self) -> str:
+        """The eviction message if a disk emptyDir holds more than its sizeLimit, else ''."""
+        for volume in self.pod["spec"].get("volumes") or []:
+            source = volume.get("emptyDir")
+            path = self._empty_dirs.get(volume["name"])
+            if source is None or source.get("medium") == "Memory" or not source.get("sizeLimit") or path is None:
+                continue
+            used = 0
+            for root, _, files in os.walk(path):
+                for file in files:
+                    try:
+                        used += os.lstat(os.path.join(root, file)).st_blocks * 512
+                    except OSError:
+                        pass
+            if used > parse_quantity(source["sizeLimit"]):
+                return f'Usage of EmptyDir volume "{volume["name"]}" exceeds the limit "{source["sizeLimit"]}". '
+        return ""
 
     def _port_open(self, port: int) -> bool:
         try:

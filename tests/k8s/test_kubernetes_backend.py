@@ -10,6 +10,7 @@ from conftest import NAMESPACE
 
 from enclave_tools import SandboxConfig, SandboxDied, SandboxStartFailed
 from enclave_tools.backends.kubernetes import MANAGED_BY, POOL, SANDBOX, pod_manifest
+from enclave_tools.backends.kubernetes.manifests import SAFE_TO_EVICT
 
 pytestmark = pytest.mark.docker
 
@@ -66,8 +67,8 @@ def test_sandbox_in_a_pod_keeps_state(fake_cluster, make_pod_sandbox):
     seen = sb.run("import os; os.listdir('/run/enclave'), os.path.exists('/run/enclave-secret')")
     assert seen.text == "([], False)"
     assert fake_cluster.get("secrets", NAMESPACE, sb.container_id) is not None
-    sb.close()
-    assert fake_cluster.get("pods", NAMESPACE, pod["metadata"]["name"]) is None
+    sb.close()  # a graceful delete: the pod goes once its containers have stopped
+    assert _wait_for(lambda: fake_cluster.get("pods", NAMESPACE, pod["metadata"]["name"]) is None)
     assert fake_cluster.get("secrets", NAMESPACE, pod["metadata"]["name"]) is None
 
 
@@ -121,16 +122,16 @@ def test_gateway_killed_in_the_pod(fake_cluster, make_pod_sandbox):
 
 
 def test_deadline_stops_the_pod_and_the_reaper_removes_it(fake_cluster, make_backend, make_pod_sandbox):
-    backend = make_backend(max_lifetime=6)
+    backend = make_backend(max_lifetime=20)
     sb = make_pod_sandbox(backend)
     sb.run("c = 1")
     name = sb.container_id
-    assert _wait_for(lambda: fake_cluster.get("pods", NAMESPACE, name)["status"]["phase"] == "Failed")
+    assert _wait_for(lambda: fake_cluster.get("pods", NAMESPACE, name)["status"]["phase"] == "Failed", 60)
     assert fake_cluster.get("pods", NAMESPACE, name)["status"]["reason"] == "DeadlineExceeded"
     with pytest.raises(SandboxDied, match="time limit"):
         sb.run("c")
     assert backend.reap_orphans() == 0  # the Sandbox already removed it; nothing is left over
-    assert fake_cluster.get("pods", NAMESPACE, name) is None
+    assert _wait_for(lambda: fake_cluster.get("pods", NAMESPACE, name) is None)
 
 
 def test_reaper_removes_pods_of_a_crashed_client(fake_cluster, make_backend, k8s_config):
@@ -141,21 +142,51 @@ def test_reaper_removes_pods_of_a_crashed_client(fake_cluster, make_backend, k8s
         fake_cluster.objects["pods"][(NAMESPACE, name)]["metadata"]["annotations"][
             "io.enclave-tools/owner-pid"] = "999999999"
     assert make_backend().reap_orphans() == 1
-    assert not _pods(fake_cluster, f"{SANDBOX}=orphan1")
+    assert _wait_for(lambda: not _pods(fake_cluster, f"{SANDBOX}=orphan1"))
 
 
 def test_image_that_cannot_be_pulled(make_pod_sandbox, fake_cluster):
     sb = make_pod_sandbox(image="registry.invalid/nothing:1")
     with pytest.raises(SandboxStartFailed, match="could not be pulled"):
         sb.start()
-    assert not _pods(fake_cluster)  # the failed pod was deleted
+    assert _wait_for(lambda: not _pods(fake_cluster))  # the failed pod was deleted
 
 
-def test_unschedulable_pod(make_pod_sandbox, fake_cluster):
-    sb = make_pod_sandbox(memory="100g")
-    with pytest.raises(SandboxStartFailed, match="cannot be scheduled.*Insufficient memory"):
+def test_unschedulable_pod_is_waited_for_until_a_node_comes(make_pod_sandbox, fake_cluster):
+    """Unschedulable is what makes a cluster autoscaler add a node: the start waits."""
+    kubelet, roomy = fake_cluster.kubelet, fake_cluster.kubelet.node_memory
+    kubelet.node_memory = 2**20  # the node is full
+    sb = make_pod_sandbox()
+    outcome = []
+    starter = threading.Thread(target=lambda: outcome.append(_outcome(sb.start)), daemon=True)
+    starter.start()
+
+    def waiting_for_a_node():
+        pods = _pods(fake_cluster)
+        conditions = pods[0]["status"].get("conditions", []) if pods else []
+        return any(c.get("reason") == "Unschedulable" for c in conditions)
+
+    assert _wait_for(waiting_for_a_node)
+    assert not outcome  # still waiting, not failed
+    kubelet.node_memory = roomy  # the autoscaler added a node
+    starter.join(60)
+    assert outcome == [None]
+    assert sb.run("'scheduled'").text == "'scheduled'"
+
+
+def test_unschedulable_until_the_timeout_says_why(make_pod_sandbox, fake_cluster):
+    sb = make_pod_sandbox(memory="100g", startup_timeout=3)
+    with pytest.raises(SandboxStartFailed, match="could not be scheduled.*Insufficient memory.*autoscaler"):
         sb.start()
-    assert not _pods(fake_cluster)
+    assert _wait_for(lambda: not _pods(fake_cluster))
+
+
+def _outcome(call):
+    try:
+        call()
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        return exc
+    return None
 
 
 def test_api_errors_500_and_410_are_survived(fake_cluster, make_pod_sandbox):
@@ -213,8 +244,142 @@ def test_warm_pool_start_claims_a_ready_pod(fake_cluster, make_backend, make_pod
     backend.drain_pool()
 
 
+def test_pool_pods_are_safe_to_evict_until_claimed(fake_cluster, make_backend, k8s_config):
+    backend = make_backend(pool_size=1)
+    backend.fill_pool(k8s_config)
+    idle = _pods(fake_cluster, f"{POOL}=idle")[0]
+    assert idle["metadata"]["annotations"][SAFE_TO_EVICT] == "true"
+    claimed = backend.try_claim(idle, "s1")
+    assert claimed["metadata"]["annotations"][SAFE_TO_EVICT] == "false"
+
+
+def test_a_pool_pod_being_deleted_is_not_claimed(fake_cluster, make_backend, make_pod_sandbox, k8s_config):
+    """A node drain leaves a pod Running and Ready with a deletionTimestamp: never claim it."""
+    backend = make_backend(pool_size=1)
+    backend.fill_pool(k8s_config)
+    warm = _pods(fake_cluster, f"{POOL}=idle")[0]["metadata"]["name"]
+    assert _wait_for(lambda: any(c["type"] == "Ready" and c["status"] == "True" for c in
+                                 fake_cluster.get("pods", NAMESPACE, warm)["status"].get("conditions", [])))
+    fake_cluster.mark_terminating(NAMESPACE, warm)
+    assert backend._claim(k8s_config, "s1") is None
+    sb = make_pod_sandbox(backend)
+    assert sb.run("'cold'").text == "'cold'"
+    assert sb.container_id != warm
+
+
+def test_close_deletes_gracefully(fake_cluster, make_pod_sandbox, docker_engine):
+    """When the pod object is gone, its containers are gone too (a forced delete, grace 0,
+    removes the object first and leaves the containers running for a while)."""
+    sb = make_pod_sandbox()
+    sb.run("1")
+    name = sb.container_id
+    sb.close()
+    assert any(m == "DELETE" and f"/pods/{name}?" in p and "gracePeriodSeconds=2" in p
+               for m, p in fake_cluster.requests)
+    assert _wait_for(lambda: fake_cluster.get("pods", NAMESPACE, name) is None, 30)
+    running = docker_engine.containers.list(filters={"label": f"io.enclave-tools.fake-pod={NAMESPACE}/{name}"})
+    assert running == []
+
+
+def test_create_whose_answer_was_lost_is_not_a_conflict(fake_cluster, make_pod_sandbox):
+    """A 504 after the write: the retry gets 409 for the object it made itself."""
+    fake_cluster.fail("POST", "/secrets$", 504, after_write=True)
+    fake_cluster.fail("POST", "/pods$", 504, after_write=True)
+    sb = make_pod_sandbox()
+    assert sb.run("'once'").text == "'once'"
+    assert len(_pods(fake_cluster)) == 1
+
+
+def test_port_forwards_and_api_calls_at_once(fake_cluster, make_backend, make_pod_sandbox):
+    """kubernetes.stream patches the client it is given: each forward needs its own."""
+    backend = make_backend(connect="port_forward")
+    sb = make_pod_sandbox(backend)
+    sb.run("1")
+    errors = []
+
+    def forward():
+        for _ in range(10):
+            try:
+                sb.handle.endpoint.connect(10).close()
+            except Exception as exc:  # noqa: BLE001 - collected for the assert
+                errors.append(exc)
+
+    def poll():
+        for _ in range(60):
+            try:
+                assert backend.state(sb.handle).running
+                backend.api.list_namespaced_pod(NAMESPACE, _request_timeout=10)
+            except Exception as exc:  # noqa: BLE001 - collected for the assert
+                errors.append(exc)
+
+    threads = [threading.Thread(target=forward) for _ in range(3)] + [threading.Thread(target=poll)]
+    [t.start() for t in threads]
+    [t.join(120) for t in threads]
+    assert errors == []
+    assert "call_api" not in vars(backend.kube.client)  # the shared client was never patched
+    assert sb.run("'still'").text == "'still'"
+
+
+def test_full_workspace_is_enospc_as_on_docker(make_pod_sandbox):
+    sb = make_pod_sandbox(workspace_size="16m")
+    filled = sb.run("open('big', 'wb').write(b'x' * (40 * 2**20))")
+    assert filled.status == "error" and filled.error.name == "OSError" and "No space left" in filled.text
+    assert sb.run("import os; os.remove('big'); 'alive'").text == "'alive'"
+
+
+def test_disk_emptydir_over_its_limit_evicts_the_pod(make_pod_sandbox, monkeypatch):
+    """Why scratch volumes are memory-backed: a disk emptyDir over its sizeLimit evicts the pod."""
+    from enclave_tools.backends.kubernetes import backend as module
+
+    def with_disk_workspace(*args, **kwargs):
+        pod = pod_manifest(*args, **kwargs)
+        for volume in pod["spec"]["volumes"]:
+            if volume["name"] == "workspace":
+                volume["emptyDir"].pop("medium")
+        return pod
+
+    monkeypatch.setattr(module, "pod_manifest", with_disk_workspace)
+    sb = make_pod_sandbox(workspace_size="8m")
+    sb.run("open('big', 'wb').write(b'x' * (20 * 2**20))")
+    sb._backend.wait_stopped(sb.handle, 30)
+    with pytest.raises(SandboxDied, match="evicted.*workspace"):
+        sb.run("1")
+
+
+def test_network_none_denies_egress(fake_cluster, make_pod_sandbox):
+    """The default makes the deny-egress policy, and the fake kubelet enforces it: a
+    network-less pod cannot reach another pod that listens (and the host can)."""
+    import socket
+
+    listening = make_pod_sandbox(network="bridge")
+    listening.run("import socket; server = socket.create_server(('0.0.0.0', 7777))")
+    target = fake_cluster.get("pods", NAMESPACE, listening.container_id)["status"]["podIP"]
+    socket.create_connection((target, 7777), 5).close()  # the listener answers
+    probe = f"import socket\ntry:\n    socket.create_connection(({target!r}, 7777), 3).close(); print('open')\n" \
+            "except OSError:\n    print('denied')"
+    assert make_pod_sandbox().run(probe).text == "denied"
+
+
+def test_egress_policy_that_cannot_be_made_refuses_to_start(fake_cluster, make_backend, make_pod_sandbox):
+    fake_cluster.fail("POST", "/networkpolicies$", 403)
+    with pytest.raises(SandboxStartFailed, match="network='none' cannot be enforced.*403.*networkpolicy.yaml"):
+        make_pod_sandbox(make_backend()).start()
+    with pytest.raises(SandboxStartFailed, match="is missing"):
+        make_pod_sandbox(make_backend(network_policy="require")).start()
+    with pytest.warns(RuntimeWarning, match="NOT enforced"):
+        make_pod_sandbox(make_backend(network_policy="off")).start()
+
+
+def test_config_a_pod_cannot_honour_is_refused(fake_cluster, make_pod_sandbox):
+    for overrides, why in [({"network": "my-docker-net"}, "Docker network"), ({"runtime": "runsc"}, "runtime_class"),
+                           ({"pids_limit": 100}, "podPidsLimit"), ({"transport": "unix"}, "unix")]:
+        with pytest.raises(SandboxStartFailed, match=why):
+            make_pod_sandbox(**overrides).start()
+    assert not _pods(fake_cluster)
+
+
 def test_network_policy_is_created_once(fake_cluster, make_backend, make_pod_sandbox):
-    backend = make_backend(network_policy=True)
+    backend = make_backend()  # the default: network="none" makes sure the policy exists
     make_pod_sandbox(backend).start()
     make_pod_sandbox(backend).start()
     policies = fake_cluster.list("networkpolicies")

@@ -23,12 +23,12 @@ How the host reaches the gateway (``connect``):
   ``name``, ``namespace``, ``pod_ip``, ``sandbox_id``);
 * ``"auto"`` (default): ``"pod_ip"`` inside a cluster, ``"port_forward"`` outside.
 
-Exception tree mapping: a pod that cannot start (image pull errors, unschedulable, a failed
-container) raises :class:`SandboxStartFailed`; a pod deleted or past its deadline is reported
+Exception tree mapping: a pod that cannot start (image pull errors, a failed container, a
+pod still unschedulable when ``startup_timeout`` expires, a config a pod cannot honour) raises :class:`SandboxStartFailed`; a pod deleted or past its deadline is reported
 "not running", so the Sandbox raises :class:`SandboxDied` as it does on Docker.
 """
 
-from enclave_tools.backends.kubernetes.backend import KubernetesBackend
+from enclave_tools.backends.kubernetes.backend import KubernetesBackend, unsupported
 from enclave_tools.backends.kubernetes.manifests import (
     EGRESS,
     MANAGED_BY,
@@ -59,4 +59,5 @@ __all__ = [
     "pod_manifest",
     "pod_state",
     "quantity",
+    "unsupported",
 ]

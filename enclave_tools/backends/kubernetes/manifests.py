@@ -25,11 +25,16 @@ EXPIRES = PREFIX + "expires-at"
 OWNER_HOST = PREFIX + "owner-host"
 OWNER_PID = PREFIX + "owner-pid"
 OWNER_START = PREFIX + "owner-start"
+CREATE_ID = PREFIX + "create-id"
+SAFE_TO_EVICT = "cluster-autoscaler.kubernetes.io/safe-to-evict"
 GATEWAY_PORT = 8888
 SANDBOX_UID = 10001
 TOKEN_DIR = "/run/enclave"
 SECRET_DIR = "/run/enclave-secret"
 NETWORK_POLICY = "enclave-tools-deny-egress"
+DELETE_GRACE = 2
+"""Seconds a deleted pod's containers get to stop (a forced delete, grace 0, lets the
+object go before the kubelet has killed them)."""
 
 
 def quantity(size: str) -> str:
@@ -84,8 +89,12 @@ def pod_manifest(
         *({"name": key, "value": value} for key, value in config.env.items()),
     ]
 
-    def scratch(name: str, size: str, **more: str) -> dict[str, Any]:
-        return {"name": name, "emptyDir": {"sizeLimit": quantity(size), **more}}
+    def scratch(name: str, size: str) -> dict[str, Any]:
+        # Memory-backed, as Docker's tmpfs: a full volume is ENOSPC for the code that writes,
+        # and its pages count to the pod's memory limit. A disk emptyDir over its sizeLimit
+        # makes the kubelet evict the whole pod instead. The kubelet sizes the tmpfs to
+        # min(sizeLimit, the pod's memory limit) (SizeMemoryBackedVolumes, on since 1.22).
+        return {"name": name, "emptyDir": {"sizeLimit": quantity(size), "medium": "Memory"}}
 
     hardened = {
         "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
@@ -95,6 +104,7 @@ def pod_manifest(
 
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": DELETE_GRACE,
         "activeDeadlineSeconds": max_lifetime,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -143,11 +153,11 @@ def pod_manifest(
         }],
         "volumes": [
             {"name": "token-secret", "secret": {"secretName": secret, "defaultMode": 0o440}},
-            scratch("token", "1m", medium="Memory"),
+            scratch("token", "1m"),
             scratch("tmp", config.tmp_size),
             scratch("home", "64m"),
             scratch("workspace", config.workspace_size),
-            scratch("shm", config.shm_size, medium="Memory"),
+            scratch("shm", config.shm_size),
         ],
     }
     if runtime_class:

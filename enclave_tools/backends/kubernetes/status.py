@@ -34,6 +34,10 @@ class PodState(ContainerState):
             return "its pod was deleted"
         if self.running:
             return "its pod is running"
+        if self.reason == "Evicted":
+            return f"its pod was evicted by the kubelet ({self.error or 'no reason given'})"
+        if self.reason == "Terminating":
+            return "its pod is being deleted"
         if self.reason == "DeadlineExceeded":
             return "its pod reached its time limit (activeDeadlineSeconds) and was stopped"
         if self.oom_killed:
@@ -53,6 +57,22 @@ def _ready(pod: dict[str, Any]) -> bool:
 
 def _terminal(pod: dict[str, Any]) -> bool:
     return (pod.get("status") or {}).get("phase") in ("Failed", "Succeeded")
+
+
+def terminating(pod: dict[str, Any]) -> bool:
+    """Whether the pod is being deleted (``deletionTimestamp`` set: a delete, a node drain,
+    an eviction). It may still be Running and Ready for its grace period."""
+    return bool(pod["metadata"].get("deletionTimestamp"))
+
+
+def unschedulable(pod: dict[str, Any]) -> str | None:
+    """The scheduler's message if the pod is waiting for a node (PodScheduled=False,
+    reason Unschedulable), else None. This is what makes a cluster autoscaler add a node,
+    so it is a reason to wait, not to give up."""
+    scheduled = _conditions(pod).get("PodScheduled", {})
+    if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+        return scheduled.get("message") or "no node fits the pod"
+    return None
 
 
 def _container_status(pod: dict[str, Any]) -> dict[str, Any]:
@@ -78,9 +98,8 @@ def _check_start(pod: dict[str, Any]) -> bool:
             raise SandboxStartFailed(
                 f"pod {name} cannot start: its container {container.get('name')!r} exited with code {code}"
             )
-    scheduled = _conditions(pod).get("PodScheduled", {})
-    if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
-        raise SandboxStartFailed(f"pod {name} cannot be scheduled: {scheduled.get('message', '')}")
+    if terminating(pod):
+        raise SandboxStartFailed(f"pod {name} is being deleted while starting (a drain, an eviction or a delete)")
     if _terminal(pod):
         raise SandboxStartFailed(f"pod {name} stopped while starting: {pod_state(pod).describe()}")
     return False
@@ -88,6 +107,10 @@ def _check_start(pod: dict[str, Any]) -> bool:
 
 def _pending_reason(pod: dict[str, Any]) -> str:
     status = pod.get("status") or {}
+    waiting_for_node = unschedulable(pod)
+    if waiting_for_node:
+        return (f"it could not be scheduled: {waiting_for_node}; a cluster autoscaler may still "
+                "be adding a node: raise startup_timeout, or free or add capacity")
     waiting = (_container_status(pod).get("state") or {}).get("waiting") or {}
     return waiting.get("reason") or status.get("reason") or f"phase {status.get('phase', 'unknown')}"
 
@@ -96,8 +119,10 @@ def pod_state(pod: dict[str, Any]) -> PodState:
     """A pod's status as a PodState."""
     status = pod.get("status") or {}
     running_container = "running" in (_container_status(pod).get("state") or {})
-    if status.get("phase") == "Running" and running_container and not pod["metadata"].get("deletionTimestamp"):
+    if status.get("phase") == "Running" and running_container and not terminating(pod):
         return PodState(running=True, exists=True)
+    if terminating(pod) and not _terminal(pod):
+        return PodState(running=False, exists=True, reason="Terminating")
     terminated = (_container_status(pod).get("state") or {}).get("terminated") or {}
     return PodState(
         running=False, exists=True, exit_code=terminated.get("exitCode"),
