@@ -540,9 +540,7 @@ class Sandbox:
             self._wait_ready(handle, http)
             kernel = KernelClient(http)
             kernel.start(timeout=self.config.startup_timeout)
-            ready = getattr(self._backend, "ready", None)
-            if ready is not None:
-                ready(handle, self.config)
+            self._backend.ready(handle, self.config)
             self._keep_alive_started(handle, kernel)
             with self._lock:
                 if self._closed:
@@ -594,7 +592,7 @@ class Sandbox:
             handle, kernel, http = self._handle, self._kernel, self._http
             self._handle = self._kernel = self._http = None
         if kernel is not None:
-            if getattr(self._backend, "owns_gateway", True):
+            if self._backend.owns_gateway:
                 kernel.disconnect()  # the gateway goes with its container
             else:
                 kernel.shutdown(timeout=5)  # the gateway outlives us: delete our kernel
@@ -872,7 +870,7 @@ class Sandbox:
         :class:`~enclave_tools.errors.SandboxAccessDenied` if it is another user's.
         Docker backend only for now."""
         backend = backend or DockerBackend()
-        if not hasattr(backend, "attach"):
+        if not backend.can_attach:
             raise SandboxStartFailed(
                 f"Sandbox.connect is not available for the {backend.name} backend yet (Docker only); "
                 "create a new Sandbox there instead"
@@ -1000,7 +998,7 @@ class Sandbox:
         """Record a kept-alive sandbox (before any user code runs) and attach this process."""
         if self.config.keep_alive is None:
             return
-        if not hasattr(self._backend, "attach"):
+        if not self._backend.can_attach:
             raise SandboxStartFailed(
                 f"keep_alive is not available for the {self._backend.name} backend yet (Docker only)"
             )

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from enclave_tools.backends.base import SandboxHandle
+from enclave_tools.backends.base import Backend, SandboxHandle
 from enclave_tools.backends.kubernetes.manifests import (
     EGRESS,
     EXPIRES,
@@ -64,7 +64,7 @@ def _k8s() -> Any:
     return kubernetes
 
 
-class KubernetesBackend:
+class KubernetesBackend(Backend):
     """Runs each sandbox in its own pod (see the module docstring).
 
     ``api_client`` (a ``kubernetes.client.ApiClient``) or ``context`` (a kubeconfig context)
