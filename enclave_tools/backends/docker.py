@@ -37,7 +37,13 @@ from enclave_tools.backends.base import (
 )
 from enclave_tools.backends.owner import Owner, OwnerCheck
 from enclave_tools.config import SandboxConfig
-from enclave_tools.errors import DockerUnavailable, EnclaveError, GatewayError, SandboxGone, SandboxStartFailed
+from enclave_tools.errors import (
+    DockerUnavailable,
+    EnclaveError,
+    GatewayError,
+    SandboxGone,
+    SandboxStartFailed,
+)
 from enclave_tools.image import ensure_image
 from enclave_tools.transport import Endpoint
 
