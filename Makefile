@@ -9,13 +9,14 @@ DISTS  := -e . $(foreach a,$(ADAPTERS),-e $(a))
 # Each distribution's tests run from its own directory (each has its own conftest).
 JUNIT  ?= build/junit
 
-.PHONY: help venv image bootstrap-tool demo test test-gvisor unit bench clean
+.PHONY: help venv image bootstrap-tool demo test test-gvisor unit test-adapters-lowest bench clean
 
 help:
 	@echo "make demo    run the demo (creates the venv and builds the image if needed)"
 	@echo "make test    every test, real Docker included"
 	@echo "make test-gvisor  the tests marked gvisor, every sandbox on runsc (deploy/gvisor/register-runsc.sh)"
 	@echo "make unit    the tests that need no Docker"
+	@echo "make test-adapters-lowest  the adapters' unit tests at their oldest supported versions"
 	@echo "make image   build the kernel image if it is missing"
 	@echo "make bench   benchmarks (prints a table, writes bench/results/)"
 
@@ -80,6 +81,19 @@ test-gvisor: image
 unit: venv
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 	@set -e; for a in $(ADAPTERS); do (cd $$a && $(CURDIR)/$(BIN)/pytest tests/unit_tests $(PYTEST_ARGS)); done
+
+# The adapters' unit tests (no Docker) at the oldest versions each supports: a throwaway
+# venv per adapter with the pins of its lowest.txt (its framework's lower bound, and test
+# dependencies from the same time).
+LOWEST := build/lowest
+test-adapters-lowest:
+	@set -e; for a in $(ADAPTERS); do \
+	  env=$(LOWEST)/$$(basename $$a); rm -rf $$env; \
+	  $(PYTHON) -m venv $$env; \
+	  $$env/bin/pip install --quiet -e . -e $$a -r $$a/lowest.txt; \
+	  echo "== $$a at its lowest versions"; \
+	  (cd $$a && $(CURDIR)/$$env/bin/pytest tests/unit_tests -p no:cacheprovider $(PYTEST_ARGS)); \
+	done
 
 bench: image
 	$(BIN)/python bench/run.py

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import codeop
+import signal
 import sys
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
+from enclave_tools import __version__
 from enclave_tools.errors import EnclaveError
 from enclave_tools.execution import for_model
 
@@ -48,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="enclave-tools",
         description="A stateful Python kernel in a hardened Docker container, for LLM agents.",
     )
+    parser.add_argument("--version", action="version", version=f"enclave-tools {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     image = commands.add_parser("image", help="build or list kernel images")
@@ -133,7 +137,14 @@ def _image_ls(_args: argparse.Namespace) -> int:
 
 
 def _ps(_args: argparse.Namespace) -> int:
-    from enclave_tools.backends.docker import CREATED, KEEP_ALIVE, OWNER_PID, SESSION, DockerBackend, _owner_alive
+    from enclave_tools.backends.docker import (
+        CREATED,
+        KEEP_ALIVE,
+        OWNER_PID,
+        SESSION,
+        DockerBackend,
+        _owner_alive,
+    )
 
     backend = DockerBackend()
     rows = []
@@ -282,7 +293,11 @@ def _run(args: argparse.Namespace) -> int:
 def _prompt(sandbox, args: argparse.Namespace) -> int:
     counter = [0]
     with sandbox:
-        print("Python in a sandbox. Variables persist between inputs. Ctrl-D to quit.", file=sys.stderr)
+        print(
+            "Python in a sandbox. Variables persist between inputs. Ctrl-C interrupts a "
+            "running cell, Ctrl-D quits.",
+            file=sys.stderr,
+        )
         buffer: list[str] = []
         prompts = sys.stdin.isatty()  # piped input gets no prompts in its output
         while True:
@@ -305,7 +320,30 @@ def _prompt(sandbox, args: argparse.Namespace) -> int:
                 continue
             buffer = []
             if source.strip():
-                _show(sandbox.run(source), Path(args.output_dir), counter)
+                _show(_run_cell(sandbox, source), Path(args.output_dir), counter)
+
+
+def _run_cell(sandbox, source: str):
+    """Run one cell; Ctrl-C meanwhile interrupts the cell (as in IPython), keeping the
+    session and its variables, instead of ending the program."""
+
+    def interrupt() -> None:
+        try:
+            sandbox.interrupt()
+        except EnclaveError as exc:
+            _say(f"could not interrupt the cell: {exc}")
+
+    def on_sigint(_signum: int, _frame: object) -> None:
+        # Never blocks the handler: the request goes on a thread of its own.
+        threading.Thread(target=interrupt, name="enclave-cli-interrupt", daemon=True).start()
+
+    if threading.current_thread() is not threading.main_thread():
+        return sandbox.run(source)
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        return sandbox.run(source)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _age(created: str | None) -> str:

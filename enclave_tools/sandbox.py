@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from enclave_tools.backends.base import Backend, SandboxHandle
 from enclave_tools import registry
+from enclave_tools.backends.base import Backend, SandboxHandle
 from enclave_tools.backends.docker import SESSION, DockerBackend
 from enclave_tools.config import SandboxConfig, seconds_in, size_in_bytes
 from enclave_tools.errors import (
@@ -55,14 +55,13 @@ from enclave_tools.live import (
 from enclave_tools.losses import LossLog
 from enclave_tools.protocol import ExecuteCall, loads_bounded
 from enclave_tools.transport import GatewayHTTP
-from enclave_tools.turns import Turn, TurnQueue, Workers, in_own_thread, run_job
+from enclave_tools.turns import WORKERS, Turn, TurnQueue, async_twin, off_loop
 
 __all__ = ["CLOSE_TIMEOUT", "Sandbox", "close_sandboxes"]
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-_workers = Workers("enclave-run")
 _live: weakref.WeakSet[Sandbox] = weakref.WeakSet()
 _CONNECT_ERRORS = (ConnectionError, FileNotFoundError, OSError, GatewayError)
 
@@ -155,24 +154,35 @@ class Sandbox:
         """Start the container and the kernel (builds the image first if needed)."""
         if self._handle is not None and not self._closed:
             return self  # running: no need to wait for a turn
-        turn = self._enter()
-        self._turns.wait(turn)
-        return self._start_in_turn(turn)
+        return self._in_turn(self._start_in_turn)
 
     async def astart(self) -> Sandbox:
-        """Async :meth:`start`."""
+        """Async :meth:`start`; waiting for its turn holds no thread."""
         if self._handle is not None and not self._closed:
             return self
-        turn = self._enter()
-        await self._turns.wait_async(turn)
-        return await run_job(_workers.submit, self._start_in_turn, turn)
+        return await self._ain_turn(self._start_in_turn)
 
     def _start_in_turn(self, turn: Turn) -> Sandbox:
+        self._check_open()
+        if self._handle is None:
+            self._start_container()
+        return self
+
+    def _in_turn(self, work: Callable[[Turn], _T]) -> _T:
+        """Wait (blocking) for a turn, do ``work(turn)`` in it, then hand the sandbox on."""
+        turn = self._enter()
+        self._turns.wait(turn)
+        return self._work_and_leave(turn, work)
+
+    async def _ain_turn(self, work: Callable[[Turn], _T]) -> _T:
+        """Async :meth:`_in_turn`: the wait holds no thread; the work runs on a worker."""
+        turn = self._enter()
+        await self._turns.wait_async(turn)
+        return await off_loop(self._work_and_leave, turn, work)
+
+    def _work_and_leave(self, turn: Turn, work: Callable[[Turn], _T]) -> _T:
         try:
-            self._check_open()
-            if self._handle is None:
-                self._start_container()
-            return self
+            return work(turn)
         finally:
             self._turns.leave(turn)
 
@@ -211,9 +221,7 @@ class Sandbox:
             _live.discard(self)
             self._close_done.set()
 
-    async def aclose(self) -> None:
-        """Async :meth:`close` (on a thread of its own: it never waits behind runs)."""
-        await in_own_thread(self.close)
+    aclose = async_twin(close)
 
     def _refuse_new_work(self) -> None:
         """Refuse new calls and fail the waiting ones at once (no I/O, never blocks)."""
@@ -226,7 +234,7 @@ class Sandbox:
         """End what runs (interrupt, then cut the connection) and remove the container."""
         running = self._turns.current
         if running is not None and running.sent:
-            self._interrupt_in_own_thread()
+            self._interrupt_on_worker()
             self._turns.wait_idle(min(CLOSE_GRACE, deadline - time.monotonic()))
         self._stop_container()  # wakes a call stuck on the gateway: its connection is gone
         self._turns.wait_idle(max(deadline - time.monotonic(), 0.0))
@@ -324,7 +332,7 @@ class Sandbox:
                 feed.close()
             raise
         try:
-            return await run_job(_workers.submit, self._run_turn_fed, turn, code, seconds, feed)
+            return await off_loop(self._run_turn_fed, turn, code, seconds, feed)
         except asyncio.CancelledError:
             self._losses.cancel(turn)  # the running call sees this within _POLL s
             raise
@@ -380,24 +388,28 @@ class Sandbox:
         except (GatewayError, *_CONNECT_ERRORS) as exc:
             raise self._died_or(exc) from exc
 
+    ainterrupt = async_twin(interrupt)
+
     def restart(self) -> None:
         """Restart the kernel: a clean slate, all variables lost. Waits for a running call."""
-        turn = self._enter()
-        self._turns.wait(turn)
+        self._in_turn(self._restart_in_turn)
+
+    async def arestart(self) -> None:
+        """Async :meth:`restart`; waiting for the running call holds no thread."""
+        await self._ain_turn(self._restart_in_turn)
+
+    def _restart_in_turn(self, turn: Turn) -> None:
+        self._check_open()
+        if self._handle is None:
+            self._start_container()
+            return
+        kernel = self._live_kernel()
         try:
-            self._check_open()
-            if self._handle is None:
-                self._start_container()
-                return
-            kernel = self._live_kernel()
-            try:
-                kernel.restart(timeout=self.config.startup_timeout)
-            except (GatewayError, *_CONNECT_ERRORS) as exc:
-                raise self._died_or(exc, turn) from exc
-            self._losses.record(f"The kernel was restarted on request. {STATE_LOST}.", witness=turn)
-            self._losses.tell(turn, None, self._turns.oldest_seen())
-        finally:
-            self._turns.leave(turn)
+            kernel.restart(timeout=self.config.startup_timeout)
+        except (GatewayError, *_CONNECT_ERRORS) as exc:
+            raise self._died_or(exc, turn) from exc
+        self._losses.record(f"The kernel was restarted on request. {STATE_LOST}.", witness=turn)
+        self._losses.tell(turn, None, self._turns.oldest_seen())
 
     # -- live output and the session as a notebook --------------------------------------
 
@@ -487,6 +499,11 @@ class Sandbox:
             lambda http: download_to(http, remote, target, self._file_limit, self._file_timeout)
         )
 
+    awrite_file = async_twin(write_file)
+    aread_file = async_twin(read_file)
+    aupload = async_twin(upload)
+    adownload = async_twin(download)
+
     def _put(self, path: str, body: Any, size: int) -> str:
         remote = self._remote(path)
         self._files(lambda http: upload_from(http, remote, body, size, self._file_timeout))
@@ -539,9 +556,7 @@ class Sandbox:
             self._wait_ready(handle, http)
             kernel = KernelClient(http)
             kernel.start(timeout=self.config.startup_timeout)
-            ready = getattr(self._backend, "ready", None)
-            if ready is not None:
-                ready(handle, self.config)
+            self._backend.ready(handle, self.config)
             self._keep_alive_started(handle, kernel)
             with self._lock:
                 if self._closed:
@@ -593,7 +608,7 @@ class Sandbox:
             handle, kernel, http = self._handle, self._kernel, self._http
             self._handle = self._kernel = self._http = None
         if kernel is not None:
-            if getattr(self._backend, "owns_gateway", True):
+            if self._backend.owns_gateway:
                 kernel.disconnect()  # the gateway goes with its container
             else:
                 kernel.shutdown(timeout=5)  # the gateway outlives us: delete our kernel
@@ -615,8 +630,8 @@ class Sandbox:
             raise SandboxDied("the sandbox stopped; the next run starts a new one")
         return kernel
 
-    def _interrupt_in_own_thread(self) -> None:
-        """Send an interrupt on a thread of its own (it never waits behind anything)."""
+    def _interrupt_on_worker(self) -> None:
+        """Send an interrupt on a worker thread (it never waits behind anything)."""
 
         def send() -> None:
             try:
@@ -624,7 +639,7 @@ class Sandbox:
             except EnclaveError as exc:
                 log.debug("interrupt failed: %s", exc)
 
-        threading.Thread(target=send, name=f"enclave-interrupt-{self.id}", daemon=True).start()
+        WORKERS.submit(send)
 
     # -- one run -------------------------------------------------------------------------
 
@@ -871,7 +886,7 @@ class Sandbox:
         :class:`~enclave_tools.errors.SandboxAccessDenied` if it is another user's.
         Docker backend only for now."""
         backend = backend or DockerBackend()
-        if not hasattr(backend, "attach"):
+        if not backend.can_attach:
             raise SandboxStartFailed(
                 f"Sandbox.connect is not available for the {backend.name} backend yet (Docker only); "
                 "create a new Sandbox there instead"
@@ -892,8 +907,8 @@ class Sandbox:
         cls, sandbox_id: str, *, wait: float = 0.0, backend: Backend | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> Sandbox:
-        """Async :meth:`connect` (on a thread of its own)."""
-        return await in_own_thread(lambda: cls.connect(sandbox_id, wait=wait, backend=backend, progress=progress))
+        """Async :meth:`connect` (on a worker thread)."""
+        return await off_loop(lambda: cls.connect(sandbox_id, wait=wait, backend=backend, progress=progress))
 
     @classmethod
     def _attach_to(
@@ -967,6 +982,8 @@ class Sandbox:
             attached.release()
         _live.discard(self)
 
+    adetach = async_twin(detach)
+
     def set_timeout(self, keep_alive: str | float | None = None, lifetime: str | float | None = None) -> dict[str, Any]:
         """Change a kept-alive sandbox's limits: ``keep_alive`` replaces its idle limit,
         ``lifetime`` lets it live that long from now at most (durations such as ``"30m"``).
@@ -999,11 +1016,13 @@ class Sandbox:
             log.debug("could not update the record of %s: %s", self.id, exc)
         return limits if isinstance(limits, dict) else {}
 
+    aset_timeout = async_twin(set_timeout)
+
     def _keep_alive_started(self, handle: SandboxHandle, kernel: KernelClient) -> None:
         """Record a kept-alive sandbox (before any user code runs) and attach this process."""
         if self.config.keep_alive is None:
             return
-        if not hasattr(self._backend, "attach"):
+        if not self._backend.can_attach:
             raise SandboxStartFailed(
                 f"keep_alive is not available for the {self._backend.name} backend yet (Docker only)"
             )
@@ -1047,21 +1066,23 @@ def close_sandboxes(sandboxes: Iterable[Sandbox], timeout: float = CLOSE_TIMEOUT
     todo = list(sandboxes)
     for sandbox in todo:
         sandbox._refuse_new_work()
-    threads = []
+    done: list[threading.Event] = []
     for sandbox in todo:
+        finished = threading.Event()
 
-        def close(sandbox: Sandbox = sandbox) -> None:
+        def close(sandbox: Sandbox = sandbox, finished: threading.Event = finished) -> None:
             try:
                 sandbox.close()
             except Exception as exc:  # noqa: BLE001 - one failure must not stop the others
                 log.warning("closing sandbox %s failed: %s", sandbox.id, exc)
+            finally:
+                finished.set()
 
-        thread = threading.Thread(target=close, name=f"enclave-close-{sandbox.id}", daemon=True)
-        thread.start()
-        threads.append(thread)
+        WORKERS.submit(close)
+        done.append(finished)
     deadline = time.monotonic() + timeout + 5.0  # + the engine's removal
-    for thread in threads:
-        thread.join(max(deadline - time.monotonic(), 0.0))
+    for finished in done:
+        finished.wait(max(deadline - time.monotonic(), 0.0))
 
 
 def check_code(code: Any) -> str:

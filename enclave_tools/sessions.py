@@ -33,7 +33,7 @@ from enclave_tools.backends.docker import SESSION, SandboxExists
 from enclave_tools.config import SandboxConfig
 from enclave_tools.errors import EnclaveError, SandboxClosed, SandboxGone
 from enclave_tools.sandbox import CLOSE_TIMEOUT, Sandbox, close_sandboxes
-from enclave_tools.turns import in_own_thread
+from enclave_tools.turns import async_twin, off_loop
 
 __all__ = ["SandboxSessions"]
 
@@ -116,8 +116,11 @@ class SandboxSessions:
             return sandbox
 
     async def aget(self, key: str) -> Sandbox:
-        """Async :meth:`get` (creating a sandbox starts nothing, so this does not block)."""
-        return self.get(key)
+        """Async :meth:`get`. Creating a sandbox starts nothing, so this returns at once;
+        with ``keep_alive`` attaching may wait, so it runs on a worker thread then."""
+        if self._config.keep_alive is None:
+            return self.get(key)
+        return await off_loop(self.get, key)
 
     def release(self, key: str) -> None:
         """Close session ``key``'s sandbox; the next ``get(key)`` makes a fresh one."""
@@ -126,6 +129,8 @@ class SandboxSessions:
             self._last_used.pop(str(key), None)
         if sandbox is not None:
             sandbox.close()
+
+    arelease = async_twin(release)
 
     def keys(self) -> list[str]:
         """The ids of the open sessions."""
@@ -173,9 +178,7 @@ class SandboxSessions:
         if worker is not None and worker is not threading.current_thread():
             worker.join(timeout=CLOSE_TIMEOUT)
 
-    async def aclose(self) -> None:
-        """Async :meth:`close` (on a thread of its own)."""
-        await in_own_thread(self.close)
+    aclose = async_twin(close)
 
     def __enter__(self) -> SandboxSessions:
         return self.start()
@@ -231,6 +234,8 @@ class SandboxSessions:
             sandbox = self._sessions.pop(str(key), None)
         if sandbox is not None:
             sandbox.detach()
+
+    adetach = async_twin(detach)
 
     @contextlib.contextmanager
     def use(self, key: str) -> Iterator[Sandbox]:

@@ -21,10 +21,12 @@ __all__ = [
     "NO_OUTPUT",
     "TOOL_DESCRIPTION",
     "TOOL_NAME",
+    "TOOL_FAILURES",
     "NotebookInput",
     "ToolSandboxes",
     "describe_bad_arguments",
     "describe_failure",
+    "describe_tool_failure",
     "model_text",
 ]
 
@@ -83,6 +85,21 @@ def describe_failure(exc: EnclaveError) -> str:
     if isinstance(exc, InvalidInput):
         return f"Invalid input, the code was not run: {exc}"
     return f"The notebook sandbox failed ({type(exc).__name__}): {exc}"
+
+
+TOOL_FAILURES: tuple[type[Exception], ...] = (ValidationError, EnclaveError)
+"""What a tool call turns into a message to the model instead of raising: bad arguments
+and sandbox failures (errors in the model's code are ordinary results)."""
+
+
+def describe_tool_failure(exc: Exception) -> str:
+    """One of :data:`TOOL_FAILURES` as a tool should put it to a model; the one mapping
+    the adapters' sync and async paths share."""
+    if isinstance(exc, ValidationError):
+        return describe_bad_arguments(exc)
+    if isinstance(exc, EnclaveError):
+        return describe_failure(exc)
+    raise TypeError(f"not a tool failure: {exc!r}") from exc
 
 
 class ToolSandboxes:

@@ -6,22 +6,29 @@ its own thread, an async caller awaits a future that the queue resolves from whi
 thread hands the turn on. Only the call whose turn it is does any work, so a thousand calls
 queued on one sandbox hold no thread and stall no other sandbox.
 
-:class:`Workers` runs the async calls' work on daemon threads (the interpreter's exit never
-waits for a cell), and :func:`run_job` bridges one such job back to the event loop without
-ever cancelling it: a job that owns a turn always runs, and always hands the turn on.
+:data:`WORKERS`, the one pool of daemon threads (the interpreter's exit never waits for a
+cell), runs the async calls' blocking work, and :func:`run_job` bridges one such job back
+to the event loop without ever cancelling it: a job that owns a turn always runs, and
+always hands the turn on. :func:`off_loop` and :func:`async_twin` are how every async
+method of the library is made from its sync one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-__all__ = ["Turn", "TurnQueue", "Workers", "in_own_thread", "run_job"]
+__all__ = ["WORKERS", "Turn", "TurnQueue", "Workers", "async_twin", "off_loop", "run_job"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_S = TypeVar("_S")
 
 log = logging.getLogger(__name__)
 
@@ -265,11 +272,36 @@ async def run_job(submit: Callable[[Callable[[], Any]], Any], fn: Callable[..., 
     return await future
 
 
-async def in_own_thread(fn: Callable[[], Any]) -> Any:
-    """Run ``fn()`` on a new daemon thread of its own and await it (for work that must
-    never wait behind other jobs, such as closing)."""
-    return await run_job(_start_thread, fn)
+WORKERS = Workers("enclave-run")
+"""The library's one pool of worker threads. A job never waits behind another (a new
+thread starts when none is idle), so a close or an interrupt is never held up by a run."""
 
 
-def _start_thread(job: Callable[[], Any]) -> None:
-    threading.Thread(target=job, name="enclave-own", daemon=True).start()
+async def off_loop(fn: Callable[..., _R], *args: Any) -> _R:
+    """Run ``fn(*args)`` on a :data:`WORKERS` thread and await its outcome, without blocking
+    the event loop. Cancelling the await does not stop ``fn`` (see :func:`run_job`)."""
+    result: _R = await run_job(WORKERS.submit, fn, *args)
+    return result
+
+
+def async_twin(
+    method: Callable[Concatenate[_S, _P], _R],
+) -> Callable[Concatenate[_S, _P], Awaitable[_R]]:
+    """The async twin of a blocking method: the same call, run by :func:`off_loop`.
+
+    In a class body: ``aread_file = async_twin(read_file)``. For a method that waits for a
+    sandbox's turn, wait with :meth:`TurnQueue.wait_async` instead (it holds no thread).
+    """
+
+    @functools.wraps(method)
+    async def twin(self: _S, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        bound = getattr(self, method.__name__)  # a subclass's override, if it has one
+        return await off_loop(functools.partial(bound, *args, **kwargs))
+
+    twin.__name__ = f"a{method.__name__}"
+    twin.__qualname__ = f"{method.__qualname__.rpartition('.')[0]}.a{method.__name__}".lstrip(".")
+    twin.__doc__ = (
+        f"Async :meth:`{method.__name__}`: the same call on a worker thread, so the event "
+        "loop never blocks."
+    )
+    return twin

@@ -25,10 +25,25 @@ from docker.types import LogConfig, Ulimit
 
 from enclave_tools._docker import docker_client
 from enclave_tools._fs import remove_tree
-from enclave_tools.backends.base import ContainerState, SandboxHandle
+from enclave_tools.backends.base import (
+    GATEWAY_PORT,
+    SANDBOX_UID,
+    SHARED_DIR,
+    SOCKET_NAME,
+    TOKEN_NAME,
+    Backend,
+    ContainerState,
+    SandboxHandle,
+)
 from enclave_tools.backends.owner import Owner, OwnerCheck
 from enclave_tools.config import SandboxConfig
-from enclave_tools.errors import DockerUnavailable, EnclaveError, GatewayError, SandboxGone, SandboxStartFailed
+from enclave_tools.errors import (
+    DockerUnavailable,
+    EnclaveError,
+    GatewayError,
+    SandboxGone,
+    SandboxStartFailed,
+)
 from enclave_tools.image import ensure_image
 from enclave_tools.transport import Endpoint
 
@@ -51,11 +66,6 @@ SESSION = "io.enclave-tools.session"
 IDLE_EXIT, LIFETIME_EXIT = 80, 81
 """The gateway's exit codes when a kept-alive sandbox ended for idleness, or its lifetime."""
 RUN_DIR = "io.enclave-tools.run-dir"
-SANDBOX_UID = 10001
-GATEWAY_PORT = 8888
-SHARED_DIR = "/run/enclave"
-SOCKET_NAME = "gateway.sock"
-TOKEN_NAME = "token"
 SHARED_NAME = "gw"
 """The run directory's subdirectory that the container sees at SHARED_DIR."""
 OWNER_FILE = "owner.json"
@@ -99,10 +109,11 @@ def _owner_alive(labels: dict[str, str], check: OwnerCheck | None = None) -> boo
     return (check or OwnerCheck()).alive(_owner_of(labels))
 
 
-class DockerBackend:
+class DockerBackend(Backend):
     """Starts sandbox containers on the local Docker engine."""
 
     name = "docker"
+    can_attach = True
 
     def __init__(self, client: Any = None) -> None:
         self._client = client

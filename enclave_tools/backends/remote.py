@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from enclave_tools.backends.base import ContainerState, SandboxHandle
+from enclave_tools.backends.base import Backend, ContainerState, SandboxHandle
 from enclave_tools.config import SandboxConfig
 from enclave_tools.errors import GatewayError, SandboxStartFailed
 from enclave_tools.transport import Endpoint, GatewayHTTP
@@ -88,7 +88,7 @@ class GatewayState(ContainerState):
         return f"the gateway at {self.where} stopped answering ({self.error})"
 
 
-class RemoteGatewayBackend:
+class RemoteGatewayBackend(Backend):
     """Runs sandboxes on an existing Kernel Gateway or Enterprise Gateway.
 
     ``url`` is the gateway's base URL, ``token`` its auth token (sent as

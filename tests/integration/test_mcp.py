@@ -18,9 +18,6 @@ from typing import Any
 
 import httpx
 import pytest
-
-pytest.importorskip("mcp")
-
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -198,7 +195,6 @@ async def test_http_checks_the_token_when_one_is_set(server_args: list[str], tmp
 
 
 async def test_langchain_agent_through_langchain_mcp_adapters(server_args: list[str]) -> None:
-    pytest.importorskip("langchain_mcp_adapters")
     from langchain.agents import create_agent
     from langchain_core.messages import AIMessage, ToolMessage
     from langchain_enclave.scripted import ScriptedChatModel, notebook_call
@@ -223,7 +219,6 @@ async def test_langchain_agent_through_langchain_mcp_adapters(server_args: list[
 
 
 async def test_llamaindex_agent_through_llama_index_tools_mcp(server_args: list[str]) -> None:
-    pytest.importorskip("llama_index.tools.mcp")
     from llama_index.core.agent.workflow import FunctionAgent
     from llama_index.tools.enclave.scripted import answer, notebook_call, scripted_llm
     from llama_index.tools.mcp import BasicMCPClient, McpToolSpec

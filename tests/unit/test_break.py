@@ -7,7 +7,6 @@ stands in for it, and the real clients (GatewayHTTP, decode_frame) read what it 
 
 from __future__ import annotations
 
-import os
 import select
 import socket
 import struct

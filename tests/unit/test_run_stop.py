@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
-from enclave_tools.backends.base import ContainerState
+from enclave_tools.backends.base import Backend, ContainerState
 from enclave_tools.errors import GatewayMisbehaved
 from enclave_tools.execution import Execution
 from enclave_tools.protocol import ExecuteCall
@@ -97,7 +98,7 @@ def test_cancelling_a_running_call_interrupts_it_at_once():
     assert execution.status == "error" and execution.error.name == "Cancelled"
 
 
-class RunningBackend:
+class RunningBackend(Backend):
     """A backend whose container always runs; it records removals."""
 
     name = "fake"
@@ -105,8 +106,17 @@ class RunningBackend:
     def __init__(self) -> None:
         self.removed: list[object] = []
 
+    def start(self, config: object, sandbox_id: str, progress: object = None) -> Any:
+        raise AssertionError("not started in these tests")
+
+    def state(self, handle: object) -> ContainerState:
+        return ContainerState(running=True, exists=True)
+
     def wait_stopped(self, handle: object, timeout: float) -> ContainerState:
         return ContainerState(running=True, exists=True)
+
+    def logs(self, handle: object, lines: int = 30) -> str:
+        return ""
 
     def remove(self, handle: object) -> None:
         self.removed.append(handle)
@@ -114,7 +124,7 @@ class RunningBackend:
 
 def test_a_misbehaving_gateway_is_replaced_and_the_loss_told_on_the_next_result():
     backend = RunningBackend()
-    sb = Sandbox(backend=backend)  # type: ignore[arg-type]
+    sb = Sandbox(backend=backend)
     sb._handle = object()  # type: ignore[assignment]
     error = sb._died_or(GatewayMisbehaved("an answer of 2 GiB"), Turn())
     assert isinstance(error, GatewayMisbehaved) and "replaced" in str(error)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 from enclave_tools import (
@@ -20,7 +21,7 @@ from enclave_tools.tooling import (
     NotebookInput,
     ToolSandboxes,
     describe_bad_arguments,
-    describe_failure,
+    describe_tool_failure,
     model_text,
 )
 from langchain_core.callbacks import (
@@ -146,12 +147,10 @@ class EnclaveNotebookTool(BaseTool):
         config: RunnableConfig,
         run_manager: CallbackManagerForToolRun | None = None,
     ) -> tuple[str | list[dict[str, Any]], Execution]:
-        try:
+        with _as_tool_exception():
             execution = self.sandboxes.pick(_thread_id(config)).run(
                 code, timeout=timeout, **_live_output(async_=False)
             )
-        except EnclaveError as exc:
-            raise ToolException(describe_failure(exc)) from exc
         return self._content(execution), execution
 
     async def _arun(
@@ -162,12 +161,10 @@ class EnclaveNotebookTool(BaseTool):
         config: RunnableConfig,
         run_manager: AsyncCallbackManagerForToolRun | None = None,
     ) -> tuple[str | list[dict[str, Any]], Execution]:
-        try:
+        with _as_tool_exception():
             execution = await self.sandboxes.pick(_thread_id(config)).arun(
                 code, timeout=timeout, **_live_output(async_=True)
             )
-        except EnclaveError as exc:
-            raise ToolException(describe_failure(exc)) from exc
         return self._content(execution), execution
 
     def _content(self, execution: Execution) -> str | list[dict[str, Any]]:
@@ -207,6 +204,16 @@ class EnclaveNotebookTool(BaseTool):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+
+
+@contextmanager
+def _as_tool_exception() -> Iterator[None]:
+    """A sandbox failure as the ``ToolException`` the agent receives as an error message
+    (the one mapping for the sync and the async path)."""
+    try:
+        yield
+    except EnclaveError as exc:
+        raise ToolException(describe_tool_failure(exc)) from exc
 
 
 def _thread_id(config: RunnableConfig | None) -> str | None:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from enclave_tools.backends.base import SandboxHandle
+from enclave_tools.backends.base import Backend, SandboxHandle
 from enclave_tools.backends.kubernetes.api import (
     RETRYABLE,
     WATCH_SLACK,
@@ -84,7 +84,7 @@ def unsupported(config: SandboxConfig) -> list[str]:
     return problems
 
 
-class KubernetesBackend:
+class KubernetesBackend(Backend):
     """Runs each sandbox in its own pod (see the package docstring).
 
     ``api_client`` (a ``kubernetes.client.ApiClient``) or ``context`` (a kubeconfig context)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from enclave_tools.testing import FakeSandbox, printed
+from enclave_tools.fakes import FakeSandbox, printed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from langchain_core.messages import ToolMessage

@@ -13,7 +13,7 @@ import openai
 import pytest
 from enclave_tools import Execution
 from enclave_tools.execution import Result
-from enclave_tools.testing import FakeSandbox
+from enclave_tools.fakes import FakeSandbox
 from langchain.agents import create_agent
 from langchain_anthropic import ChatAnthropic
 from langchain_core.language_models import BaseChatModel

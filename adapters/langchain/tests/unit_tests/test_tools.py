@@ -6,7 +6,7 @@ import base64
 
 import pytest
 from enclave_tools import Execution, InvalidInput, SandboxDied, SandboxSessions
-from enclave_tools.testing import PNG, FakeSandbox, failed, plotted, printed
+from enclave_tools.fakes import PNG, FakeSandbox, failed, plotted, printed
 from langchain_core.messages import ToolMessage
 
 import enclave_tools.tooling as tooling_module

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from enclave_tools import Sandbox, SandboxSessions
 from llama_index.core.agent.workflow import AgentWorkflow, FunctionAgent, ToolCallResult
 from llama_index.core.base.llms.types import ImageBlock
@@ -116,7 +115,8 @@ async def test_each_context_gets_its_own_kernel(sessions: SandboxSessions) -> No
 
 def test_openai_compatible_wiring(sandbox: Sandbox) -> None:
     """The README's wiring: OpenAILike against any OpenAI-compatible server (no call made)."""
-    openai_like = pytest.importorskip("llama_index.llms.openai_like")
+    import llama_index.llms.openai_like as openai_like  # a test dependency
+
     llm = openai_like.OpenAILike(
         model="any-model",
         api_base="http://127.0.0.1:9/v1",

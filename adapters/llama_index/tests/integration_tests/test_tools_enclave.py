@@ -68,7 +68,8 @@ def test_own_sandbox_is_created_lazily_and_closed(sandbox_config) -> None:
 
 def test_one_sandbox_shared_with_langchain(sandbox: Sandbox) -> None:
     """A variable set through the LangChain tool is read through the LlamaIndex tool."""
-    langchain_enclave = pytest.importorskip("langchain_enclave")
+    import langchain_enclave  # the repo's other adapter (make venv installs both)
+
     lc_tool = langchain_enclave.EnclaveNotebookTool(sandbox=sandbox)
     li_tool = notebook(sandbox)
 

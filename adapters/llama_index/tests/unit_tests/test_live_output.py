@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enclave_tools.testing import FakeSandbox, plotted, printed
+from enclave_tools.fakes import FakeSandbox, plotted, printed
 from llama_index.core.workflow import Context, StartEvent, StopEvent, Workflow, step
 
 from llama_index.tools.enclave import EnclaveNotebookToolSpec, NotebookOutputEvent

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from enclave_tools import Execution
 from enclave_tools.execution import Result
-from enclave_tools.testing import FakeSandbox
+from enclave_tools.fakes import FakeSandbox
 from llama_index.core.agent.workflow import FunctionAgent
 from llama_index.core.memory import Memory
 from llama_index.core.workflow import Context

@@ -7,7 +7,6 @@ import uuid
 from typing import Any
 
 from enclave_tools import (
-    EnclaveError,
     Execution,
     Sandbox,
     SandboxConfig,
@@ -16,18 +15,17 @@ from enclave_tools import (
 from enclave_tools.live import OutputEvent
 from enclave_tools.tooling import (
     TOOL_DESCRIPTION,
+    TOOL_FAILURES,
     TOOL_NAME,
     NotebookInput,
     ToolSandboxes,
-    describe_bad_arguments,
-    describe_failure,
+    describe_tool_failure,
     model_text,
 )
 from llama_index.core.base.llms.types import ContentBlock, ImageBlock, TextBlock
 from llama_index.core.tools import FunctionTool, ToolMetadata, ToolOutput
 from llama_index.core.tools.tool_spec.base import SPEC_FUNCTION_TYPE, BaseToolSpec
 from llama_index.core.workflow import Context, Event
-from pydantic import ValidationError
 
 from llama_index.tools.enclave.images import DEFAULT_IMAGE_MAX_SIDE, fit_image
 
@@ -74,19 +72,15 @@ class NotebookFunctionTool(FunctionTool):
         """Run the tool; bad arguments and sandbox failures become ``is_error`` outputs."""
         try:
             return super().call(**self._checked(args, kwargs))
-        except ValidationError as exc:
-            return self._failure(describe_bad_arguments(exc), exc, args, kwargs)
-        except EnclaveError as exc:
-            return self._failure(describe_failure(exc), exc, args, kwargs)
+        except TOOL_FAILURES as exc:
+            return self._failure(exc, args, kwargs)
 
     async def acall(self, *args: Any, **kwargs: Any) -> ToolOutput:
         """Run the tool (async); bad arguments and sandbox failures become ``is_error`` outputs."""
         try:
             return await super().acall(**self._checked(args, kwargs))
-        except ValidationError as exc:
-            return self._failure(describe_bad_arguments(exc), exc, args, kwargs)
-        except EnclaveError as exc:
-            return self._failure(describe_failure(exc), exc, args, kwargs)
+        except TOOL_FAILURES as exc:
+            return self._failure(exc, args, kwargs)
 
     def _checked(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """The call's arguments, validated as a model's would be; unknown ones dropped."""
@@ -98,10 +92,11 @@ class NotebookFunctionTool(FunctionTool):
             checked[self.ctx_param_name] = kwargs.get(self.ctx_param_name)
         return checked
 
-    def _failure(self, message: str, exc: Exception, args: Any, kwargs: dict[str, Any]) -> ToolOutput:
+    def _failure(self, exc: Exception, args: Any, kwargs: dict[str, Any]) -> ToolOutput:
+        """A bad call or a sandbox failure as an ``is_error`` output the model reads."""
         shown = {k: v for k, v in kwargs.items() if k != self.ctx_param_name}
         return ToolOutput(
-            content=message,
+            content=describe_tool_failure(exc),
             tool_name=self.metadata.get_name(),
             raw_input={"args": args, "kwargs": shown},
             raw_output=None,
