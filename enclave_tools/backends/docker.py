@@ -29,7 +29,7 @@ from enclave_tools.backends.base import ContainerState, SandboxHandle
 from enclave_tools.backends.owner import Owner, OwnerCheck
 from enclave_tools.config import SandboxConfig
 from enclave_tools.errors import DockerUnavailable, EnclaveError, GatewayError, SandboxGone, SandboxStartFailed
-from enclave_tools.image import ensure_image
+from enclave_tools.image.derived import ensure_sandbox_image
 from enclave_tools.transport import Endpoint
 
 __all__ = ["ContainerState", "DockerBackend", "LABEL", "SandboxExists", "SandboxHandle"]
@@ -133,7 +133,7 @@ class DockerBackend:
         """Create and start one container (building the image first if needed, never
         pulling one); return how to reach its gateway."""
         self.reap_orphans_quietly()
-        image_id = ensure_image(self.client, config.image, build=config.build_image, progress=progress)
+        image_id = ensure_sandbox_image(self.client, config, progress)
         token = secrets.token_urlsafe(32)
 
         transport = self.transport_for(config)
