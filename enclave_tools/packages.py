@@ -401,9 +401,8 @@ def split_cell(code: str) -> PipCell:
                     requirements.append(check_requirement(word))
                 except InvalidInput as exc:
                     problem = problem or str(exc)
-    if listing or requirements or problem:
-        if not "\n".join(rest).strip():
-            rest = []
+    if not "\n".join(rest).strip():
+        rest = []
     return PipCell(requirements=requirements, listing=listing, rest="\n".join(rest), problem=problem)
 
 
@@ -468,7 +467,7 @@ class LiveInstaller:
         or a cell of pip lines only), or None: the rest of the cell runs, and
         :meth:`note` prepends what was done."""
         started = time.monotonic()
-        self._done: list[str] = []
+        self._done = []
         if cell.problem:
             return _failure("PipLineNotSupported", f"{cell.problem}. {self.advice(target)}", limit)
         wanted = self._not_installed(cell.requirements, target)

@@ -22,11 +22,11 @@ __all__ = [
     "NO_OUTPUT",
     "TOOL_DESCRIPTION",
     "TOOL_NAME",
-    "describe_tool",
     "NotebookInput",
     "ToolSandboxes",
     "describe_bad_arguments",
     "describe_failure",
+    "describe_tool",
     "model_text",
 ]
 
