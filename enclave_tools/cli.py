@@ -66,6 +66,18 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--if-missing", action="store_true", help="do nothing if the default image exists"
     )
+    build.add_argument(
+        "--with", dest="packages", action="append", default=[], metavar="PKG",
+        help="build a derived image: the kernel image plus PKG (repeatable; e.g. scikit-learn, "
+        "'polars>=1'); the kernel image's packages keep their versions",
+    )
+    build.add_argument(
+        "--requirements", metavar="FILE", help="a requirements file whose packages are added like --with"
+    )
+    build.add_argument(
+        "--from", dest="from_image", metavar="IMAGE",
+        help="with --with: the image to add to (default: the project's kernel image)",
+    )
     build.set_defaults(func=_image_build)
     image_ls = image_commands.add_parser("ls", help="list enclave-tools images")
     image_ls.set_defaults(func=_image_ls)
@@ -117,6 +129,8 @@ def _say(line: str) -> None:
 def _image_build(args: argparse.Namespace) -> int:
     from enclave_tools.image import build_image, ensure_image
 
+    if args.packages or args.requirements:
+        return _image_build_derived(args)
     if args.if_missing and not (args.tag or args.base or args.bootstrap):
         from enclave_tools._docker import docker_client
 
@@ -124,6 +138,29 @@ def _image_build(args: argparse.Namespace) -> int:
         return EXIT_OK
     image_id = build_image(tag=args.tag, base=args.base, bootstrap=args.bootstrap, progress=_say)
     print(image_id)
+    return EXIT_OK
+
+
+def _image_build_derived(args: argparse.Namespace) -> int:
+    """``image build --with PKG``: the kernel image plus packages (cached by what went in)."""
+    from enclave_tools._docker import docker_client
+    from enclave_tools.image import ensure_image
+    from enclave_tools.image.derived import derived_tag, ensure_derived
+    from enclave_tools.packages import check_requirement, read_requirements_file
+
+    requirements = [check_requirement(p) for p in args.packages]
+    if args.requirements:
+        requirements += read_requirements_file(args.requirements)
+    client = docker_client()
+    base = ensure_image(client, args.from_image, progress=_say)
+    image_id = ensure_derived(client, base, requirements, progress=_say)
+    tag = derived_tag(base, requirements)
+    if args.tag:
+        repository, _, version = args.tag.partition(":")
+        client.api.tag(image_id, repository, version or "latest")
+        tag = args.tag
+    _say(f"use it with SandboxConfig(image={tag!r}) or SandboxConfig(packages=[...])")
+    print(tag)
     return EXIT_OK
 
 

@@ -127,6 +127,22 @@ class SandboxConfig(BaseModel):
         "the gateway's socket needs --host-uds=all). Under gVisor the CPU limit is set when "
         "the container is created (runsc cannot update it), so the kernel boots under it.",
     )
+    packages: list[str] = Field(
+        default_factory=list,
+        description="Packages to add to the image, e.g. ['scikit-learn', 'polars>=1']: the "
+        "sandbox runs a derived image (built once, offline, from wheels the host fetches; "
+        "the image's own packages keep their versions). Docker backend only.",
+    )
+    requirements: str | None = Field(
+        None, description="A requirements file whose packages are added like `packages`."
+    )
+    install_policy: Literal["none", "any"] | list[str] = Field(
+        "none",
+        description="What `%pip install X` / `!pip install X` in a cell may install while the "
+        "sandbox runs (the host fetches the wheels; the sandbox stays offline): 'none' "
+        "(refused, in words a model acts on), a list of allowed names (their dependencies "
+        "come along), or 'any'. Docker backend only.",
+    )
     keep_alive: float | None = Field(
         None,
         description="Seconds (or a duration such as '30m') the sandbox outlives its last use, "
@@ -138,6 +154,22 @@ class SandboxConfig(BaseModel):
         description="With keep_alive: the most seconds (or a duration) the sandbox lives, "
         "used or not (default one day).",
     )
+
+    @field_validator("packages")
+    @classmethod
+    def _packages(cls, value: list[str]) -> list[str]:
+        from enclave_tools.packages import check_requirement
+
+        return [check_requirement(item) for item in value]
+
+    @field_validator("install_policy")
+    @classmethod
+    def _install_policy(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list):
+            from enclave_tools.packages import check_requirement, requirement_name
+
+            return [requirement_name(check_requirement(name)) for name in value]
+        return value
 
     @field_validator("keep_alive", "lifetime", mode="before")
     @classmethod

@@ -53,6 +53,7 @@ from enclave_tools.live import (
     deliver_async,
 )
 from enclave_tools.losses import LossLog
+from enclave_tools.packages import ImageFacts, LiveInstaller, PackageError, split_cell
 from enclave_tools.protocol import ExecuteCall, loads_bounded
 from enclave_tools.transport import GatewayHTTP
 from enclave_tools.turns import WORKERS, Turn, TurnQueue, async_twin, off_loop
@@ -106,6 +107,10 @@ class Sandbox:
         self.config = SandboxConfig.model_validate({**base.model_dump(), **overrides}) if overrides else base
         self.id = uuid.uuid4().hex[:12]
         self._backend = backend or DockerBackend()
+        _check_packages_supported(self.config, self._backend)
+        self._installer = LiveInstaller(
+            self.config.install_policy, posixpath.join(self.config.workdir, ".packages")
+        )
         self._progress = progress
         self._lock = threading.Lock()  # guards the handle, kernel and client, and _closed
         self._turns = TurnQueue()
@@ -361,7 +366,7 @@ class Sandbox:
                 return _cancelled(sent=False)
             if self._handle is None:
                 self._start_container()
-            execution = self._execute(turn, code, seconds, feed)
+            execution = self._execute_cell(turn, code, seconds, feed)
             self._losses.tell(turn, execution, self._turns.oldest_seen())
             self.history.record(code, execution, started, time.monotonic() - clock)
             return execution
@@ -376,6 +381,20 @@ class Sandbox:
         finally:
             self.last_active = time.monotonic()
             self._turns.leave(turn)
+
+    def _execute_cell(
+        self, turn: Turn, code: str, seconds: float, feed: LiveFeed | None
+    ) -> Execution:
+        """Run a cell whose ``%pip install`` lines the host does first (see
+        :mod:`enclave_tools.packages`); a cell without any runs as it is."""
+        cell = split_cell(code)
+        if not cell.has_pip:
+            return self._execute(turn, code, seconds, feed)
+        target = _InstallTarget(self, turn, seconds)
+        done = self._installer.handle(cell, target, self.config.output_limit)
+        if done is not None:
+            return done
+        return self._installer.note(self._execute(turn, cell.rest, seconds, feed))
 
     def interrupt(self) -> None:
         """Interrupt the code running now (as Ctrl-C would); variables are kept. It goes
@@ -1048,6 +1067,52 @@ class Sandbox:
             attached, self._attached = self._attached, None
             if attached is not None:
                 attached.release()
+
+
+class _InstallTarget:
+    """A running sandbox as :class:`~enclave_tools.packages.LiveInstaller` uses it, within
+    the turn of the cell being run."""
+
+    def __init__(self, sandbox: Sandbox, turn: Turn, seconds: float) -> None:
+        self.sandbox, self.turn, self.seconds = sandbox, turn, seconds
+
+    def image_facts(self) -> ImageFacts:
+        """The facts of the image the sandbox's container runs."""
+        from enclave_tools.image.derived import image_facts
+
+        client, handle = getattr(self.sandbox._backend, "client", None), self.sandbox._handle
+        if client is None or handle is None:
+            raise PackageError("installing packages needs the Docker backend")
+        try:
+            image = client.api.inspect_container(handle.container_id)["Image"]
+            return image_facts(client, image)
+        except EnclaveError:
+            raise
+        except Exception as exc:
+            raise PackageError(f"cannot inspect the sandbox's image: {exc}") from exc
+
+    def upload(self, local: Path, remote: str) -> None:
+        """Copy a host file into the sandbox."""
+        http = self.sandbox._http
+        if http is None:
+            raise SandboxDied("the sandbox stopped before the packages were copied")
+        with local.open("rb") as handle:
+            upload_from(http, remote, handle, local.stat().st_size, self.sandbox._file_timeout)
+
+    def run(self, code: str) -> Execution:
+        """Run ``code`` in the kernel, in this turn."""
+        return self.sandbox._execute(self.turn, code, self.seconds, None)
+
+
+def _check_packages_supported(config: SandboxConfig, backend: Backend) -> None:
+    """InvalidInput if ``config`` asks for packages a backend other than Docker cannot give."""
+    wants = config.packages or config.requirements or config.install_policy != "none"
+    if wants and not isinstance(backend, DockerBackend):
+        raise InvalidInput(
+            f"packages, requirements and install_policy need the Docker backend, not "
+            f"{getattr(backend, 'name', type(backend).__name__)}: build an image with the "
+            "packages (`enclave-tools image build --with PKG`) and give it as `image`."
+        )
 
 
 def _cancelled(sent: bool) -> Execution:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, ValidationError
 from enclave_tools.config import SandboxConfig
 from enclave_tools.errors import EnclaveError, InvalidInput
 from enclave_tools.execution import Execution
+from enclave_tools.packages import policy_sentence
 from enclave_tools.sandbox import Sandbox
 from enclave_tools.sessions import SandboxSessions
 
@@ -26,6 +27,7 @@ __all__ = [
     "ToolSandboxes",
     "describe_bad_arguments",
     "describe_failure",
+    "describe_tool",
     "describe_tool_failure",
     "model_text",
 ]
@@ -33,16 +35,38 @@ __all__ = [
 TOOL_NAME = "notebook_executor"
 """The tool's name, as a model sees it."""
 
-TOOL_DESCRIPTION = (
+_DESCRIPTION = (
     "Run Python code in a stateful Jupyter notebook kernel inside an isolated sandbox. "
     "Variables, imports, functions and loaded data persist between calls, so build on "
-    "earlier results instead of repeating them. numpy, pandas and matplotlib are "
-    "installed. As in a notebook cell, the value of the last expression is shown; "
-    "print() anything else you need to see. Plots come back as images: call plt.show() "
-    "or display a figure. There is no network access by default (pip install and "
-    "downloads fail), and input() is unavailable. An error comes back as a traceback: "
-    "read it, fix the code and run it again."
+    "earlier results instead of repeating them. {installed} As in a notebook cell, the "
+    "value of the last expression is shown; print() anything else you need to see. Plots "
+    "come back as images: call plt.show() or display a figure. {network} input() is "
+    "unavailable. An error comes back as a traceback: read it, fix the code and run it again."
 )
+
+
+def describe_tool(config: SandboxConfig | None = None) -> str:
+    """The tool's description for a sandbox of ``config``: what is installed, and whether
+    (and what) the model may install with ``%pip install``."""
+    config = config or SandboxConfig()
+    extra = [*config.packages] + (["the packages of its requirements file"] if config.requirements else [])
+    installed = "numpy, pandas and matplotlib are installed" + (
+        f", and also {', '.join(extra)}." if extra else "."
+    )
+    if config.install_policy == "none":
+        network = (
+            "There is no network access by default (downloads fail) and pip install is refused."
+            if not config.egress
+            else "The sandbox has network access, but pip install is refused."
+        )
+    else:
+        network = policy_sentence(config.install_policy) + (
+            " There is no other network access." if not config.egress else ""
+        )
+    return _DESCRIPTION.format(installed=installed, network=network)
+
+
+TOOL_DESCRIPTION = describe_tool()
 """What the tool tells a model about itself."""
 
 NO_OUTPUT = "(no output)"

@@ -44,7 +44,7 @@ from enclave_tools.errors import (
     SandboxGone,
     SandboxStartFailed,
 )
-from enclave_tools.image import ensure_image
+from enclave_tools.image.derived import ensure_sandbox_image
 from enclave_tools.transport import Endpoint
 
 __all__ = ["ContainerState", "DockerBackend", "LABEL", "SandboxExists", "SandboxHandle"]
@@ -144,7 +144,7 @@ class DockerBackend(Backend):
         """Create and start one container (building the image first if needed, never
         pulling one); return how to reach its gateway."""
         self.reap_orphans_quietly()
-        image_id = ensure_image(self.client, config.image, build=config.build_image, progress=progress)
+        image_id = ensure_sandbox_image(self.client, config, progress)
         token = secrets.token_urlsafe(32)
 
         transport = self.transport_for(config)
