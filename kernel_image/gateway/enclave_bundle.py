@@ -9,9 +9,10 @@ that serves those modules from memory. Each module keeps its real ``__file__``,
 ``__path__`` and loader methods, so data files next to it (templates, schemas) are read
 from disk as before; extension modules and anything not in the bundle load the ordinary way.
 
-A module is served from the bundle only while its source file has the size and mtime
-it had when the bundle was written (one ``stat``, the check a timestamp ``.pyc`` makes),
-so a changed or removed source is never shadowed by stale bytecode.
+A module is served from the bundle only while its source file has the size and mtime (in
+whole seconds) it had when the bundle was written: one ``stat``, the check a timestamp
+``.pyc`` makes (copying between build stages keeps whole seconds only), so a changed or
+removed source is never shadowed by stale bytecode.
 
 This file runs inside the container only; the host never imports it.
 """
@@ -25,7 +26,7 @@ import os
 import sys
 
 BUNDLE_NAME = "imports.bundle"
-FORMAT = 1
+FORMAT = 2
 
 
 class BundleLoader(importlib.machinery.SourceFileLoader):
@@ -50,12 +51,12 @@ class BundleFinder:
         entry = self.modules.pop(name, None)
         if entry is None:
             return None
-        origin, search_locations, size, mtime_ns, code = entry
+        origin, search_locations, size, mtime, code = entry
         try:
             info = os.stat(origin)
         except OSError:
             return None
-        if info.st_size != size or info.st_mtime_ns != mtime_ns:
+        if info.st_size != size or int(info.st_mtime) != mtime:
             return None
         self.served += 1
         return importlib.util.spec_from_file_location(
@@ -102,7 +103,7 @@ def build(path: str, import_name: str) -> int:
             continue
         info = os.stat(spec.origin)
         locations = tuple(spec.submodule_search_locations) if spec.submodule_search_locations is not None else None
-        modules[name] = (spec.origin, locations, info.st_size, info.st_mtime_ns, marshal.dumps(code))
+        modules[name] = (spec.origin, locations, info.st_size, int(info.st_mtime), marshal.dumps(code))
     data = marshal.dumps({"format": FORMAT, "magic": importlib.util.MAGIC_NUMBER, "modules": modules})
     with open(path, "wb") as handle:
         handle.write(data)
