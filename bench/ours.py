@@ -22,7 +22,10 @@ from typing import Any, Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from stats import RssSampler, concurrency_runs, container_memory, main, paced_calls, rss_bytes, run_concurrently  # noqa: E402
+from stats import (  # noqa: E402
+    RssSampler, concurrency_runs, container_cpu, container_memory, host_cpu, main, paced_calls, rss_bytes,
+    run_concurrently,
+)
 
 import enclave_tools.image  # noqa: E402
 from enclave_tools import Sandbox, SandboxSessions  # noqa: E402
@@ -141,15 +144,24 @@ def in_container(sandbox: Sandbox, command: list[str], stdin: Any = None) -> str
 
 def gateway_import_probe(sandbox: Sandbox, reps: int = 3) -> dict:
     """Inside a running sandbox: seconds for a bare interpreter, and for importing the
-    gateway (``enclave_gateway``, which imports kernel_gateway), with warm page cache."""
-    code = "import time; t = time.perf_counter(); import enclave_gateway; print(time.perf_counter() - t)"
-    bare, imports = [], []
+    gateway as its start does (its bytecode bundle first, where the image has one; then
+    ``enclave_gateway``, which imports kernel_gateway), wall and CPU, with warm page cache."""
+    code = (
+        "import time; t = time.perf_counter(); c = time.process_time()\n"
+        "try:\n import enclave_bundle; enclave_bundle.install('/opt/enclave/gateway/imports.bundle')\n"
+        "except ImportError:\n pass\n"
+        "import enclave_gateway; print(time.perf_counter() - t, time.process_time() - c)"
+    )
+    bare, imports, cpu = [], [], []
     for _ in range(reps):
         start = time.perf_counter()
         in_container(sandbox, [VENV_PYTHON, "-c", "pass"])
         bare.append(time.perf_counter() - start)
-        imports.append(float(in_container(sandbox, [VENV_PYTHON, "-c", code]).strip()))
-    return {"docker_exec_bare_python_s": bare, "import_enclave_gateway_s": imports}
+        wall, used = in_container(sandbox, [VENV_PYTHON, "-c", code]).split()
+        imports.append(float(wall))
+        cpu.append(float(used))
+    return {"docker_exec_bare_python_s": bare, "import_enclave_gateway_s": imports,
+            "import_enclave_gateway_cpu_s": cpu}
 
 
 # -- the operations -------------------------------------------------------------------------
@@ -176,6 +188,60 @@ def op_cold(image: str, reps: int, **_: Any) -> dict:
     finally:
         probe_box.close()
     return {"first_result_s": first, "close_s": close, "phases": phases, "probe": probe}
+
+
+def op_start_cost(image: str, reps: int, **_: Any) -> dict:
+    """One sandbox at a time: ``Sandbox()`` to the first result, with the CPU it cost: this
+    process's (every thread) and the container's (its cgroup, read just before removal)."""
+    open_sandbox(image).close()  # the first start in a process pays for imports
+    first, host, container = [], [], []
+    for _ in range(reps):
+        cpu = host_cpu()
+        start = time.perf_counter()
+        sandbox = Sandbox(image=image, build_image=False)
+        try:
+            expect_one(sandbox.run("x = 1\nx"))
+            first.append(time.perf_counter() - start)
+            host.append(host_cpu() - cpu)
+            container.append(container_cpu(sandbox.container_id))
+        finally:
+            sandbox.close()
+    return {"first_result_s": first, "host_cpu_s": host, "container_cpu_s": container}
+
+
+def op_start_rate(image: str, sandboxes: int, parallel: int, **_: Any) -> dict:
+    """``sandboxes`` sandboxes, ``parallel`` at a time, each started, run to its first
+    result and closed: sandboxes per minute, and host CPU per sandbox."""
+    open_sandbox(image).close()
+
+    def one(_: int) -> None:
+        with Sandbox(image=image, build_image=False) as sandbox:
+            expect_one(sandbox.run("x = 1\nx"))
+
+    cpu = host_cpu()
+    start = time.perf_counter()
+    with ThreadPoolExecutor(parallel) as pool:
+        list(pool.map(one, range(sandboxes)))
+    wall = time.perf_counter() - start
+    return {"per_minute": [60 * sandboxes / wall], "host_cpu_per_sandbox_s": [(host_cpu() - cpu) / sandboxes]}
+
+
+def op_refill(image: str, sessions: int, warm: int, **_: Any) -> dict:
+    """A warm pool of ``warm`` refilling while ``sessions`` sessions, one after another,
+    each take a sandbox, run a cell and release it: sandboxes started per minute."""
+    pool = SandboxSessions(warm=warm, factory=lambda: Sandbox(image=image, build_image=False))
+    try:
+        if not pool.wait_ready(120):
+            raise RuntimeError(f"the warm pool did not fill: {pool.last_error}")
+        cpu = host_cpu()
+        start = time.perf_counter()
+        for n in range(sessions):
+            expect_one(pool.get(f"s{n}").run("x = 1\nx"))
+            pool.release(f"s{n}")
+        wall = time.perf_counter() - start
+    finally:
+        pool.close()
+    return {"per_minute": [60 * sessions / wall], "host_cpu_per_sandbox_s": [(host_cpu() - cpu) / sessions]}
 
 
 def op_warm(image: str, reps: int, **_: Any) -> dict:
@@ -361,6 +427,9 @@ def op_runtimes(image: str, runtimes: list[str], reps: int, calls: int, **_: Any
 
 OPS = {
     "cold": op_cold,
+    "start_cost": op_start_cost,
+    "start_rate": op_start_rate,
+    "refill": op_refill,
     "warm": op_warm,
     "connect": op_connect,
     "roundtrip": op_roundtrip,

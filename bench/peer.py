@@ -37,7 +37,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stats import RssSampler, concurrency_runs, container_memory, main, rss_bytes, run_concurrently  # noqa: E402
+from stats import (  # noqa: E402
+    RssSampler, concurrency_runs, container_cpu, container_memory, host_cpu, main, rss_bytes, run_concurrently,
+)
 
 from ms_enclave.sandbox.boxes import DockerNotebookSandbox  # noqa: E402
 from ms_enclave.sandbox.boxes.docker_sandbox import DockerSandbox  # noqa: E402
@@ -183,6 +185,47 @@ def op_cold(image: str, reps: int, **_: Any) -> dict:
         rep_phases["first_execute_and_rest"] = first[-1] - sum(rep_phases.values())
         phases.append(rep_phases)
     return {"first_result_s": first, "close_s": close, "phases": phases}
+
+
+def op_start_cost(image: str, reps: int, **_: Any) -> dict:
+    """As bench/ours.py: one sandbox at a time, to the first result, with its CPU cost."""
+    stop_many(start_many(image, 1))
+    first, host, container = [], [], []
+    for _ in range(reps):
+        cpu = host_cpu()
+        start = time.perf_counter()
+        sandbox = new_sandbox(image)
+        try:
+            run(sandbox.start())
+            result = run(execute(sandbox, "x = 1\nx"))
+            assert "1" in (result.output or ""), result
+            first.append(time.perf_counter() - start)
+            host.append(host_cpu() - cpu)
+            container.append(container_cpu(sandbox.container.id))
+        finally:
+            run(sandbox.stop())
+    return {"first_result_s": first, "host_cpu_s": host, "container_cpu_s": container}
+
+
+def op_start_rate(image: str, sandboxes: int, parallel: int, **_: Any) -> dict:
+    """As bench/ours.py: ``sandboxes`` started ``parallel`` at a time, each to its first
+    result, then stopped."""
+    stop_many(start_many(image, 1))
+
+    def one(_: int) -> None:
+        sandbox = new_sandbox(image)
+        try:
+            run(sandbox.start())
+            run(execute(sandbox, "x = 1\nx"))
+        finally:
+            run(sandbox.stop())
+
+    cpu = host_cpu()
+    start = time.perf_counter()
+    with ThreadPoolExecutor(parallel) as pool:
+        list(pool.map(one, range(sandboxes)))
+    wall = time.perf_counter() - start
+    return {"per_minute": [60 * sandboxes / wall], "host_cpu_per_sandbox_s": [(host_cpu() - cpu) / sandboxes]}
 
 
 def op_warm(image: str, reps: int, **_: Any) -> dict:
@@ -336,6 +379,9 @@ def concurrent_cells(sandboxes: list[DockerNotebookSandbox], cells: int,
 
 OPS = {
     "cold": op_cold,
+    "start_cost": op_start_cost,
+    "start_rate": op_start_rate,
+    "refill": lambda **_: {"na": "its pool shares and reuses sandboxes: nothing refills"},
     "warm": op_warm,
     "roundtrip": op_roundtrip,
     "output": op_output,

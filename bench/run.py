@@ -37,6 +37,11 @@ MIB = 2**20
 
 FULL = {
     "cold": {"reps": 5},
+    # What a start costs: CPU (host process + container) one at a time, then how many
+    # sandboxes start per minute 4 at a time, and with a warm pool refilling.
+    "start_cost": {"reps": 5},
+    "start_rate": {"sandboxes": 12, "parallel": 4},
+    "refill": {"sessions": 8, "warm": 2},
     "warm": {"reps": 5},
     "roundtrip": {"batches": 5, "calls": 200},
     "output": {"reps": 5},
@@ -53,6 +58,9 @@ FULL = {
 }
 QUICK = {
     "cold": {"reps": 2},
+    "start_cost": {"reps": 2},
+    "start_rate": {"sandboxes": 4, "parallel": 2},
+    "refill": {"sessions": 3, "warm": 1},
     "warm": {"reps": 2},
     "roundtrip": {"batches": 2, "calls": 40},
     "output": {"reps": 2},
@@ -271,7 +279,7 @@ def figures(raw: dict) -> list[Figure]:
     """Turn the raw answers into report rows."""
     ours, peer = raw["ours"], raw.get("peer", {})
     rows: list[Figure] = []
-    for builder in (start_figures, roundtrip_figures, output_figures, memory_figures,
+    for builder in (start_figures, start_cost_figures, roundtrip_figures, output_figures, memory_figures,
                     concurrency_figures, teardown_figures, runtime_figures):
         rows.extend(builder(ours, peer))
     return rows
@@ -306,6 +314,39 @@ def start_figures(ours: dict, peer: dict) -> list[Figure]:
         rows.append(Figure("warm start: pool get() to first result", "ms", pick(ours["warm"]), p, na,
                            target=50, target_text="<= 50 ms",
                            note=(peer.get("warm") or {}).get("note", "")))
+    return rows
+
+
+def start_cost_figures(ours: dict, peer: dict) -> list[Figure]:
+    """CPU per sandbox start, and sandboxes started per minute (4 at a time; warm pool)."""
+    rows = []
+    if ok(ours.get("start_cost")):
+        def total(answer: dict) -> dict | None:
+            if None in answer["container_cpu_s"]:
+                return None
+            return summarize([h + c for h, c in zip(answer["host_cpu_s"], answer["container_cpu_s"])])
+
+        def split(answer: dict | None) -> str:
+            if not ok(answer) or "host_cpu_s" not in answer:
+                return ""
+            return (f"host {summarize(answer['host_cpu_s'])['median']:.2f} s + container "
+                    f"{summarize([c or 0.0 for c in answer['container_cpu_s']])['median']:.2f} s")
+
+        p, na = peer_summary(peer, "start_cost", total)
+        note = "; ".join(f"{side} {text}" for side, text in
+                         (("ours", split(ours["start_cost"])), ("peer", split(peer.get("start_cost")))) if text)
+        rows.append(Figure("CPU per sandbox start (host process + container), to first result", "s",
+                           total(ours["start_cost"]), p, na, note=note))
+        pick = lambda a: summarize(a["first_result_s"])  # noqa: E731
+        p, na = peer_summary(peer, "start_cost", pick)
+        rows.append(Figure("cold start, one at a time (start_cost)", "s", pick(ours["start_cost"]), p, na))
+    for op, label in (("start_rate", "sandboxes started per minute, several at a time"),
+                      ("refill", "sandboxes started per minute, warm pool refilling")):
+        if ok(ours.get(op)):
+            pick = lambda a: summarize(a["per_minute"])  # noqa: E731
+            p, na = peer_summary(peer, op, pick)
+            rows.append(Figure(label, "/min", pick(ours[op]), p, na, higher_is_better=True,
+                               note=f"host CPU {summarize(ours[op]['host_cpu_per_sandbox_s'])['median']:.2f} s/sandbox"))
     return rows
 
 

@@ -126,6 +126,23 @@ def cpu_throttling(container_ids: list[str]) -> dict | None:
     return {"throttled_periods": periods, "throttled_s": seconds}
 
 
+def container_cpu(container_id: str) -> float | None:
+    """CPU seconds a container's processes have used so far, read from the host's cgroup
+    (v1 cpuacct or v2 cpu.stat, Docker's cgroupfs layout); None where it cannot be read."""
+    for path, field, scale in ((f"/sys/fs/cgroup/cpuacct/docker/{container_id}/cpuacct.usage", None, 1e-9),
+                               (f"/sys/fs/cgroup/docker/{container_id}/cpu.stat", "usage_usec", 1e-6)):
+        try:
+            with open(path) as handle:
+                text = handle.read()
+        except OSError:
+            continue
+        if field is None:
+            return int(text.strip()) * scale
+        fields = dict(line.split() for line in text.splitlines() if line.strip())
+        return int(fields[field]) * scale
+    return None
+
+
 def host_cpu() -> float:
     """CPU seconds (user + system) this process has used so far."""
     import resource

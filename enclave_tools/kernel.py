@@ -55,6 +55,11 @@ SEND_TIMEOUT = 10.0
 """Seconds one request may take to send before the connection counts as broken."""
 
 
+HANDSHAKE_FIRST_WAIT = 0.05
+"""Seconds the handshake's first kernel_info request waits before another is sent (each
+later one waits twice as long, up to 2 s)."""
+
+
 class KernelClient:
     """Drives one kernel: create, execute, interrupt, restart, shut down."""
 
@@ -250,7 +255,10 @@ class KernelClient:
         """Wait until a request's reply *and* its idle status come back, so the output
         channel is live (a fresh connection can miss a kernel's first messages)."""
         deadline = time.monotonic() + timeout
-        wait = 0.2
+        # A fresh websocket usually misses the first idle (the gateway subscribes to the
+        # kernel's output as the socket opens), so the first try is short: the second
+        # request then answers within milliseconds instead of after a 0.2 s wait.
+        wait = HANDSHAKE_FIRST_WAIT
         while True:
             call = self._request("kernel_info_request", {})
             try:

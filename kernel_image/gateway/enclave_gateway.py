@@ -108,6 +108,19 @@ if __name__ == "__main__":
     sys.modules.setdefault("enclave_gateway", sys.modules[__name__])
     if os.environ.get("ENCLAVE_PRESTART_KERNEL", "1") == "1":
         prestart_kernel()
+    import enclave_bundle
+
+    enclave_bundle.install(os.path.join(os.path.dirname(os.path.abspath(__file__)), enclave_bundle.BUNDLE_NAME))
+
+# jsonschema's optional format checkers: jsonschema imports each if it is installed and
+# checks that format if it is; the gateway never validates a format that needs one.
+# Importing them (arrow, isoduration, rfc3986-validator's regular expressions, ...) was a
+# fifth of the gateway's start. A None entry in sys.modules makes their import fail at
+# once, in this process only: kernels (other processes) still have every package.
+GATEWAY_SKIPS = ("fqdn", "rfc3987", "rfc3987_syntax", "rfc3986_validator", "rfc3339_validator",
+                 "webcolors", "jsonpointer", "uri_template", "isoduration", "arrow")
+for _name in GATEWAY_SKIPS:
+    sys.modules.setdefault(_name, None)
 
 import hmac  # noqa: E402 - the kernel above starts before these heavy imports
 import tempfile  # noqa: E402
