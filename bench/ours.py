@@ -17,12 +17,21 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from stats import RssSampler, concurrency_runs, container_memory, main, paced_calls, rss_bytes, run_concurrently  # noqa: E402
+from stats import (  # noqa: E402
+    RssSampler,
+    concurrency_runs,
+    container_memory,
+    main,
+    paced_calls,
+    rss_bytes,
+    run_concurrently,
+)
 
 import enclave_tools.image  # noqa: E402
 from enclave_tools import Sandbox, SandboxSessions  # noqa: E402
@@ -353,7 +362,7 @@ def op_runtimes(image: str, runtimes: list[str], reps: int, calls: int, **_: Any
             try:
                 expect_one(sandbox.run("x = 1\nx"))
                 out[runtime]["first_result_s"].append(time.perf_counter() - start)
-                out[runtime]["roundtrip_s"].append(time_calls(lambda: expect_one(sandbox.run("x")), calls))
+                out[runtime]["roundtrip_s"].append(time_calls(lambda sb=sandbox: expect_one(sb.run("x")), calls))
             finally:
                 sandbox.close()
     return out

@@ -33,16 +33,16 @@ import random
 import socket
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stats import RssSampler, concurrency_runs, container_memory, main, rss_bytes, run_concurrently  # noqa: E402
-
 from ms_enclave.sandbox.boxes import DockerNotebookSandbox  # noqa: E402
 from ms_enclave.sandbox.boxes.docker_sandbox import DockerSandbox  # noqa: E402
 from ms_enclave.sandbox.manager import LocalSandboxManager  # noqa: E402
 from ms_enclave.sandbox.model import DockerNotebookConfig, SandboxType  # noqa: E402
+from stats import RssSampler, concurrency_runs, container_memory, main, rss_bytes, run_concurrently  # noqa: E402
 
 TOOL = "notebook_executor"
 GATEWAY_COMMAND = [
@@ -193,7 +193,7 @@ def op_warm(image: str, reps: int, **_: Any) -> dict:
         config = make_config(image, port)
         config.ports["8888/tcp"] = ("127.0.0.1", port)
 
-        async def once() -> float:
+        async def once(config: Any = config) -> float:
             manager = LocalSandboxManager()
             await manager.start()
             try:

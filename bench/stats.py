@@ -8,7 +8,7 @@ import random
 import statistics
 import threading
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 __all__ = ["RssSampler", "Timer", "container_memory", "cpu_throttling", "host_cpu", "percentile", "rss_bytes", "summarize", "timed"]
 
@@ -47,7 +47,7 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
 class Timer:
     """``with Timer() as t: ...`` then ``t.seconds``."""
 
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         self.start = time.perf_counter()
         self.seconds = 0.0
         return self
@@ -80,7 +80,7 @@ class RssSampler:
             self.peak = max(self.peak, rss_bytes())
             self._stop.wait(self.every)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self.before = self.peak = rss_bytes()
         self._thread.start()
         return self

@@ -11,7 +11,7 @@ import codeop
 import signal
 import sys
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from enclave_tools import __version__
@@ -387,7 +387,7 @@ def _age(created: str | None) -> str:
     if not created:
         return "?"
     try:
-        seconds = (datetime.now(timezone.utc) - datetime.fromisoformat(created)).total_seconds()
+        seconds = (datetime.now(UTC) - datetime.fromisoformat(created)).total_seconds()
     except ValueError:
         return "?"
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):

@@ -17,8 +17,9 @@ import stat
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from docker.errors import APIError, DockerException, NotFound
 from docker.types import LogConfig, Ulimit
@@ -160,7 +161,7 @@ class DockerBackend(Backend):
             LABEL: "1",
             RUN_DIR: "",
             **self._ownership_labels(owner, config),
-            CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            CREATED: datetime.now(UTC).isoformat(timespec="seconds"),
             **config.labels,
         }
         # The token travels as a file in a directory shared with this host user only;

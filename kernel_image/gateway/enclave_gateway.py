@@ -112,15 +112,15 @@ if __name__ == "__main__":
 import hmac  # noqa: E402 - the kernel above starts before these heavy imports
 import tempfile  # noqa: E402
 
-from kernel_gateway.gatewayapp import KernelGatewayApp  # noqa: E402
+from jupyter_server._tz import utcnow  # noqa: E402
 from jupyter_server.services.kernels.connection.channels import (  # noqa: E402
     ZMQChannelsWebsocketConnection,
 )
+from kernel_gateway.gatewayapp import KernelGatewayApp  # noqa: E402
 from kernel_gateway.services.kernels.manager import (  # noqa: E402
     KernelGatewayIOLoopKernelManager,
     SeedingMappingKernelManager,
 )
-from jupyter_server._tz import utcnow  # noqa: E402
 from tornado import httpserver, netutil, web  # noqa: E402
 
 MAX_UPLOAD_BYTES = 4 * 2**30
@@ -189,7 +189,7 @@ class FilesHandler(_TokenHandler):
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 fd, self._tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".upload-")
             except OSError as exc:
-                raise web.HTTPError(_oserror_status(exc), reason=f"{exc.strerror}: {target}")
+                raise web.HTTPError(_oserror_status(exc), reason=f"{exc.strerror}: {target}") from exc
             self._file = os.fdopen(fd, "wb")
 
     def data_received(self, chunk):
@@ -197,7 +197,7 @@ class FilesHandler(_TokenHandler):
             self._file.write(chunk)
         except OSError as exc:
             self._discard()
-            raise web.HTTPError(_oserror_status(exc), reason=f"{exc.strerror} while writing")
+            raise web.HTTPError(_oserror_status(exc), reason=f"{exc.strerror} while writing") from exc
 
     def _discard(self):
         if self._tmp:
@@ -221,7 +221,7 @@ class FilesHandler(_TokenHandler):
             os.replace(self._tmp, target)
         except OSError as exc:
             self._discard()
-            raise web.HTTPError(_oserror_status(exc), reason=f"{exc.strerror}: {target}")
+            raise web.HTTPError(_oserror_status(exc), reason=f"{exc.strerror}: {target}") from exc
         self._tmp = None
         self.set_status(201)
         self.finish(json.dumps({"path": target, "size": os.path.getsize(target)}))
@@ -243,9 +243,9 @@ class FilesHandler(_TokenHandler):
         try:
             fd, size = await loop.run_in_executor(None, open_regular_file, path)
         except NotRegularFile as exc:
-            raise web.HTTPError(400, reason=str(exc))
+            raise web.HTTPError(400, reason=str(exc)) from exc
         except OSError as exc:
-            raise web.HTTPError(_oserror_status(exc), reason=f"{exc.strerror}: {path}")
+            raise web.HTTPError(_oserror_status(exc), reason=f"{exc.strerror}: {path}") from exc
         try:
             if max_bytes is not None and size > max_bytes:
                 self.set_status(413)
@@ -595,7 +595,7 @@ class LifetimeHandler(_TokenHandler):
                                           or not 0 < value <= MAX_LIMIT_S):
                     raise ValueError(key)
         except (ValueError, AttributeError) as exc:
-            raise web.HTTPError(400, reason=f"bad limit {exc}: seconds between 0 and {MAX_LIMIT_S}")
+            raise web.HTTPError(400, reason=f"bad limit {exc}: seconds between 0 and {MAX_LIMIT_S}") from exc
         watch = self.settings["enclave_watch"]
         watch.set(**values)
         self.finish(json.dumps(watch.describe(self.settings.get("kernel_manager"))))

@@ -242,7 +242,7 @@ def test_close_ends_a_running_cell_promptly_even_on_a_frozen_gateway(make_sandbo
     ]
     boxes = [make_sandbox(), make_sandbox()]
     start_all(*boxes)
-    for sb, cell in zip(boxes, cells):
+    for sb, cell in zip(boxes, cells, strict=True):
         container_id = sb.container_id
         running, outcome = in_background(sb.run, cell, 86400)
         wait_until(lambda sb=sb: sb._turns.current is not None and sb._turns.current.sent)

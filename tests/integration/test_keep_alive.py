@@ -20,9 +20,15 @@ from typing import Any
 
 import pytest
 
-from enclave_tools import Sandbox, SandboxAccessDenied, SandboxGone, SandboxInUse
-from enclave_tools import registry
-from enclave_tools.backends.docker import IDLE_EXIT, KEEP_ALIVE, RUN_DIR, SESSION, DockerBackend, _safe_run_dir
+from enclave_tools import Sandbox, SandboxAccessDenied, SandboxGone, SandboxInUse, registry
+from enclave_tools.backends.docker import (
+    IDLE_EXIT,
+    KEEP_ALIVE,
+    RUN_DIR,
+    SESSION,
+    DockerBackend,
+    _safe_run_dir,
+)
 from enclave_tools.config import SandboxConfig
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -197,8 +197,9 @@ async def test_http_checks_the_token_when_one_is_set(server_args: list[str], tmp
 async def test_langchain_agent_through_langchain_mcp_adapters(server_args: list[str]) -> None:
     from langchain.agents import create_agent
     from langchain_core.messages import AIMessage, ToolMessage
-    from langchain_enclave.scripted import ScriptedChatModel, notebook_call
     from langchain_mcp_adapters.tools import load_mcp_tools
+
+    from langchain_enclave.scripted import ScriptedChatModel, notebook_call
 
     async with stdio_session(server_args) as session:
         tools = await load_mcp_tools(session)
@@ -220,8 +221,9 @@ async def test_langchain_agent_through_langchain_mcp_adapters(server_args: list[
 
 async def test_llamaindex_agent_through_llama_index_tools_mcp(server_args: list[str]) -> None:
     from llama_index.core.agent.workflow import FunctionAgent
-    from llama_index.tools.enclave.scripted import answer, notebook_call, scripted_llm
     from llama_index.tools.mcp import BasicMCPClient, McpToolSpec
+
+    from llama_index.tools.enclave.scripted import answer, notebook_call, scripted_llm
 
     with http_server(server_args) as url:
         # BasicMCPClient opens a new MCP session for every call: the session argument,

@@ -258,8 +258,9 @@ def test_constructing_starts_nothing_and_close_removes_everything(make_sandbox, 
     container_id = sb.container_id
     run_dir = sb.handle.run_dir
     sb.close()
-    import docker.errors
     import os
+
+    import docker.errors
 
     with pytest.raises(docker.errors.NotFound):
         docker_engine.containers.get(container_id)

@@ -7,6 +7,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForToolRun,
+    CallbackManagerForToolRun,
+)
+from langchain_core.callbacks.manager import adispatch_custom_event, dispatch_custom_event
+from langchain_core.runnables import RunnableConfig, ensure_config
+from langchain_core.tools import BaseTool, ToolException
+from pydantic import BaseModel, PrivateAttr, ValidationError
+
 from enclave_tools import (
     EnclaveError,
     Execution,
@@ -24,15 +33,6 @@ from enclave_tools.tooling import (
     describe_tool_failure,
     model_text,
 )
-from langchain_core.callbacks import (
-    AsyncCallbackManagerForToolRun,
-    CallbackManagerForToolRun,
-)
-from langchain_core.callbacks.manager import adispatch_custom_event, dispatch_custom_event
-from langchain_core.runnables import RunnableConfig, ensure_config
-from langchain_core.tools import BaseTool, ToolException
-from pydantic import BaseModel, PrivateAttr, ValidationError
-
 from langchain_enclave.images import DEFAULT_IMAGE_MAX_SIDE, fit_image
 
 __all__ = ["LIVE_OUTPUT_EVENT", "EnclaveNotebookTool", "NotebookInput"]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 
-from enclave_tools import Sandbox, SandboxSessions
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, ToolMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
+from enclave_tools import Sandbox, SandboxSessions
 from langchain_enclave import EnclaveNotebookTool
 from langchain_enclave.scripted import ScriptedChatModel, notebook_call
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from enclave_tools import Execution, Sandbox, SandboxSessions
 from langchain_core.messages import ToolMessage
 
+from enclave_tools import Execution, Sandbox, SandboxSessions
 from langchain_enclave import EnclaveNotebookTool
 
 PLOT = "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.show()"

@@ -7,10 +7,10 @@ import asyncio
 import threading
 from typing import Any
 
-from enclave_tools.protocol import ExecuteCall
-from enclave_tools.sandbox import Sandbox
 from langgraph.graph import START, MessagesState, StateGraph
 
+from enclave_tools.protocol import ExecuteCall
+from enclave_tools.sandbox import Sandbox
 from langchain_enclave import EnclaveNotebookTool
 from langchain_enclave.tools import LIVE_OUTPUT_EVENT
 

@@ -11,9 +11,6 @@ from typing import Any
 
 import openai
 import pytest
-from enclave_tools import Execution
-from enclave_tools.execution import Result
-from enclave_tools.fakes import FakeSandbox
 from langchain.agents import create_agent
 from langchain_anthropic import ChatAnthropic
 from langchain_core.language_models import BaseChatModel
@@ -21,6 +18,9 @@ from langchain_openai import ChatOpenAI
 from langgraph.checkpoint.memory import InMemorySaver
 from PIL import Image
 
+from enclave_tools import Execution
+from enclave_tools.execution import Result
+from enclave_tools.fakes import FakeSandbox
 from langchain_enclave import EnclaveNotebookTool, ToolImagesMiddleware
 from langchain_enclave.images import png_size
 from tests.unit_tests.fake_providers import Call, FakeProvider, Say, problems

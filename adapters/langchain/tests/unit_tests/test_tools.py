@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 
 import pytest
-from enclave_tools import Execution, InvalidInput, SandboxDied, SandboxSessions
-from enclave_tools.fakes import PNG, FakeSandbox, failed, plotted, printed
 from langchain_core.messages import ToolMessage
 
 import enclave_tools.tooling as tooling_module
+from enclave_tools import Execution, InvalidInput, SandboxDied, SandboxSessions
+from enclave_tools.fakes import PNG, FakeSandbox, failed, plotted, printed
 from langchain_enclave import EnclaveNotebookTool
 
 

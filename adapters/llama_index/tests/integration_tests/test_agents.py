@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from enclave_tools import Sandbox, SandboxSessions
 from llama_index.core.agent.workflow import AgentWorkflow, FunctionAgent, ToolCallResult
 from llama_index.core.base.llms.types import ImageBlock
 from llama_index.core.workflow import Context
 
+from enclave_tools import Sandbox, SandboxSessions
 from llama_index.tools.enclave import EnclaveNotebookToolSpec
 from llama_index.tools.enclave.scripted import answer, notebook_call, scripted_llm
 

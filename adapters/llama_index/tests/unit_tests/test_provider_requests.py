@@ -10,15 +10,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from enclave_tools import Execution
-from enclave_tools.execution import Result
-from enclave_tools.fakes import FakeSandbox
 from llama_index.core.agent.workflow import FunctionAgent
 from llama_index.core.memory import Memory
 from llama_index.core.workflow import Context
 from llama_index.llms.openai import OpenAI, OpenAIResponses
 from PIL import Image
 
+from enclave_tools import Execution
+from enclave_tools.execution import Result
+from enclave_tools.fakes import FakeSandbox
 from llama_index.tools.enclave import EnclaveNotebookToolSpec, ToolImagesFunctionAgent
 from llama_index.tools.enclave.images import png_size
 from tests.unit_tests.fake_providers import Call, FakeProvider, Say

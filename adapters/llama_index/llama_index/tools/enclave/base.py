@@ -6,6 +6,11 @@
 import uuid
 from typing import Any
 
+from llama_index.core.base.llms.types import ContentBlock, ImageBlock, TextBlock
+from llama_index.core.tools import FunctionTool, ToolMetadata, ToolOutput
+from llama_index.core.tools.tool_spec.base import SPEC_FUNCTION_TYPE, BaseToolSpec
+from llama_index.core.workflow import Context, Event
+
 from enclave_tools import (
     Execution,
     Sandbox,
@@ -22,11 +27,6 @@ from enclave_tools.tooling import (
     describe_tool_failure,
     model_text,
 )
-from llama_index.core.base.llms.types import ContentBlock, ImageBlock, TextBlock
-from llama_index.core.tools import FunctionTool, ToolMetadata, ToolOutput
-from llama_index.core.tools.tool_spec.base import SPEC_FUNCTION_TYPE, BaseToolSpec
-from llama_index.core.workflow import Context, Event
-
 from llama_index.tools.enclave.images import DEFAULT_IMAGE_MAX_SIDE, fit_image
 
 __all__ = [
