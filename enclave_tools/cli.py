@@ -81,7 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     build.set_defaults(func=_image_build)
     image_ls = image_commands.add_parser("ls", help="list enclave-tools images")
     image_ls.set_defaults(func=_image_ls)
-    image.set_defaults(func=lambda _args: (image.print_help(), EXIT_USAGE)[1])
+
+    def image_usage(_args: argparse.Namespace) -> int:
+        image.print_help()
+        return EXIT_USAGE
+
+    image.set_defaults(func=image_usage)
 
     ps = commands.add_parser("ps", help="list running sandboxes")
     ps.set_defaults(func=_ps)

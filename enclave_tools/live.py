@@ -122,7 +122,7 @@ def events_from_execution(execution: Execution) -> list[OutputEvent]:
             message = {"header": {"msg_type": "display_data"}, "content": {"data": item.data}}
             events += events_from_message(message)
         elif kind in ("stdout", "stderr") and item:
-            events.append(OutputEvent(kind, _text(item)))
+            events.append(OutputEvent("stdout" if kind == "stdout" else "stderr", _text(item)))
     if execution.error is not None:
         events.append(OutputEvent("error", _text(str(execution.error))))
     return events
@@ -157,7 +157,7 @@ class LiveFeed:
         self._closed = False
         self._told_drops = False
         self._cond = threading.Condition()
-        self._wakeup: Callable[[], None] | None = None
+        self._wakeup: Callable[[], object] | None = None
 
     def offer(self, msg: dict[str, Any]) -> None:
         """Queue an output message (called on the reader thread; never waits)."""
@@ -188,7 +188,7 @@ class LiveFeed:
         """Whether :meth:`close` was called."""
         return self._closed
 
-    def set_wakeup(self, wakeup: Callable[[], None] | None) -> None:
+    def set_wakeup(self, wakeup: Callable[[], object] | None) -> None:
         """Call ``wakeup()`` (from any thread) whenever a message or the close arrives."""
         self._wakeup = wakeup
         self._wake()

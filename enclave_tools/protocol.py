@@ -23,7 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from enclave_tools.execution import RICH_LIMIT, Execution, OutputLog, Result, error_from_content
+from enclave_tools.execution import RICH_LIMIT, Execution, OutputLog, Result, Status, error_from_content
 
 __all__ = [
     "ExecuteCall", "WS_PROTOCOL_V1", "decode_frame", "encode_message", "loads_bounded", "new_message",
@@ -269,7 +269,7 @@ class ExecuteCall:
         """The :class:`Execution` for what has arrived so far."""
         transcript, stdout, stderr = self.log.finish()
         error = None
-        status = "ok"
+        status: Status = "ok"
         reply = self.reply or {}
         if self.error_content is not None:
             error = error_from_content(self.error_content)

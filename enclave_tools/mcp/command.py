@@ -78,7 +78,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         if getattr(args, field):
             overrides[field] = getattr(args, field)
     overrides["labels"] = dict(_label(text) for text in args.label)
-    config = SandboxConfig(**overrides)  # type: ignore[arg-type]
+    config = SandboxConfig(**overrides)
     sessions = SandboxSessions(
         warm=args.warm, idle_ttl=args.idle_ttl, factory=lambda: Sandbox(config, progress=say)
     )

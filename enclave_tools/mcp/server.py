@@ -143,7 +143,7 @@ def file_content(path: str, data: bytes) -> ContentBlock:
     return EmbeddedResource(
         type="resource",
         resource=BlobResourceContents(
-            uri=f"file://{posixpath.normpath('/' + path)}",  # type: ignore[arg-type]
+            uri=f"file://{posixpath.normpath('/' + path)}",
             mimeType=mime,
             blob=base64.b64encode(data).decode(),
         ),

@@ -99,7 +99,7 @@ class _ProtocolStdout(io.TextIOWrapper):
     """``sys.stdout`` while stdio serves: its ``buffer`` is the protocol's stream (what the
     SDK writes to); text printed by anything else goes to stderr instead."""
 
-    def write(self, text: str) -> int:  # type: ignore[override]
+    def write(self, text: str) -> int:
         return sys.stderr.write(text)
 
     def flush(self) -> None:

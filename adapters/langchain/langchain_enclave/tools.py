@@ -110,8 +110,9 @@ class EnclaveNotebookTool(BaseTool):
     args_schema: type[BaseModel] = NotebookInput
     response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
     handle_tool_error: bool | str | Callable[[ToolException], str] | None = True
+    # BaseTool's type also admits pydantic.v1 errors; NotebookInput (pydantic v2) raises only v2 ones.
     handle_validation_error: bool | str | Callable[[ValidationError], str] | None = (
-        lambda error: describe_bad_arguments(error)
+        lambda error: describe_bad_arguments(error)  # type: ignore[assignment]
     )
     """Bad arguments from a model come back to it as a message, not as an exception."""
 

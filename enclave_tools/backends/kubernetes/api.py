@@ -52,8 +52,8 @@ def k8s() -> Any:
     return kubernetes
 
 
-def api_exception() -> type[Exception]:
-    """``kubernetes.client.exceptions.ApiException``."""
+def api_exception() -> Any:
+    """``kubernetes.client.exceptions.ApiException`` (untyped: its ``status`` and ``body`` are read)."""
     return k8s().client.exceptions.ApiException
 
 

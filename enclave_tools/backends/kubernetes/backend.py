@@ -277,8 +277,9 @@ class KubernetesBackend(Backend):
     # -- internals ----------------------------------------------------------------------
 
     def _image(self, config: SandboxConfig) -> str:
-        if self.image or config.image:
-            return self.image or config.image
+        image = self.image or config.image
+        if image:
+            return image
         from enclave_tools.image import default_image
 
         return default_image()
@@ -406,6 +407,7 @@ class KubernetesBackend(Backend):
         if mode == "port_forward":
             return PortForwardEndpoint(token=token, pod=name, namespace=self.namespace,
                                        api=self.kube.stream_core)
+        assert self.url_template is not None  # __init__ requires one for connect="url"
         url = self.url_template.format(name=name, namespace=self.namespace, pod_ip=pod_ip,
                                        sandbox_id=sandbox_id)
         return endpoint_from_url(url, token, self.verify)

@@ -31,6 +31,7 @@ class PortForwardEndpoint(Endpoint):
         """A new stream to the pod's gateway port (one port-forward per connection)."""
         from kubernetes.stream import portforward
 
+        assert self.api is not None, "a PortForwardEndpoint needs its api factory"
         core = self.api()
         limit = min(timeout or HANDSHAKE_TIMEOUT, HANDSHAKE_TIMEOUT)
         outcome: dict[str, Any] = {}

@@ -4,6 +4,7 @@
 # parameter by comparing the annotation object with Context, not a string.
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from llama_index.core.base.llms.types import ContentBlock, ImageBlock, TextBlock
@@ -202,6 +203,8 @@ class EnclaveNotebookToolSpec(BaseToolSpec):
         metadata = (func_to_metadata_mapping or {}).get(TOOL_NAME) or ToolMetadata(
             name=TOOL_NAME, description=TOOL_DESCRIPTION, fn_schema=NotebookInput
         )
+        fn: Callable[..., Execution] | None
+        async_fn: Callable[..., Awaitable[Execution]]
         if self.sessions is None and not self.stream_output:
             fn, async_fn = self.notebook_executor, self.anotebook_executor
         else:  # the Context-aware function; its sync twin is derived from it
