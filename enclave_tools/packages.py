@@ -538,7 +538,8 @@ class LiveInstaller:
         fetched = fetch_wheels(requirements, facts, lambda _line: None, also_pinned=self.installed)
         if not fetched.wheels:
             return f"Already installed: {', '.join(fetched.kept)}."
-        folder = f"{self.directory}/.incoming-{hashlib.sha256(json.dumps([str(w) for w in fetched.wheels]).encode()).hexdigest()[:8]}"
+        wheels_digest = hashlib.sha256(json.dumps([str(w) for w in fetched.wheels]).encode()).hexdigest()
+        folder = f"{self.directory}/.incoming-{wheels_digest[:8]}"
         remote = []
         for wheel in fetched.wheels:
             path = f"{folder}/{wheel.name}"

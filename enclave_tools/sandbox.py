@@ -937,7 +937,9 @@ class Sandbox:
         try:
             handle = backend.attach(record)
         except SandboxGone:
-            if not backend.state(SandboxHandle(record.container_id, record.name, None, record.run_dir)).running:  # type: ignore[arg-type]
+            # state() reads only the id, the name and run_dir: a handle with no endpoint is enough
+            gone = SandboxHandle(record.container_id, record.name, None, record.run_dir)  # type: ignore[arg-type]
+            if not backend.state(gone).running:
                 # Expired: as gc would, trusting no path or id the record holds (remove_ended
                 # takes only a stopped kept-alive sandbox, and only a run directory of ours).
                 backend.remove_ended(record.container_id)
@@ -990,7 +992,8 @@ class Sandbox:
         finally:
             self._turns.leave(turn)
         self._turns.close(SandboxClosed(
-            f"this sandbox was detached from this process; use Sandbox.connect({self.id!r}) to run code in it"
+            f"this sandbox was detached from this process; "
+                f"use Sandbox.connect({self.id!r}) to run code in it"
         ))
         if kernel is not None:
             kernel.disconnect()

@@ -313,7 +313,10 @@ class SandboxSessions:
                 if now - max(self._last_used.get(key, 0.0), sandbox.last_active) > self.idle_ttl
                 and not sandbox.busy
             ]
-        reason = f"This conversation's sandbox was closed after more than {self.idle_ttl:g} s without use, and this is a new one"
+        reason = (
+            f"This conversation's sandbox was closed after more than {self.idle_ttl:g} s without use, "
+            "and this is a new one"
+        )
         for key, sandbox in idle:
             with self._wake:
                 used = self._last_used.get(key, 0.0)

@@ -1,7 +1,8 @@
 """`make demo`: an agent explores a CSV in a sandbox over several turns.
 
 It loads data/sales.csv, explores it, hits an error and fixes it, makes a plot and saves
-it as a PNG, and writes the whole session as a notebook (demo-output/session.ipynb). Without a model configured, a scripted model drives the same agent loop.
+it as a PNG, and writes the whole session as a notebook (demo-output/session.ipynb).
+Without a model configured, a scripted model drives the same agent loop.
 With an OpenAI-compatible endpoint configured (OPENAI_API_KEY, and optionally
 OPENAI_BASE_URL and ENCLAVE_DEMO_MODEL), a real model drives it.
 """

@@ -205,7 +205,11 @@ async def test_langchain_agent_through_langchain_mcp_adapters(server_args: list[
         tools = await load_mcp_tools(session)
         model = ScriptedChatModel.from_script([
             notebook_call("import pandas as pd\ndf = pd.DataFrame({'v': [40, 2]})", call_id="c1"),
-            notebook_call("import matplotlib.pyplot as plt\nplt.bar([0, 1], df['v'])\nplt.show()\nprint(df['v'].sum())", call_id="c2"),
+            notebook_call(
+                "import matplotlib.pyplot as plt\nplt.bar([0, 1], df['v'])\n"
+                "plt.show()\nprint(df['v'].sum())",
+                call_id="c2",
+            ),
             AIMessage("The total is 42."),
         ])
         state = await create_agent(model, tools=tools).ainvoke({"messages": [("user", "Total?")]})

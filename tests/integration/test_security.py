@@ -83,7 +83,8 @@ def test_container_is_hardened(sandbox, docker_engine):
     assert (host["CpuQuota"], host["CpuPeriod"]) == (100_000, 100_000)
     seen = sandbox.run(
         "import pathlib\n"
-        "v2, v1 = pathlib.Path('/sys/fs/cgroup/cpu.max'), pathlib.Path('/sys/fs/cgroup/cpu/cpu.cfs_quota_us')\n"
+        "v2 = pathlib.Path('/sys/fs/cgroup/cpu.max')\n"
+        "v1 = pathlib.Path('/sys/fs/cgroup/cpu/cpu.cfs_quota_us')\n"
         "print(v2.read_text().split()[0] if v2.exists() else v1.read_text().strip())"
     )
     assert seen.stdout.strip() == "100000"

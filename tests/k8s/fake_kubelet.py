@@ -5,9 +5,9 @@ readiness probe's TCP port accepts, then Failed/Succeeded when the container exi
 ``activeDeadlineSeconds`` passes (reason ``DeadlineExceeded``).
 
 What it applies from the pod spec: init containers (run to completion, in order; emptyDirs
-they share with the pod are host directories, the others sized tmpfs), the first container's image (never pulled: a missing
-image gives ErrImagePull, then ImagePullBackOff), env (values and secretKeyRef), secret
-volumes (as read-only files, group-owned by fsGroup),
+they share with the pod are host directories, the others sized tmpfs), the first
+container's image (never pulled: a missing image gives ErrImagePull, then ImagePullBackOff),
+env (values and secretKeyRef), secret volumes (as read-only files, group-owned by fsGroup),
 runAsUser/runAsGroup, dropped capabilities, allowPrivilegeEscalation, readOnlyRootFilesystem,
 memory and CPU limits, workingDir, shareProcessNamespace (as Docker's --init: a reaping PID 1).
 

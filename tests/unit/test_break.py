@@ -108,7 +108,10 @@ def hostile_gateway(tmp_path: Path) -> Iterator[tuple[Endpoint, list[bytes]]]:
                         break
                     request += data
                 body = bodies.pop(0) if bodies else b"{}"
-                head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                head = (
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n"
+                )
                 try:
                     conn.sendall(head.encode() + body)
                 except OSError:

@@ -202,7 +202,10 @@ def test_tags_follow_the_base_glibc():
 
 
 def test_parse_pins():
-    text = "# comment\nSix==1.17.0\nJinja2 == 3.1.6  # note\nfoo>=1\n-r other.txt\nbar[x]==2; python_version>'3'\n"
+    text = (
+        "# comment\nSix==1.17.0\nJinja2 == 3.1.6  # note\nfoo>=1\n"
+        "-r other.txt\nbar[x]==2; python_version>'3'\n"
+    )
     assert wheelhouse.parse_pins(text) == {
         "six": "1.17.0",
         "jinja2": "3.1.6",

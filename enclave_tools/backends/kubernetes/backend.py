@@ -74,7 +74,8 @@ def unsupported(config: SandboxConfig) -> list[str]:
     defaults = SandboxConfig.model_fields
     problems = []
     if config.network not in NETWORKS:
-        problems.append(f"network={config.network!r} is a Docker network; pods take 'none' (no egress) or 'bridge' (egress)")
+        problems.append(f"network={config.network!r} is a Docker network; "
+            "pods take 'none' (no egress) or 'bridge' (egress)")
     if config.runtime:
         problems.append(f"runtime={config.runtime!r} is a Docker runtime; pass KubernetesBackend(runtime_class=...)")
     if config.transport == "unix":
