@@ -9,13 +9,14 @@ DISTS  := -e . $(foreach a,$(ADAPTERS),-e $(a))
 # Each distribution's tests run from its own directory (each has its own conftest).
 JUNIT  ?= build/junit
 
-.PHONY: help venv image bootstrap-tool demo test test-gvisor unit test-adapters-lowest bench clean
+.PHONY: help venv lint image bootstrap-tool demo test test-gvisor unit test-adapters-lowest bench clean
 
 help:
 	@echo "make demo    run the demo (creates the venv and builds the image if needed)"
 	@echo "make test    every test, real Docker included"
 	@echo "make test-gvisor  the tests marked gvisor, every sandbox on runsc (deploy/gvisor/register-runsc.sh)"
 	@echo "make unit    the tests that need no Docker"
+	@echo "make lint    ruff check, ruff format --check and mypy (pyproject.toml)"
 	@echo "make test-adapters-lowest  the adapters' unit tests at their oldest supported versions"
 	@echo "make image   build the kernel image if it is missing"
 	@echo "make bench   benchmarks (prints a table, writes bench/results/)"
@@ -27,6 +28,10 @@ $(STAMP): pyproject.toml requirements-dev.txt $(wildcard adapters/*/pyproject.to
 	@touch $@
 
 venv: $(STAMP)
+
+# One configuration (pyproject.toml) for the core and both adapters; mypy's files are listed there.
+lint: venv
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
 
 # The base comes from python:3.12-slim (local, or pulled where a registry answers), else it
 # is made from Debian packages: only then, and only if neither tool is installed, install one.

@@ -17,13 +17,21 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from stats import (  # noqa: E402
-    RssSampler, concurrency_runs, container_cpu, container_memory, host_cpu, main, paced_calls, rss_bytes,
+    RssSampler,
+    concurrency_runs,
+    container_cpu,
+    container_memory,
+    host_cpu,
+    main,
+    paced_calls,
+    rss_bytes,
     run_concurrently,
 )
 
@@ -160,8 +168,11 @@ def gateway_import_probe(sandbox: Sandbox, reps: int = 3) -> dict:
         wall, used = in_container(sandbox, [VENV_PYTHON, "-c", code]).split()
         imports.append(float(wall))
         cpu.append(float(used))
-    return {"docker_exec_bare_python_s": bare, "import_enclave_gateway_s": imports,
-            "import_enclave_gateway_cpu_s": cpu}
+    return {
+        "docker_exec_bare_python_s": bare,
+        "import_enclave_gateway_s": imports,
+        "import_enclave_gateway_cpu_s": cpu,
+    }
 
 
 # -- the operations -------------------------------------------------------------------------
@@ -325,7 +336,13 @@ def check_adapters(langchain_tool: Any, llama_tool: Any) -> None:
 def op_output(image: str, reps: int, **_: Any) -> dict:
     """1 MB and 10 MB of stdout; host RSS growth during the 10 MB run."""
     sandbox = open_sandbox(image)
-    out: dict[str, list] = {"1mb_s": [], "10mb_s": [], "1mb_bytes": [], "10mb_bytes": [], "10mb_host_growth": []}
+    out: dict[str, list] = {
+        "1mb_s": [],
+        "10mb_s": [],
+        "1mb_bytes": [],
+        "10mb_bytes": [],
+        "10mb_host_growth": [],
+    }
     try:
         for _ in range(reps):
             for label, size in (("1mb", 10**6), ("10mb", 10**7)):
@@ -380,8 +397,9 @@ def op_memory(image: str, sandboxes: int, rounds: int, **_: Any) -> dict:
     return {"host_per_sandbox_bytes": per_sandbox, "container_idle_bytes": idle}
 
 
-def op_concurrency(image: str, levels: list[int], cells: int, reps: int,
-                   paced: list[list[float]] = (), **_: Any) -> dict:
+def op_concurrency(
+    image: str, levels: list[int], cells: int, reps: int, paced: list[list[float]] = (), **_: Any
+) -> dict:
     """``levels`` sandboxes running ``cells`` cells at once, each in its own thread, back to
     back; then each ``(level, rate)`` in ``paced`` at ``rate`` cells/s per sandbox."""
     runs = concurrency_runs(levels, cells, paced)
@@ -399,8 +417,7 @@ def op_concurrency(image: str, levels: list[int], cells: int, reps: int,
 def concurrent_cells(sandboxes: list[Sandbox], cells: int, interval: float | None = None) -> dict:
     """Each sandbox runs ``cells`` cells in its own thread (paced by ``interval``)."""
     workers = [
-        lambda sb=sb: paced_calls(lambda: expect_one(sb.run("x")), cells, interval)
-        for sb in sandboxes
+        lambda sb=sb: paced_calls(lambda: expect_one(sb.run("x")), cells, interval) for sb in sandboxes
     ]
     return run_concurrently(workers, [sb.container_id for sb in sandboxes])
 
@@ -419,7 +436,9 @@ def op_runtimes(image: str, runtimes: list[str], reps: int, calls: int, **_: Any
             try:
                 expect_one(sandbox.run("x = 1\nx"))
                 out[runtime]["first_result_s"].append(time.perf_counter() - start)
-                out[runtime]["roundtrip_s"].append(time_calls(lambda: expect_one(sandbox.run("x")), calls))
+                out[runtime]["roundtrip_s"].append(
+                    time_calls(lambda sb=sandbox: expect_one(sb.run("x")), calls)
+                )
             finally:
                 sandbox.close()
     return out

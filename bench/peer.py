@@ -33,18 +33,25 @@ import random
 import socket
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stats import (  # noqa: E402
-    RssSampler, concurrency_runs, container_cpu, container_memory, host_cpu, main, rss_bytes, run_concurrently,
-)
-
 from ms_enclave.sandbox.boxes import DockerNotebookSandbox  # noqa: E402
 from ms_enclave.sandbox.boxes.docker_sandbox import DockerSandbox  # noqa: E402
 from ms_enclave.sandbox.manager import LocalSandboxManager  # noqa: E402
 from ms_enclave.sandbox.model import DockerNotebookConfig, SandboxType  # noqa: E402
+from stats import (  # noqa: E402
+    RssSampler,
+    concurrency_runs,
+    container_cpu,
+    container_memory,
+    host_cpu,
+    main,
+    rss_bytes,
+    run_concurrently,
+)
 
 TOOL = "notebook_executor"
 GATEWAY_COMMAND = [
@@ -236,7 +243,7 @@ def op_warm(image: str, reps: int, **_: Any) -> dict:
         config = make_config(image, port)
         config.ports["8888/tcp"] = ("127.0.0.1", port)
 
-        async def once() -> float:
+        async def once(config: Any = config) -> float:
             manager = LocalSandboxManager()
             await manager.start()
             try:
@@ -285,7 +292,13 @@ def op_roundtrip(image: str, batches: int, calls: int, **_: Any) -> dict:
 def op_output(image: str, reps: int, **_: Any) -> dict:
     """1 MB and 10 MB of stdout; host RSS growth during the 10 MB run."""
     sandbox = start_many(image, 1)[0]
-    out: dict[str, list] = {"1mb_s": [], "10mb_s": [], "1mb_bytes": [], "10mb_bytes": [], "10mb_host_growth": []}
+    out: dict[str, list] = {
+        "1mb_s": [],
+        "10mb_s": [],
+        "1mb_bytes": [],
+        "10mb_bytes": [],
+        "10mb_host_growth": [],
+    }
     try:
         for _ in range(reps):
             for label, size in (("1mb", 10**6), ("10mb", 10**7)):
@@ -338,8 +351,9 @@ def op_memory(image: str, sandboxes: int, rounds: int, **_: Any) -> dict:
     return {"host_per_sandbox_bytes": per_sandbox, "container_idle_bytes": idle}
 
 
-def op_concurrency(image: str, levels: list[int], cells: int, reps: int,
-                   paced: list[list[float]] = (), **_: Any) -> dict:
+def op_concurrency(
+    image: str, levels: list[int], cells: int, reps: int, paced: list[list[float]] = (), **_: Any
+) -> dict:
     """As bench/ours.py: back to back, then paced at ``rate`` cells/s per sandbox."""
     runs = concurrency_runs(levels, cells, paced)
     opened = start_many(image, max(level for _, level, _, _ in runs))
@@ -353,8 +367,9 @@ def op_concurrency(image: str, levels: list[int], cells: int, reps: int,
     return out
 
 
-def concurrent_cells(sandboxes: list[DockerNotebookSandbox], cells: int,
-                     interval: float | None = None) -> dict:
+def concurrent_cells(
+    sandboxes: list[DockerNotebookSandbox], cells: int, interval: float | None = None
+) -> dict:
     """Each sandbox runs ``cells`` cells in its own thread (its own event loop), paced by
     ``interval`` as in stats.paced_calls."""
 

@@ -21,8 +21,8 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -104,7 +104,7 @@ def run_driver(python: str, script: str, op: str, args: dict, timeout: float = 9
         return {"error": f"{script} {op} took longer than {timeout:.0f} s"}
     for line in reversed(done.stdout.splitlines()):
         if line.startswith("BENCH-JSON: "):
-            answer = json.loads(line[len("BENCH-JSON: "):])
+            answer = json.loads(line[len("BENCH-JSON: ") :])
             answer["_seconds"] = time.monotonic() - started
             return answer
     tail = (done.stderr or done.stdout).strip().splitlines()[-15:]
@@ -164,8 +164,9 @@ def driver_args(op: str, args: dict, raw: dict) -> tuple[str | None, dict]:
     if op == "runtimes":
         missing = [rt for rt in args["runtimes"] if rt not in docker_runtimes()]
         if missing:
-            return None, {"why": f"Docker has no runtime {', '.join(missing)} "
-                                 "(gVisor: deploy/gvisor/register-runsc.sh)"}
+            return None, {
+                "why": f"Docker has no runtime {', '.join(missing)} (gVisor: deploy/gvisor/register-runsc.sh)"
+            }
         return op, args
     if op != "equal_load":
         return op, args
@@ -177,8 +178,9 @@ def driver_args(op: str, args: dict, raw: dict) -> tuple[str | None, dict]:
     for level in measured[0]:
         if not level.isdigit():
             continue
-        lowest = min(summarize([r["cells"] / r["wall_s"] for r in answer[level]])["median"]
-                     for answer in measured)
+        lowest = min(
+            summarize([r["cells"] / r["wall_s"] for r in answer[level]])["median"] for answer in measured
+        )
         cells = max(args["cells"], -(-args["samples"] // int(level)))
         paced.append([int(level), round(args["fraction"] * lowest / int(level), 2), cells])
     return "concurrency", {"levels": [], "paced": paced, "cells": args["cells"], "reps": args["reps"]}
@@ -186,8 +188,9 @@ def driver_args(op: str, args: dict, raw: dict) -> tuple[str | None, dict]:
 
 def docker_runtimes() -> list[str]:
     """The OCI runtimes the Docker daemon has registered."""
-    done = subprocess.run(["docker", "info", "--format", "{{json .Runtimes}}"],
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        ["docker", "info", "--format", "{{json .Runtimes}}"], capture_output=True, text=True, timeout=30
+    )
     return list(json.loads(done.stdout or "{}")) if done.returncode == 0 else []
 
 
@@ -279,8 +282,16 @@ def figures(raw: dict) -> list[Figure]:
     """Turn the raw answers into report rows."""
     ours, peer = raw["ours"], raw.get("peer", {})
     rows: list[Figure] = []
-    for builder in (start_figures, start_cost_figures, roundtrip_figures, output_figures, memory_figures,
-                    concurrency_figures, teardown_figures, runtime_figures):
+    for builder in (
+        start_figures,
+        start_cost_figures,
+        roundtrip_figures,
+        output_figures,
+        memory_figures,
+        concurrency_figures,
+        teardown_figures,
+        runtime_figures,
+    ):
         rows.extend(builder(ours, peer))
     return rows
 
@@ -303,17 +314,37 @@ def start_figures(ours: dict, peer: dict) -> list[Figure]:
     if ok(ours.get("cold")):
         pick = lambda a: summarize(a["first_result_s"])  # noqa: E731
         p, na = peer_summary(peer, "cold", pick)
-        rows.append(Figure("cold start: Sandbox() to first result", "s", pick(ours["cold"]), p, na,
-                           target=1.5, target_text="<= 1.5 s",
-                           extra={"phases_ours": phase_medians(ours["cold"]),
-                                  "phases_peer": phase_medians(peer.get("cold")),
-                                  "probe_ours": probe_medians(ours["cold"])}))
+        rows.append(
+            Figure(
+                "cold start: Sandbox() to first result",
+                "s",
+                pick(ours["cold"]),
+                p,
+                na,
+                target=1.5,
+                target_text="<= 1.5 s",
+                extra={
+                    "phases_ours": phase_medians(ours["cold"]),
+                    "phases_peer": phase_medians(peer.get("cold")),
+                    "probe_ours": probe_medians(ours["cold"]),
+                },
+            )
+        )
     if ok(ours.get("warm")):
         pick = lambda a: scaled(summarize(a["acquire_first_result_s"]), 1000)  # noqa: E731
         p, na = peer_summary(peer, "warm", pick)
-        rows.append(Figure("warm start: pool get() to first result", "ms", pick(ours["warm"]), p, na,
-                           target=50, target_text="<= 50 ms",
-                           note=(peer.get("warm") or {}).get("note", "")))
+        rows.append(
+            Figure(
+                "warm start: pool get() to first result",
+                "ms",
+                pick(ours["warm"]),
+                p,
+                na,
+                target=50,
+                target_text="<= 50 ms",
+                note=(peer.get("warm") or {}).get("note", ""),
+            )
+        )
     return rows
 
 
@@ -321,32 +352,59 @@ def start_cost_figures(ours: dict, peer: dict) -> list[Figure]:
     """CPU per sandbox start, and sandboxes started per minute (4 at a time; warm pool)."""
     rows = []
     if ok(ours.get("start_cost")):
+
         def total(answer: dict) -> dict | None:
             if None in answer["container_cpu_s"]:
                 return None
-            return summarize([h + c for h, c in zip(answer["host_cpu_s"], answer["container_cpu_s"])])
+            return summarize(
+                [h + c for h, c in zip(answer["host_cpu_s"], answer["container_cpu_s"], strict=True)]
+            )
 
         def split(answer: dict | None) -> str:
             if not ok(answer) or "host_cpu_s" not in answer:
                 return ""
-            return (f"host {summarize(answer['host_cpu_s'])['median']:.2f} s + container "
-                    f"{summarize([c or 0.0 for c in answer['container_cpu_s']])['median']:.2f} s")
+            return (
+                f"host {summarize(answer['host_cpu_s'])['median']:.2f} s + container "
+                f"{summarize([c or 0.0 for c in answer['container_cpu_s']])['median']:.2f} s"
+            )
 
         p, na = peer_summary(peer, "start_cost", total)
-        note = "; ".join(f"{side} {text}" for side, text in
-                         (("ours", split(ours["start_cost"])), ("peer", split(peer.get("start_cost")))) if text)
-        rows.append(Figure("CPU per sandbox start (host process + container), to first result", "s",
-                           total(ours["start_cost"]), p, na, note=note))
+        note = "; ".join(
+            f"{side} {text}"
+            for side, text in (("ours", split(ours["start_cost"])), ("peer", split(peer.get("start_cost"))))
+            if text
+        )
+        rows.append(
+            Figure(
+                "CPU per sandbox start (host process + container), to first result",
+                "s",
+                total(ours["start_cost"]),
+                p,
+                na,
+                note=note,
+            )
+        )
         pick = lambda a: summarize(a["first_result_s"])  # noqa: E731
         p, na = peer_summary(peer, "start_cost", pick)
         rows.append(Figure("cold start, one at a time (start_cost)", "s", pick(ours["start_cost"]), p, na))
-    for op, label in (("start_rate", "sandboxes started per minute, several at a time"),
-                      ("refill", "sandboxes started per minute, warm pool refilling")):
+    for op, label in (
+        ("start_rate", "sandboxes started per minute, several at a time"),
+        ("refill", "sandboxes started per minute, warm pool refilling"),
+    ):
         if ok(ours.get(op)):
             pick = lambda a: summarize(a["per_minute"])  # noqa: E731
             p, na = peer_summary(peer, op, pick)
-            rows.append(Figure(label, "/min", pick(ours[op]), p, na, higher_is_better=True,
-                               note=f"host CPU {summarize(ours[op]['host_cpu_per_sandbox_s'])['median']:.2f} s/sandbox"))
+            rows.append(
+                Figure(
+                    label,
+                    "/min",
+                    pick(ours[op]),
+                    p,
+                    na,
+                    higher_is_better=True,
+                    note=f"host CPU {summarize(ours[op]['host_cpu_per_sandbox_s'])['median']:.2f} s/sandbox",
+                )
+            )
     return rows
 
 
@@ -376,8 +434,13 @@ def roundtrip_figures(ours: dict, peer: dict) -> list[Figure]:
         "llama_index": "LlamaIndex tool .call",
     }
     rows = [
-        Figure(f"round trip p{q}: kernel floor (ZMQ in container)", "ms", floor[q],
-               peer_na="same kernel", note="jupyter_client inside the container; host websocket closed meanwhile" if q == 50 else "")
+        Figure(
+            f"round trip p{q}: kernel floor (ZMQ in container)",
+            "ms",
+            floor[q],
+            peer_na="same kernel",
+            note="jupyter_client inside the container; host websocket closed meanwhile" if q == 50 else "",
+        )
         for q in (50, 99)
     ]
     for name, label in labels.items():
@@ -385,11 +448,20 @@ def roundtrip_figures(ours: dict, peer: dict) -> list[Figure]:
             pick = lambda a, q=q: scaled(batch_percentile(a["configs"]["execute_tool"], q), 1000)  # noqa: E731
             p, na = peer_summary(peer, "roundtrip", pick)
             limit = 2 * floor[q]["median"]
-            rows.append(Figure(f"round trip p{q}: {label}", "ms",
-                               scaled(batch_percentile(configs[name], q), 1000), p, na,
-                               target=limit, target_text=f"<= 2x floor ({limit:.1f})",
-                               note="peer (every path): its notebook_executor tool over TCP"
-                               if (name, q) == ("core_unix", 50) else ""))
+            rows.append(
+                Figure(
+                    f"round trip p{q}: {label}",
+                    "ms",
+                    scaled(batch_percentile(configs[name], q), 1000),
+                    p,
+                    na,
+                    target=limit,
+                    target_text=f"<= 2x floor ({limit:.1f})",
+                    note="peer (every path): its notebook_executor tool over TCP"
+                    if (name, q) == ("core_unix", 50)
+                    else "",
+                )
+            )
     return rows
 
 
@@ -406,21 +478,46 @@ def output_figures(ours: dict, peer: dict) -> list[Figure]:
             if p is not None and got_peer < 0.5 * (MB if label == "1mb" else 10 * MB):
                 lost = f"its gateway dropped the output: {got_peer / MB:.1f} MB came back"
                 p, na = None, lost
-            rows.append(Figure(f"stdout {label.upper()}: print('x' * 10**{6 if label == '1mb' else 7})", "s",
-                               pick(ours["output"]), p, na, target=target,
-                               target_text="<= 2 s" if target else "",
-                               note=f"kept on host: ours {got_ours / MB:.1f} MB, peer {got_peer / MB:.1f} MB"))
+            rows.append(
+                Figure(
+                    f"stdout {label.upper()}: print('x' * 10**{6 if label == '1mb' else 7})",
+                    "s",
+                    pick(ours["output"]),
+                    p,
+                    na,
+                    target=target,
+                    target_text="<= 2 s" if target else "",
+                    note=f"kept on host: ours {got_ours / MB:.1f} MB, peer {got_peer / MB:.1f} MB",
+                )
+            )
         pick = lambda a: scaled(summarize(a["10mb_host_growth"]), 1 / MB)  # noqa: E731
         p, na = peer_summary(peer, "output", pick)
         if lost:
             p, na = None, lost
-        rows.append(Figure("host RSS growth during 10 MB stdout", "MB", pick(ours["output"]), p, na,
-                           target=50, target_text="< 50 MB"))
+        rows.append(
+            Figure(
+                "host RSS growth during 10 MB stdout",
+                "MB",
+                pick(ours["output"]),
+                p,
+                na,
+                target=50,
+                target_text="< 50 MB",
+            )
+        )
     if ok(ours.get("plot")):
         pick = lambda a: scaled(summarize(a["plot_s"]), 1000)  # noqa: E731
         p, na = peer_summary(peer, "plot", pick)
-        rows.append(Figure("matplotlib plot returned as PNG", "ms", pick(ours["plot"]), p, na,
-                           note=f"pyplot imported first ({ours['plot']['pyplot_import_s'] * 1000:.0f} ms)"))
+        rows.append(
+            Figure(
+                "matplotlib plot returned as PNG",
+                "ms",
+                pick(ours["plot"]),
+                p,
+                na,
+                note=f"pyplot imported first ({ours['plot']['pyplot_import_s'] * 1000:.0f} ms)",
+            )
+        )
     return rows
 
 
@@ -433,10 +530,24 @@ def memory_figures(ours: dict, peer: dict) -> list[Figure]:
     p_idle, na_idle = peer_summary(peer, "memory", idle)
     p_host, na_host = peer_summary(peer, "memory", host)
     return [
-        Figure("idle sandbox container memory", "MiB", idle(ours["memory"]), p_idle, na_idle,
-               target=100, target_text="<= 100 MiB", note="docker stats: usage less inactive file cache"),
-        Figure("host RSS per open sandbox", "MiB", host(ours["memory"]), p_host, na_host,
-               note="RSS growth opening N sandboxes, / N"),
+        Figure(
+            "idle sandbox container memory",
+            "MiB",
+            idle(ours["memory"]),
+            p_idle,
+            na_idle,
+            target=100,
+            target_text="<= 100 MiB",
+            note="docker stats: usage less inactive file cache",
+        ),
+        Figure(
+            "host RSS per open sandbox",
+            "MiB",
+            host(ours["memory"]),
+            p_host,
+            na_host,
+            note="RSS growth opening N sandboxes, / N",
+        ),
     ]
 
 
@@ -451,30 +562,74 @@ def concurrency_figures(ours: dict, peer: dict) -> list[Figure]:
     rows = []
     for level in (key for key in ours["concurrency"] if key.isdigit()):
         label = f"{level} sandbox{'es' if level != '1' else ''}"
-        rows.append(concurrency_row(f"{label} back to back: throughput", "cells/s", ours, peer,
-                                    "concurrency", level, tput, higher_is_better=True, details=False))
+        rows.append(
+            concurrency_row(
+                f"{label} back to back: throughput",
+                "cells/s",
+                ours,
+                peer,
+                "concurrency",
+                level,
+                tput,
+                higher_is_better=True,
+                details=False,
+            )
+        )
         paced = next((key for key in equal if key.split()[0] == level), None)
         if paced:
             rate = paced.split()[2]
-            rows.append(concurrency_row(
-                f"{label} at {rate} each, same load for both: p99", "ms", ours, peer,
-                "equal_load", paced, p99,
-                extra_note="the rate is half the lower capacity of the two sides, measured above"))
-        rows.append(concurrency_row(
-            f"{label} back to back: p99", "ms", ours, peer, "concurrency", level, p99,
-            extra_note="each side at its own saturation: not the same load (see throughput)"))
+            rows.append(
+                concurrency_row(
+                    f"{label} at {rate} each, same load for both: p99",
+                    "ms",
+                    ours,
+                    peer,
+                    "equal_load",
+                    paced,
+                    p99,
+                    extra_note="the rate is half the lower capacity of the two sides, measured above",
+                )
+            )
+        rows.append(
+            concurrency_row(
+                f"{label} back to back: p99",
+                "ms",
+                ours,
+                peer,
+                "concurrency",
+                level,
+                p99,
+                extra_note="each side at its own saturation: not the same load (see throughput)",
+            )
+        )
     return rows
 
 
-def concurrency_row(name: str, unit: str, ours: dict, peer: dict, op: str, key: str,
-                    pick: Callable[[list[dict]], dict | None], higher_is_better: bool = False,
-                    extra_note: str = "", details: bool = True) -> Figure:
+def concurrency_row(
+    name: str,
+    unit: str,
+    ours: dict,
+    peer: dict,
+    op: str,
+    key: str,
+    pick: Callable[[list[dict]], dict | None],
+    higher_is_better: bool = False,
+    extra_note: str = "",
+    details: bool = True,
+) -> Figure:
     """One concurrency figure from ``op``'s runs under ``key``; with ``details``, the p50s
     and CPU use as its note."""
     p, na = peer_summary(peer, op, lambda answer: pick(answer[key]) if key in answer else None)
     note = concurrency_note(ours[op][key], (peer.get(op) or {}).get(key)) if details else ""
-    return Figure(name, unit, pick(ours[op][key]), p, na, higher_is_better=higher_is_better,
-                  note="; ".join(part for part in (extra_note, note) if part))
+    return Figure(
+        name,
+        unit,
+        pick(ours[op][key]),
+        p,
+        na,
+        higher_is_better=higher_is_better,
+        note="; ".join(part for part in (extra_note, note) if part),
+    )
 
 
 def concurrency_note(ours: list[dict], peer: list[dict] | None) -> str:
@@ -486,8 +641,11 @@ def concurrency_note(ours: list[dict], peer: list[dict] | None) -> str:
         p50 = percentile([x for r in reps for x in r["latencies_s"]], 50) * 1000
         throttled = [r["cpu_throttling"]["throttled_s"] for r in reps if r.get("cpu_throttling")]
         lost = f", CPU quota throttled {summarize(throttled)['median']:.2f} s/rep" if throttled else ""
-        cpu = summarize([r["host_cpu_s"] / r["cells"] * 1000 for r in reps if "host_cpu_s" in r])["median"] \
-            if any("host_cpu_s" in r for r in reps) else None
+        cpu = (
+            summarize([r["host_cpu_s"] / r["cells"] * 1000 for r in reps if "host_cpu_s" in r])["median"]
+            if any("host_cpu_s" in r for r in reps)
+            else None
+        )
         per_cell = f", host CPU {cpu:.2f} ms/cell" if cpu is not None else ""
         parts.append(f"{side} p50 {p50:.1f} ms{per_cell}{lost}")
     return "; ".join(parts)
@@ -542,14 +700,31 @@ def _num(value: float) -> str:
 
 def table(rows: list[Figure]) -> str:
     """The report as fixed-width text."""
-    header = ["figure", "unit", "ours median [min-max]", "ms-enclave", "ours/peer", "vs peer", "target", "met?"]
+    header = [
+        "figure",
+        "unit",
+        "ours median [min-max]",
+        "ms-enclave",
+        "ours/peer",
+        "vs peer",
+        "target",
+        "met?",
+    ]
     lines = [header]
     for row in rows:
         ratio = row.ratio()
-        lines.append([
-            row.name, row.unit, fmt(row.ours), fmt(row.peer, row.peer_na),
-            f"{ratio:.2f}" if ratio is not None else "", row.ahead(), row.target_text, row.met(),
-        ])
+        lines.append(
+            [
+                row.name,
+                row.unit,
+                fmt(row.ours),
+                fmt(row.peer, row.peer_na),
+                f"{ratio:.2f}" if ratio is not None else "",
+                row.ahead(),
+                row.target_text,
+                row.met(),
+            ]
+        )
     widths = [min(max(len(line[i]) for line in lines), 60) for i in range(len(header))]
     out = []
     for n, line in enumerate(lines):
@@ -567,7 +742,9 @@ def notes(rows: list[Figure]) -> str:
             phases = row.extra.get(f"phases_{side}")
             if phases:
                 parts = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in phases.items())
-                out.append(f"- cold start phases ({'ms-enclave' if side == 'peer' else side}, medians): {parts}")
+                out.append(
+                    f"- cold start phases ({'ms-enclave' if side == 'peer' else side}, medians): {parts}"
+                )
         probe = row.extra.get("probe_ours")
         if probe:
             parts = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in probe.items())
@@ -577,6 +754,7 @@ def notes(rows: list[Figure]) -> str:
 
 def environment(image: str, peer: bool) -> dict:
     """What the numbers were measured on."""
+
     def sh(*cmd: str) -> str:
         try:
             return subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=ROOT).stdout.strip()
@@ -595,7 +773,9 @@ def environment(image: str, peer: bool) -> dict:
         "load_average": os.getloadavg(),
     }
     if peer:
-        info["ms_enclave"] = sh(PEER_PYTHON, "-c", "import importlib.metadata as m; print(m.version('ms-enclave'))")
+        info["ms_enclave"] = sh(
+            PEER_PYTHON, "-c", "import importlib.metadata as m; print(m.version('ms-enclave'))"
+        )
     return info
 
 
@@ -645,8 +825,10 @@ def main() -> int:
         "raw": raw,
     }
     path = write_json(report)
-    print(f"\nwrote {os.path.relpath(path, ROOT)} and bench/results/latest.json "
-          f"({report['seconds']:.0f} s in all)")
+    print(
+        f"\nwrote {os.path.relpath(path, ROOT)} and bench/results/latest.json "
+        f"({report['seconds']:.0f} s in all)"
+    )
     failed = [f"{side} {op}" for side in raw for op, a in raw[side].items() if not ok(a)]
     if failed:
         print("FAILED: " + ", ".join(failed))

@@ -8,9 +8,19 @@ import random
 import statistics
 import threading
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
-__all__ = ["RssSampler", "Timer", "container_memory", "cpu_throttling", "host_cpu", "percentile", "rss_bytes", "summarize", "timed"]
+__all__ = [
+    "RssSampler",
+    "Timer",
+    "container_memory",
+    "cpu_throttling",
+    "host_cpu",
+    "percentile",
+    "rss_bytes",
+    "summarize",
+    "timed",
+]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -47,7 +57,7 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
 class Timer:
     """``with Timer() as t: ...`` then ``t.seconds``."""
 
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         self.start = time.perf_counter()
         self.seconds = 0.0
         return self
@@ -80,7 +90,7 @@ class RssSampler:
             self.peak = max(self.peak, rss_bytes())
             self._stop.wait(self.every)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self.before = self.peak = rss_bytes()
         self._thread.start()
         return self
@@ -111,8 +121,10 @@ def cpu_throttling(container_ids: list[str]) -> dict | None:
     (cgroup v1 or v2 with Docker's cgroupfs layout; None where it cannot be read)."""
     periods = seconds = 0.0
     for cid in container_ids:
-        for path, scale in ((f"/sys/fs/cgroup/cpu/docker/{cid}/cpu.stat", 1e-9),
-                            (f"/sys/fs/cgroup/docker/{cid}/cpu.stat", 1e-6)):
+        for path, scale in (
+            (f"/sys/fs/cgroup/cpu/docker/{cid}/cpu.stat", 1e-9),
+            (f"/sys/fs/cgroup/docker/{cid}/cpu.stat", 1e-6),
+        ):
             try:
                 with open(path) as handle:
                     fields = dict(line.split() for line in handle if line.strip())
@@ -129,8 +141,10 @@ def cpu_throttling(container_ids: list[str]) -> dict | None:
 def container_cpu(container_id: str) -> float | None:
     """CPU seconds a container's processes have used so far, read from the host's cgroup
     (v1 cpuacct or v2 cpu.stat, Docker's cgroupfs layout); None where it cannot be read."""
-    for path, field, scale in ((f"/sys/fs/cgroup/cpuacct/docker/{container_id}/cpuacct.usage", None, 1e-9),
-                               (f"/sys/fs/cgroup/docker/{container_id}/cpu.stat", "usage_usec", 1e-6)):
+    for path, field, scale in (
+        (f"/sys/fs/cgroup/cpuacct/docker/{container_id}/cpuacct.usage", None, 1e-9),
+        (f"/sys/fs/cgroup/docker/{container_id}/cpu.stat", "usage_usec", 1e-6),
+    ):
         try:
             with open(path) as handle:
                 text = handle.read()
@@ -173,7 +187,9 @@ def concurrency_runs(levels: list[int], cells: int, paced: list[list[float]]) ->
     at ``rate`` cells/s per sandbox (``cells`` each, if given)."""
     runs = [(str(level), level, None, cells) for level in levels]
     for level, rate, *count in paced:
-        runs.append((f"{int(level)} at {rate:g}/s each", int(level), 1 / rate, int(count[0]) if count else cells))
+        runs.append(
+            (f"{int(level)} at {rate:g}/s each", int(level), 1 / rate, int(count[0]) if count else cells)
+        )
     return runs
 
 
@@ -204,8 +220,13 @@ def run_concurrently(workers: list[Callable[[], list[float]]], container_ids: li
     throttled = None
     if throttled_before is not None and after is not None:
         throttled = {key: after[key] - throttled_before[key] for key in throttled_before}
-    return {"wall_s": wall, "cells": len(latencies), "latencies_s": latencies,
-            "host_cpu_s": host_cpu() - cpu_before, "cpu_throttling": throttled}
+    return {
+        "wall_s": wall,
+        "cells": len(latencies),
+        "latencies_s": latencies,
+        "host_cpu_s": host_cpu() - cpu_before,
+        "cpu_throttling": throttled,
+    }
 
 
 def main(ops: dict[str, Callable[..., dict]]) -> None:

@@ -1,10 +1,10 @@
 """enclave-tools: a stateful Python kernel in a hardened container, for LLM agents.
 
-    from enclave_tools import Sandbox
+from enclave_tools import Sandbox
 
-    with Sandbox() as sb:
-        sb.run("x = [1, 2, 3]")
-        print(sb.run("sum(x)").text)   # 6
+with Sandbox() as sb:
+    sb.run("x = [1, 2, 3]")
+    print(sb.run("sum(x)").text)   # 6
 """
 
 from enclave_tools.config import SandboxConfig

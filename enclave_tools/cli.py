@@ -11,7 +11,7 @@ import codeop
 import signal
 import sys
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from enclave_tools import __version__
@@ -59,15 +59,18 @@ def _parser() -> argparse.ArgumentParser:
     build = image_commands.add_parser("build", help="build the kernel image (shows progress)")
     build.add_argument("--base", help="base image (must be local, or pullable)")
     build.add_argument(
-        "--bootstrap", action="store_true",
+        "--bootstrap",
+        action="store_true",
         help="build the base from Debian packages (no registry needed)",
     )
     build.add_argument("--tag", help="tag for the image (default: the project's own tag)")
+    build.add_argument("--if-missing", action="store_true", help="do nothing if the default image exists")
     build.add_argument(
-        "--if-missing", action="store_true", help="do nothing if the default image exists"
-    )
-    build.add_argument(
-        "--with", dest="packages", action="append", default=[], metavar="PKG",
+        "--with",
+        dest="packages",
+        action="append",
+        default=[],
+        metavar="PKG",
         help="build a derived image: the kernel image plus PKG (repeatable; e.g. scikit-learn, "
         "'polars>=1'); the kernel image's packages keep their versions",
     )
@@ -75,13 +78,20 @@ def _parser() -> argparse.ArgumentParser:
         "--requirements", metavar="FILE", help="a requirements file whose packages are added like --with"
     )
     build.add_argument(
-        "--from", dest="from_image", metavar="IMAGE",
+        "--from",
+        dest="from_image",
+        metavar="IMAGE",
         help="with --with: the image to add to (default: the project's kernel image)",
     )
     build.set_defaults(func=_image_build)
     image_ls = image_commands.add_parser("ls", help="list enclave-tools images")
     image_ls.set_defaults(func=_image_ls)
-    image.set_defaults(func=lambda _args: (image.print_help(), EXIT_USAGE)[1])
+
+    def image_usage(_args: argparse.Namespace) -> int:
+        image.print_help()
+        return EXIT_USAGE
+
+    image.set_defaults(func=image_usage)
 
     ps = commands.add_parser("ps", help="list running sandboxes")
     ps.set_defaults(func=_ps)
@@ -89,8 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     stop.add_argument("id", help="sandbox id (the name without 'enclave-'), container id (prefix) or name")
     stop.set_defaults(func=_stop)
     gc = commands.add_parser(
-        "gc", help="remove sandboxes (and leftover run directories) whose owner process is provably gone, "
-        "and detached ones that have expired"
+        "gc",
+        help="remove sandboxes (and leftover run directories) whose owner process is provably gone, "
+        "and detached ones that have expired",
     )
     gc.set_defaults(func=_gc)
 
@@ -111,11 +122,11 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--timeout", type=float, default=None, help="seconds per run")
         sub.add_argument("--memory", default=None, help="memory limit, e.g. 2g")
         sub.add_argument("--image", default=None, help="kernel image (default: the project's)")
+        sub.add_argument("--output-dir", default="enclave-output", help="where images are saved")
         sub.add_argument(
-            "--output-dir", default="enclave-output", help="where images are saved"
-        )
-        sub.add_argument(
-            "--notebook", metavar="FILE", default=None,
+            "--notebook",
+            metavar="FILE",
+            default=None,
             help="also write the session as a Jupyter notebook (.ipynb) to FILE",
         )
         sub.set_defaults(func=func)
@@ -199,14 +210,25 @@ def _ps(_args: argparse.Namespace) -> int:
         kept = labels.get(KEEP_ALIVE) == "1"
         if kept:
             owner = "detached"
-            idle, expires = _kept_alive_times(backend, container) if container.status == "running" else ("-", "ended")
+            idle, expires = (
+                _kept_alive_times(backend, container) if container.status == "running" else ("-", "ended")
+            )
         else:
             owner = labels.get(OWNER_PID, "?") + ("" if _owner_alive(labels) else " (gone)")
             idle = expires = "-"
-        rows.append([
-            container.name, labels.get(SESSION, "-") if kept else "-", owner,
-            _age(labels.get(CREATED)), idle, expires, where, memory, container.status,
-        ])
+        rows.append(
+            [
+                container.name,
+                labels.get(SESSION, "-") if kept else "-",
+                owner,
+                _age(labels.get(CREATED)),
+                idle,
+                expires,
+                where,
+                memory,
+                container.status,
+            ]
+        )
     _table(["NAME", "SESSION", "OWNER PID", "AGE", "IDLE", "EXPIRES IN", "GATEWAY", "MEMORY", "STATUS"], rows)
     return EXIT_OK
 
@@ -244,7 +266,8 @@ def _stop(args: argparse.Namespace) -> int:
 
     backend = DockerBackend()
     matches = [
-        c for c in backend.list_sandboxes()
+        c
+        for c in backend.list_sandboxes()
         if args.id in (c.name, c.name.removeprefix("enclave-")) or c.id.startswith(args.id)
     ]
     if len(matches) != 1:
@@ -387,7 +410,7 @@ def _age(created: str | None) -> str:
     if not created:
         return "?"
     try:
-        seconds = (datetime.now(timezone.utc) - datetime.fromisoformat(created)).total_seconds()
+        seconds = (datetime.now(UTC) - datetime.fromisoformat(created)).total_seconds()
     except ValueError:
         return "?"
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
@@ -404,4 +427,3 @@ def _table(header: list[str], rows: list[list[str]]) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-

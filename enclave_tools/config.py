@@ -37,7 +37,9 @@ def seconds_in(value: str | float | int) -> float:
         match = _DURATION.match(str(value).strip())
         if not match:
             raise ValueError(f"{value!r} is not a duration such as '20s', '30m', '2h' or '1d'")
-        seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2).lower()]
+        seconds = (
+            float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2).lower()]
+        )
     if not 0 < seconds <= _MAX_LIMIT_S:
         raise ValueError(f"a duration must be more than 0 and at most 30 days, not {value!r}")
     return seconds
@@ -64,9 +66,7 @@ class SandboxConfig(BaseModel):
         description="Kernel image (name:tag or id). None: the project's own image for this "
         "version, built on first use.",
     )
-    build_image: bool = Field(
-        True, description="Build the default image on first use if it is missing."
-    )
+    build_image: bool = Field(True, description="Build the default image on first use if it is missing.")
     memory: str = Field("2g", description="Memory limit of the container; swap is off.")
     cpus: float = Field(1.0, gt=0, le=64, description="CPUs the container may use.")
     pids_limit: int = Field(256, ge=16, description="Processes and threads in the container.")
@@ -90,9 +90,7 @@ class SandboxConfig(BaseModel):
     interrupt_grace: float = Field(
         3.0, gt=0, le=_MAX_WAIT_S, description="Seconds a timed-out run gets to stop after an interrupt."
     )
-    output_limit: int = Field(
-        8000, ge=200, description="Characters of Execution.text, cut head and tail."
-    )
+    output_limit: int = Field(8000, ge=200, description="Characters of Execution.text, cut head and tail.")
     capture_limit: int = Field(
         4_000_000,
         ge=10_000,
@@ -114,12 +112,8 @@ class SandboxConfig(BaseModel):
     workspace_size: str = Field("1g", description="Size of the writable workspace.")
     tmp_size: str = Field("256m", description="Size of /tmp.")
     shm_size: str = Field("64m", description="Size of /dev/shm.")
-    env: dict[str, str] = Field(
-        default_factory=dict, description="Environment variables of the kernel."
-    )
-    labels: dict[str, str] = Field(
-        default_factory=dict, description="Extra labels on the container."
-    )
+    env: dict[str, str] = Field(default_factory=dict, description="Environment variables of the kernel.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on the container.")
     runtime: str | None = Field(
         None,
         description="OCI runtime of the container; None: Docker's default (runc). 'runsc' runs "

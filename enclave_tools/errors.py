@@ -122,4 +122,3 @@ class FileTransferError(EnclaveError):
 
 class InvalidInput(EnclaveError, ValueError):
     """An argument was rejected before it reached the kernel (bad type, too large, ...)."""
-

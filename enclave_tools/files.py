@@ -27,7 +27,11 @@ NO_FILE_API = (
 
 def _url(remote: str, limit: int | None = None) -> str:
     query = f"path={quote_path(remote)}"
-    return f"/api/enclave/files?{query}&max_bytes={limit}" if limit is not None else f"/api/enclave/files?{query}"
+    return (
+        f"/api/enclave/files?{query}&max_bytes={limit}"
+        if limit is not None
+        else f"/api/enclave/files?{query}"
+    )
 
 
 def read_bytes(http: GatewayHTTP, remote: str, limit: int, timeout: float) -> bytes:
@@ -47,7 +51,9 @@ def download_to(http: GatewayHTTP, remote: str, target: Path, limit: int, timeou
         raise FileTransferError(f"cannot write {str(target)!r} on this machine: {exc.strerror}") from exc
     try:
         with os.fdopen(fd, "wb") as sink:
-            status, body = http.stream_to("GET", _url(remote, limit), _LocalSink(sink, target), limit, timeout)
+            status, body = http.stream_to(
+                "GET", _url(remote, limit), _LocalSink(sink, target), limit, timeout
+            )
         _check(status, body, 200, f"cannot read {remote!r} in the sandbox", limit)
         os.replace(partial, target)
     except OSError as exc:
@@ -91,9 +97,7 @@ def _check(status: int, body: bytes, expected: int, failure: str, limit: int | N
     if status == 413 and limit is not None:
         size = (answer or {}).get("size")
         what = f"it is {size:,} bytes" if isinstance(size, int) else "it is too large"
-        raise FileTransferError(
-            f"{failure}: {what}; the limit is {limit:,} bytes (SandboxConfig.file_limit)"
-        )
+        raise FileTransferError(f"{failure}: {what}; the limit is {limit:,} bytes (SandboxConfig.file_limit)")
     raise FileTransferError(f"{failure}: {reason}")
 
 

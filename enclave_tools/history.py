@@ -11,7 +11,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from enclave_tools.execution import Execution, bundle_size
 
@@ -90,7 +90,7 @@ class RunHistory:
         failure: str | None = None,
     ) -> None:
         """Keep one run that started at ``started`` (``time.time()``)."""
-        when = datetime.fromtimestamp(started, tz=timezone.utc)
+        when = datetime.fromtimestamp(started, tz=UTC)
         self.add(RunRecord(code, execution, when, duration, failure))
 
     def clear(self) -> None:

@@ -117,15 +117,17 @@ class KernelClient:
         path = f"/api/kernels/{self.kernel_id}/channels?session_id={self.session}"
         try:
             return wire_ws.connect(
-                sock, endpoint.netloc, path, {"Authorization": endpoint.auth_header},
-                [WS_PROTOCOL_V1], deadline,
+                sock,
+                endpoint.netloc,
+                path,
+                {"Authorization": endpoint.auth_header},
+                [WS_PROTOCOL_V1],
+                deadline,
             )
         except (GatewayMisbehaved, GatewayUnreachable):
             raise
         except GatewayError as exc:  # an HTTP status instead of the upgrade
-            raise GatewayError(
-                f"the gateway refused the kernel connection: {exc}", exc.status
-            ) from exc
+            raise GatewayError(f"the gateway refused the kernel connection: {exc}", exc.status) from exc
 
     def disconnect(self) -> None:
         """Close the websocket; calls in flight end as ``disconnected``. Bounded in time

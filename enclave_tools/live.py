@@ -53,9 +53,7 @@ EVENT_TEXT_LIMIT = 100_000
 """The most characters of text one event carries (head and tail kept, the cut noted)."""
 
 EventKind = Literal["stdout", "stderr", "result", "image", "error"]
-_OUTPUT_MESSAGES = frozenset(
-    {"stream", "execute_result", "display_data", "update_display_data", "error"}
-)
+_OUTPUT_MESSAGES = frozenset({"stream", "execute_result", "display_data", "update_display_data", "error"})
 _IMAGE_MIMES = ("image/png", "image/jpeg", "image/svg+xml")
 
 
@@ -122,7 +120,7 @@ def events_from_execution(execution: Execution) -> list[OutputEvent]:
             message = {"header": {"msg_type": "display_data"}, "content": {"data": item.data}}
             events += events_from_message(message)
         elif kind in ("stdout", "stderr") and item:
-            events.append(OutputEvent(kind, _text(item)))
+            events.append(OutputEvent("stdout" if kind == "stdout" else "stderr", _text(item)))
     if execution.error is not None:
         events.append(OutputEvent("error", _text(str(execution.error))))
     return events
@@ -157,7 +155,7 @@ class LiveFeed:
         self._closed = False
         self._told_drops = False
         self._cond = threading.Condition()
-        self._wakeup: Callable[[], None] | None = None
+        self._wakeup: Callable[[], object] | None = None
 
     def offer(self, msg: dict[str, Any]) -> None:
         """Queue an output message (called on the reader thread; never waits)."""
@@ -188,7 +186,7 @@ class LiveFeed:
         """Whether :meth:`close` was called."""
         return self._closed
 
-    def set_wakeup(self, wakeup: Callable[[], None] | None) -> None:
+    def set_wakeup(self, wakeup: Callable[[], object] | None) -> None:
         """Call ``wakeup()`` (from any thread) whenever a message or the close arrives."""
         self._wakeup = wakeup
         self._wake()
@@ -246,9 +244,7 @@ class ThreadDelivery:
         self.callback = callback
         self.errors = [0]
         context = contextvars.copy_context()
-        self._thread = threading.Thread(
-            target=context.run, args=(self._loop,), name=name, daemon=True
-        )
+        self._thread = threading.Thread(target=context.run, args=(self._loop,), name=name, daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:

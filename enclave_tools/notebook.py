@@ -39,8 +39,9 @@ def notebook_json(records: Iterable[RunRecord], dropped: int = 0) -> dict[str, A
     cells: list[dict[str, Any]] = []
     if dropped:
         cells.append(
-            _markdown(f"*{dropped:,} earlier runs are not shown: the session's history keeps "
-                      "only the latest runs.*")
+            _markdown(
+                f"*{dropped:,} earlier runs are not shown: the session's history keeps only the latest runs.*"
+            )
         )
     cells += [_code_cell(record) for record in records]
     return {
@@ -170,7 +171,7 @@ def _bundle(data: Any) -> dict[str, Any]:
     """A mime bundle as nbformat allows it: mime-type keys; JSON types any JSON value,
     the others text (a string or a list of strings)."""
     bundle: dict[str, Any] = {}
-    for mime, value in (data.items() if isinstance(data, dict) else []):
+    for mime, value in data.items() if isinstance(data, dict) else []:
         if not isinstance(mime, str) or not _MIME.match(mime):
             continue
         if _JSON_MIME.match(mime):

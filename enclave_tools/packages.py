@@ -70,9 +70,22 @@ _REQUIREMENT = re.compile(
 )
 # pip options a model writes out of habit; they change nothing here.
 _HARMLESS_FLAGS = {
-    "-q", "-qq", "-qqq", "--quiet", "-U", "--upgrade", "--user", "--no-cache-dir",
-    "--disable-pip-version-check", "--no-warn-script-location", "--break-system-packages",
-    "--prefer-binary", "--no-input", "-v", "--verbose", "--root-user-action=ignore",
+    "-q",
+    "-qq",
+    "-qqq",
+    "--quiet",
+    "-U",
+    "--upgrade",
+    "--user",
+    "--no-cache-dir",
+    "--disable-pip-version-check",
+    "--no-warn-script-location",
+    "--break-system-packages",
+    "--prefer-binary",
+    "--no-input",
+    "-v",
+    "--verbose",
+    "--root-user-action=ignore",
     "--progress-bar=off",
 }
 _PIP_LINE = re.compile(
@@ -148,10 +161,7 @@ def policy_sentence(policy: InstallPolicy) -> str:
             "(the host fetches them; the sandbox itself stays offline)."
         )
     if policy == "none":
-        return (
-            "Installing packages is not allowed here (`pip install` is refused, and there "
-            "is no network)."
-        )
+        return "Installing packages is not allowed here (`pip install` is refused, and there is no network)."
     names = ", ".join(sorted(policy)) or "(none)"
     return (
         f"You may install only these packages with `%pip install NAME`: {names} (the host "
@@ -239,9 +249,22 @@ def fetch_wheels(
         constraints.write("".join(f"{name}=={version}\n" for name, version in sorted(pins.items())))
         constraints.flush()
         command = [
-            sys.executable, "-m", "pip", "download", "--disable-pip-version-check",
-            "--progress-bar", "off", "--only-binary=:all:", "--implementation", "cp",
-            "--python-version", facts.python, "-d", str(directory), "-c", constraints.name,
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--disable-pip-version-check",
+            "--progress-bar",
+            "off",
+            "--only-binary=:all:",
+            "--implementation",
+            "cp",
+            "--python-version",
+            facts.python,
+            "-d",
+            str(directory),
+            "-c",
+            constraints.name,
         ]
         for tag in platform_tags(facts.arch, facts.glibc):
             command += ["--platform", tag]
@@ -273,8 +296,14 @@ def _run(command: list[str], timeout: float) -> tuple[int, list[str]]:
     """Run ``command`` with merged output, at most ``timeout`` seconds; (exit code, lines)."""
     try:
         done = subprocess.run(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            text=True, errors="replace", timeout=timeout, check=False,
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         raise PackageError(
@@ -293,9 +322,7 @@ def _pip_failure(requirements: Sequence[str], lines: list[str], facts: ImageFact
     missing = re.search(r"No matching distribution found for (\S+)", text)
     if missing:
         name = missing.group(1)
-        versions = re.search(
-            rf"requirement {re.escape(name)} \(from versions: ([^)]*)\)", text
-        )
+        versions = re.search(rf"requirement {re.escape(name)} \(from versions: ([^)]*)\)", text)
         pinned = facts.pins().get(requirement_name(name)) if _REQUIREMENT.fullmatch(name) else None
         if pinned:
             return (
@@ -315,8 +342,7 @@ def _pip_failure(requirements: Sequence[str], lines: list[str], facts: ImageFact
         )
     if "ResolutionImpossible" in text or "conflicting dependencies" in text:
         cause = [
-            line.strip() for line in lines
-            if re.match(r"\s+(The user requested|\S+ \S+ depends on)", line)
+            line.strip() for line in lines if re.match(r"\s+(The user requested|\S+ \S+ depends on)", line)
         ]
         what = re.search(r"Cannot install (.+?) because", text)
         subject = what.group(1) if what else ", ".join(requirements)
@@ -326,9 +352,7 @@ def _pip_failure(requirements: Sequence[str], lines: list[str], facts: ImageFact
             f"{_cut('; '.join(cause), 600)}. Ask for a version that works with them."
         )
     if re.search(r"Could not fetch URL|ConnectionError|Max retries|NewConnectionError", text):
-        return (
-            f"The host could not reach the package index to fetch {', '.join(requirements)}."
-        )
+        return f"The host could not reach the package index to fetch {', '.join(requirements)}."
     errors = [line.strip() for line in lines if line.strip().startswith("ERROR:")]
     return f"Fetching {', '.join(requirements)} failed: {_cut(' '.join(errors[-3:]) or text[-500:], 600)}"
 
@@ -490,8 +514,11 @@ class LiveInstaller:
             return None
         text = "\n".join(self._done)
         return Execution(
-            status="ok", stdout=text + "\n", duration=time.monotonic() - started,
-            output_limit=limit, _transcript=[("stdout", text + "\n")],
+            status="ok",
+            stdout=text + "\n",
+            duration=time.monotonic() - started,
+            output_limit=limit,
+            _transcript=[("stdout", text + "\n")],
         )
 
     def note(self, execution: Execution) -> Execution:
@@ -538,7 +565,8 @@ class LiveInstaller:
         fetched = fetch_wheels(requirements, facts, lambda _line: None, also_pinned=self.installed)
         if not fetched.wheels:
             return f"Already installed: {', '.join(fetched.kept)}."
-        folder = f"{self.directory}/.incoming-{hashlib.sha256(json.dumps([str(w) for w in fetched.wheels]).encode()).hexdigest()[:8]}"
+        wheels_digest = hashlib.sha256(json.dumps([str(w) for w in fetched.wheels]).encode()).hexdigest()
+        folder = f"{self.directory}/.incoming-{wheels_digest[:8]}"
         remote = []
         for wheel in fetched.wheels:
             path = f"{folder}/{wheel.name}"
@@ -546,17 +574,20 @@ class LiveInstaller:
                 target.upload(wheel, path)
             except FileTransferError as exc:
                 raise FileTransferError(
-                    f"Copying {wheel.name} into the sandbox failed ({exc}); the workspace "
-                    "may be full."
+                    f"Copying {wheel.name} into the sandbox failed ({exc}); the workspace may be full."
                 ) from exc
             remote.append(path)
         result = target.run(_INSTALL_CODE.format(target=self.directory, wheels=remote))
         if result.status != "ok" or "ENCLAVE-INSTALLED" not in result.stdout:
             why = result.error.value if result.error else result.text
-            raise PackageError(f"Installing {', '.join(requirements)} in the sandbox failed: {_cut(why, 800)}.")
+            raise PackageError(
+                f"Installing {', '.join(requirements)} in the sandbox failed: {_cut(why, 800)}."
+            )
         self.installed.update(fetched.pins())
         new = ", ".join(f"{n} {v}" for n, v in sorted(fetched.pins().items()))
-        kept = f" Already in the image and kept as they are: {', '.join(fetched.kept)}." if fetched.kept else ""
+        kept = (
+            f" Already in the image and kept as they are: {', '.join(fetched.kept)}." if fetched.kept else ""
+        )
         return f"Installed {new} (fetched by the host; the sandbox stays offline).{kept}"
 
     def _listing(self, target: InstallTarget) -> str:
@@ -567,7 +598,8 @@ class LiveInstaller:
 def _failure(name: str, message: str, limit: int) -> Execution:
     return Execution(
         status="error",
-        error=ExecutionError(name=name, value=message, traceback=f"{name}: {message}\n[The rest of the cell was not run.]"),
+        error=ExecutionError(
+            name=name, value=message, traceback=f"{name}: {message}\n[The rest of the cell was not run.]"
+        ),
         output_limit=limit,
     )
-

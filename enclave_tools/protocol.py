@@ -13,19 +13,25 @@ verifying, parsing and re-encoding each message: less of its CPU per cell.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import struct
 import time
 import uuid
-from datetime import datetime, timezone
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
-from enclave_tools.execution import RICH_LIMIT, Execution, OutputLog, Result, error_from_content
+from enclave_tools.execution import RICH_LIMIT, Execution, OutputLog, Result, Status, error_from_content
 
 __all__ = [
-    "ExecuteCall", "WS_PROTOCOL_V1", "decode_frame", "encode_message", "loads_bounded", "new_message",
+    "ExecuteCall",
+    "WS_PROTOCOL_V1",
+    "decode_frame",
+    "encode_message",
+    "loads_bounded",
+    "new_message",
 ]
 
 PROTOCOL_VERSION = "5.3"
@@ -72,7 +78,7 @@ def new_message(
         "msg_type": msg_type,
         "session": session,
         "username": "enclave",
-        "date": datetime.now(timezone.utc).isoformat(),
+        "date": datetime.now(UTC).isoformat(),
         "version": PROTOCOL_VERSION,
     }
     return {
@@ -145,9 +151,9 @@ def _decode_v1(frame: bytes) -> dict[str, Any]:
     offsets = struct.unpack_from(f"<{count}Q", frame, 8)
     if offsets[0] < 8 * (count + 1) or offsets[-1] > len(frame) or list(offsets) != sorted(offsets):
         raise ValueError("bad offsets")
-    parts = [frame[a:b] for a, b in zip(offsets, offsets[1:])]
+    parts = [frame[a:b] for a, b in itertools.pairwise(offsets)]
     check_values(frame[offsets[1] : offsets[len(_V1_PARTS) + 1]])  # the four JSON parts at once
-    msg: dict[str, Any] = {key: json.loads(part) for key, part in zip(_V1_PARTS, parts[1:])}
+    msg: dict[str, Any] = {key: json.loads(part) for key, part in zip(_V1_PARTS, parts[1:], strict=False)}
     msg["channel"] = parts[0].decode("utf-8")
     msg["buffers"] = parts[len(_V1_PARTS) + 1 :]
     return msg
@@ -268,7 +274,7 @@ class ExecuteCall:
         """The :class:`Execution` for what has arrived so far."""
         transcript, stdout, stderr = self.log.finish()
         error = None
-        status = "ok"
+        status: Status = "ok"
         reply = self.reply or {}
         if self.error_content is not None:
             error = error_from_content(self.error_content)
@@ -293,9 +299,7 @@ class ExecuteCall:
             _transcript=transcript,
         )
         if self.log.dropped:
-            execution.notes.append(
-                f"{self.log.dropped:,} characters of output were dropped to bound memory"
-            )
+            execution.notes.append(f"{self.log.dropped:,} characters of output were dropped to bound memory")
         rich_note = self.log.rich_note()
         if rich_note:
             execution.notes.append(rich_note)

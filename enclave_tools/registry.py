@@ -35,8 +35,16 @@ from typing import Any
 from enclave_tools.errors import EnclaveError, SandboxAccessDenied, SandboxGone, SandboxInUse
 
 __all__ = [
-    "AttachLock", "Record", "attach", "creation_lock", "load", "records", "remove", "save",
-    "session_sandbox_id", "state_dir",
+    "AttachLock",
+    "Record",
+    "attach",
+    "creation_lock",
+    "load",
+    "records",
+    "remove",
+    "save",
+    "session_sandbox_id",
+    "state_dir",
 ]
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
@@ -75,7 +83,9 @@ def state_dir() -> Path:
             f"{path} belongs to another user: only the user who created a sandbox may connect to it"
         ) from None
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise SandboxAccessDenied(f"{path} is not a directory of this user; refusing to keep sandbox records there")
+        raise SandboxAccessDenied(
+            f"{path} is not a directory of this user; refusing to keep sandbox records there"
+        )
     if info.st_mode & 0o077:
         os.chmod(path, 0o700)
     return path
@@ -139,7 +149,9 @@ def load(sandbox_id: str) -> Record:
             fields = json.loads(handle.read(_RECORD_LIMIT))
             return Record(**{key: fields[key] for key in Record.__dataclass_fields__ if key in fields})
         except (ValueError, TypeError, KeyError):
-            raise SandboxGone(f"the record of sandbox {sandbox_id} is damaged; the sandbox cannot be reached") from None
+            raise SandboxGone(
+                f"the record of sandbox {sandbox_id} is damaged; the sandbox cannot be reached"
+            ) from None
 
 
 def remove(sandbox_id: str) -> None:

@@ -354,9 +354,7 @@ class Sandbox:
         self._turns.enter(turn)
         return turn
 
-    def _run_turn(
-        self, turn: Turn, code: str, seconds: float, feed: LiveFeed | None = None
-    ) -> Execution:
+    def _run_turn(self, turn: Turn, code: str, seconds: float, feed: LiveFeed | None = None) -> Execution:
         """Run ``code`` in ``turn`` (which is current), then hand the sandbox on."""
         self.last_active = time.monotonic()
         started, clock = time.time(), time.monotonic()
@@ -382,9 +380,7 @@ class Sandbox:
             self.last_active = time.monotonic()
             self._turns.leave(turn)
 
-    def _execute_cell(
-        self, turn: Turn, code: str, seconds: float, feed: LiveFeed | None
-    ) -> Execution:
+    def _execute_cell(self, turn: Turn, code: str, seconds: float, feed: LiveFeed | None) -> Execution:
         """Run a cell whose ``%pip install`` lines the host does first (see
         :mod:`enclave_tools.packages`); a cell without any runs as it is."""
         cell = split_cell(code)
@@ -540,8 +536,10 @@ class Sandbox:
         self.start()
         http = self._http
         if http is None:
-            raise self._closed_error("before the file was copied") if self._closed else SandboxDied(
-                "the sandbox stopped before the file was copied; try again"
+            raise (
+                self._closed_error("before the file was copied")
+                if self._closed
+                else SandboxDied("the sandbox stopped before the file was copied; try again")
             )
         try:
             return transfer(http)
@@ -662,9 +660,7 @@ class Sandbox:
 
     # -- one run -------------------------------------------------------------------------
 
-    def _execute(
-        self, turn: Turn, code: str, timeout: float, feed: LiveFeed | None = None
-    ) -> Execution:
+    def _execute(self, turn: Turn, code: str, timeout: float, feed: LiveFeed | None = None) -> Execution:
         kernel = self._live_kernel()
         if not kernel.connected:
             self._reconnect(turn)
@@ -767,9 +763,7 @@ class Sandbox:
         execution.status = "kernel_died"
         execution.state_lost = True
         cause = self._death_cause()
-        execution.error = ExecutionError(
-            "KernelDied", f"the kernel died while running this code{cause}", ""
-        )
+        execution.error = ExecutionError("KernelDied", f"the kernel died while running this code{cause}", "")
         execution.notes.append(f"The Python kernel died{cause} and was restarted. {STATE_LOST}.")
         self._losses.record(
             f"The Python kernel died{cause} during an earlier run and was restarted. {STATE_LOST}.",
@@ -785,7 +779,15 @@ class Sandbox:
                 raise OSError("closed")
             status, data = http.request("GET", "/api/enclave/info", timeout=5)
             kills = int(loads_bounded(data).get("oom_kills") or 0) if status == 200 else 0
-        except (GatewayError, OSError, ValueError, AttributeError, TypeError, ArithmeticError, RecursionError):
+        except (
+            GatewayError,
+            OSError,
+            ValueError,
+            AttributeError,
+            TypeError,
+            ArithmeticError,
+            RecursionError,
+        ):
             kills = self._oom_kills
         if kills > self._oom_kills:
             self._oom_kills = kills
@@ -879,7 +881,6 @@ class Sandbox:
             f"automatically. {STATE_LOST}."
         )
 
-
     # -- kept alive: detach, connect, lifetimes ------------------------------------------
     # A sandbox made with ``keep_alive`` has no owner process: its gateway ends it when it
     # has not been used for ``keep_alive`` seconds or its ``lifetime`` is up. Its record
@@ -891,7 +892,11 @@ class Sandbox:
 
     @classmethod
     def connect(
-        cls, sandbox_id: str, *, wait: float = 0.0, backend: Backend | None = None,
+        cls,
+        sandbox_id: str,
+        *,
+        wait: float = 0.0,
+        backend: Backend | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> Sandbox:
         """Attach this process to the kept-alive sandbox ``sandbox_id`` (made with
@@ -913,7 +918,9 @@ class Sandbox:
         wait = check_wait(wait, "wait") or 0.0
         record = registry.load(sandbox_id)
         if record.backend != backend.name:
-            raise SandboxGone(f"sandbox {sandbox_id} was made by the {record.backend} backend, not {backend.name}")
+            raise SandboxGone(
+                f"sandbox {sandbox_id} was made by the {record.backend} backend, not {backend.name}"
+            )
         attached = registry.attach(record.id, wait)
         try:
             return cls._attach_to(record, backend, attached, progress)
@@ -923,7 +930,11 @@ class Sandbox:
 
     @classmethod
     async def aconnect(
-        cls, sandbox_id: str, *, wait: float = 0.0, backend: Backend | None = None,
+        cls,
+        sandbox_id: str,
+        *,
+        wait: float = 0.0,
+        backend: Backend | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> Sandbox:
         """Async :meth:`connect` (on a worker thread)."""
@@ -931,13 +942,18 @@ class Sandbox:
 
     @classmethod
     def _attach_to(
-        cls, record: registry.Record, backend: Any, attached: registry.AttachLock,
+        cls,
+        record: registry.Record,
+        backend: Any,
+        attached: registry.AttachLock,
         progress: Callable[[str], None] | None,
     ) -> Sandbox:
         try:
             handle = backend.attach(record)
         except SandboxGone:
-            if not backend.state(SandboxHandle(record.container_id, record.name, None, record.run_dir)).running:  # type: ignore[arg-type]
+            # state() reads only the id, the name and run_dir: a handle with no endpoint is enough
+            gone = SandboxHandle(record.container_id, record.name, None, record.run_dir)  # type: ignore[arg-type]
+            if not backend.state(gone).running:
                 # Expired: as gc would, trusting no path or id the record holds (remove_ended
                 # takes only a stopped kept-alive sandbox, and only a run directory of ours).
                 backend.remove_ended(record.container_id)
@@ -982,16 +998,21 @@ class Sandbox:
         try:
             if not self._turns.wait(turn, timeout):
                 self._turns.abandon(turn)
-                raise SandboxClosed(f"a call was still running after {timeout:g} s; the sandbox was not detached")
+                raise SandboxClosed(
+                    f"a call was still running after {timeout:g} s; the sandbox was not detached"
+                )
             with self._lock:
                 _, kernel, http = self._handle, self._kernel, self._http
                 self._handle = self._kernel = self._http = None
                 self._closed = self._detached = True
         finally:
             self._turns.leave(turn)
-        self._turns.close(SandboxClosed(
-            f"this sandbox was detached from this process; use Sandbox.connect({self.id!r}) to run code in it"
-        ))
+        self._turns.close(
+            SandboxClosed(
+                f"this sandbox was detached from this process; "
+                f"use Sandbox.connect({self.id!r}) to run code in it"
+            )
+        )
         if kernel is not None:
             kernel.disconnect()
         if http is not None:
@@ -1003,7 +1024,9 @@ class Sandbox:
 
     adetach = async_twin(detach)
 
-    def set_timeout(self, keep_alive: str | float | None = None, lifetime: str | float | None = None) -> dict[str, Any]:
+    def set_timeout(
+        self, keep_alive: str | float | None = None, lifetime: str | float | None = None
+    ) -> dict[str, Any]:
         """Change a kept-alive sandbox's limits: ``keep_alive`` replaces its idle limit,
         ``lifetime`` lets it live that long from now at most (durations such as ``"30m"``).
         Returns its limits as the gateway now has them (seconds: ``idle_limit``,
@@ -1018,11 +1041,15 @@ class Sandbox:
         self.start()
         http = self._http
         if http is None:
-            raise self._closed_error("before its limits were changed") if self._closed else SandboxDied(
-                "the sandbox stopped; the next run starts a new one"
+            raise (
+                self._closed_error("before its limits were changed")
+                if self._closed
+                else SandboxDied("the sandbox stopped; the next run starts a new one")
             )
         try:
-            limits = http.json("POST", "/api/enclave/lifetime", {"idle_limit": idle, "lifetime": life}, timeout=10)
+            limits = http.json(
+                "POST", "/api/enclave/lifetime", {"idle_limit": idle, "lifetime": life}, timeout=10
+            )
         except (GatewayError, *_CONNECT_ERRORS) as exc:
             raise self._died_or(exc) from exc
         update = {k: v for k, v in (("keep_alive", idle), ("lifetime", life)) if v is not None}
@@ -1047,13 +1074,22 @@ class Sandbox:
             )
         if self._attached is None:
             self._attached = registry.attach(self.id, wait=0.0)
-        registry.save(registry.Record(
-            id=self.id, backend=self._backend.name, container_id=handle.container_id, name=handle.name,
-            token=handle.endpoint.token, kernel_id=kernel.kernel_id or "", run_dir=handle.run_dir,
-            unix_path=handle.endpoint.unix_path, port=handle.host_port,
-            session=self.config.labels.get(SESSION), created=time.time(),
-            config=self.config.model_dump(mode="json"),
-        ))
+        registry.save(
+            registry.Record(
+                id=self.id,
+                backend=self._backend.name,
+                container_id=handle.container_id,
+                name=handle.name,
+                token=handle.endpoint.token,
+                kernel_id=kernel.kernel_id or "",
+                run_dir=handle.run_dir,
+                unix_path=handle.endpoint.unix_path,
+                port=handle.host_port,
+                session=self.config.labels.get(SESSION),
+                created=time.time(),
+                config=self.config.model_dump(mode="json"),
+            )
+        )
 
     def _keep_alive_forget(self) -> None:
         """The container was removed: forget its record and let go."""

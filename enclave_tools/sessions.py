@@ -160,9 +160,7 @@ class SandboxSessions:
         (within :data:`~enclave_tools.sandbox.CLOSE_TIMEOUT` seconds)."""
         with self._wake:
             self._closed = True
-            sandboxes = [
-                *self._sessions.values(), *self._ready, *self._retired.values(), *self._warming
-            ]
+            sandboxes = [*self._sessions.values(), *self._ready, *self._retired.values(), *self._warming]
             if self._config.keep_alive is not None:  # they outlive these sessions: let go
                 self._sessions.clear()
                 for sandbox in sandboxes:
@@ -313,7 +311,10 @@ class SandboxSessions:
                 if now - max(self._last_used.get(key, 0.0), sandbox.last_active) > self.idle_ttl
                 and not sandbox.busy
             ]
-        reason = f"This conversation's sandbox was closed after more than {self.idle_ttl:g} s without use, and this is a new one"
+        reason = (
+            f"This conversation's sandbox was closed after more than {self.idle_ttl:g} s without use, "
+            "and this is a new one"
+        )
         for key, sandbox in idle:
             with self._wake:
                 used = self._last_used.get(key, 0.0)
@@ -331,4 +332,3 @@ class SandboxSessions:
 
     def _check_every(self) -> float | None:
         return None if not self.idle_ttl else max(min(self.idle_ttl / 4, 30.0), 0.05)
-

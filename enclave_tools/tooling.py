@@ -83,8 +83,7 @@ class NotebookInput(BaseModel):
     )
     timeout: float | None = Field(
         default=None,
-        description="Seconds the code may run before it is interrupted "
-        "(default: the sandbox's limit).",
+        description="Seconds the code may run before it is interrupted (default: the sandbox's limit).",
     )
 
 
@@ -95,9 +94,7 @@ def model_text(execution: Execution) -> str:
 
 def describe_bad_arguments(error: ValidationError) -> str:
     """Arguments that do not fit :class:`NotebookInput`, as a tool should put it to a model."""
-    problems = "; ".join(
-        f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in error.errors()
-    )
+    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in error.errors())
     return (
         f"Invalid arguments, the code was not run ({problems}). {TOOL_NAME} takes `code`, a "
         "string of Python, and optionally `timeout`, a number of seconds."

@@ -190,16 +190,21 @@ class GatewayHTTP:
             if conn.usable:
                 self._idle.append(conn)
 
-    def json(self, method: str, path: str, payload: Any = None, *, expect: tuple[int, ...] = (200,),
-             timeout: float | None = None) -> Any:
+    def json(
+        self,
+        method: str,
+        path: str,
+        payload: Any = None,
+        *,
+        expect: tuple[int, ...] = (200,),
+        timeout: float | None = None,
+    ) -> Any:
         """Send JSON, expect one of ``expect``, return the decoded answer (or None)."""
         body = None if payload is None else json.dumps(payload).encode()
         headers = {"Content-Type": "application/json"} if body is not None else None
         status, data = self.request(method, path, body, timeout=timeout, headers=headers)
         if status not in expect:
-            raise GatewayError(
-                f"the gateway answered {method} {path} with {status}: {_reason(data)}", status
-            )
+            raise GatewayError(f"the gateway answered {method} {path} with {status}: {_reason(data)}", status)
         if status >= 300 or not data.strip():
             return None  # an expected error status: its body is not the answer
         try:

@@ -301,7 +301,6 @@ def async_twin(
     twin.__name__ = f"a{method.__name__}"
     twin.__qualname__ = f"{method.__qualname__.rpartition('.')[0]}.a{method.__name__}".lstrip(".")
     twin.__doc__ = (
-        f"Async :meth:`{method.__name__}`: the same call on a worker thread, so the event "
-        "loop never blocks."
+        f"Async :meth:`{method.__name__}`: the same call on a worker thread, so the event loop never blocks."
     )
     return twin

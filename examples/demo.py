@@ -1,7 +1,8 @@
 """`make demo`: an agent explores a CSV in a sandbox over several turns.
 
 It loads data/sales.csv, explores it, hits an error and fixes it, makes a plot and saves
-it as a PNG, and writes the whole session as a notebook (demo-output/session.ipynb). Without a model configured, a scripted model drives the same agent loop.
+it as a PNG, and writes the whole session as a notebook (demo-output/session.ipynb).
+Without a model configured, a scripted model drives the same agent loop.
 With an OpenAI-compatible endpoint configured (OPENAI_API_KEY, and optionally
 OPENAI_BASE_URL and ENCLAVE_DEMO_MODEL), a real model drives it.
 """
@@ -35,10 +36,7 @@ SYSTEM = (
 SCRIPT = [
     # Question 1
     notebook_call(
-        "import pandas as pd\n"
-        "df = pd.read_csv('sales.csv', parse_dates=['date'])\n"
-        "print(df.shape)\n"
-        "df.head()"
+        "import pandas as pd\ndf = pd.read_csv('sales.csv', parse_dates=['date'])\nprint(df.shape)\ndf.head()"
     ),
     answer("sales.csv holds 1,460 daily sales: date, region, product, units and revenue."),
     # Question 2: a wrong column name first, then the fix, then the plot.
@@ -102,9 +100,7 @@ def main() -> None:
     with Sandbox() as sandbox:  # builds the kernel image on first use, with progress
         sandbox.upload(DATA, "sales.csv")
         tool = EnclaveNotebookTool(sandbox=sandbox)
-        agent = create_agent(
-            choose_model(), tools=[tool], system_prompt=SYSTEM, checkpointer=InMemorySaver()
-        )
+        agent = create_agent(choose_model(), tools=[tool], system_prompt=SYSTEM, checkpointer=InMemorySaver())
         config = {"configurable": {"thread_id": "demo"}}
         seen = 0
         for question in QUESTIONS:

@@ -99,7 +99,7 @@ class Backend(ABC):
         """Start a gateway for ``config`` (building or fetching what it needs, with
         progress) and return how to reach it; raise an EnclaveError if it cannot."""
 
-    def ready(self, handle: SandboxHandle, config: SandboxConfig) -> None:
+    def ready(self, handle: SandboxHandle, config: SandboxConfig) -> None:  # noqa: B027 (optional hook)
         """Called once the kernel answers and before any user code runs: apply what would
         have slowed the start (the Docker backend's CPU quota). Default: nothing."""
 

@@ -17,8 +17,9 @@ import stat
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from docker.errors import APIError, DockerException, NotFound
 from docker.types import LogConfig, Ulimit
@@ -99,8 +100,11 @@ def ended_because(exit_code: int | None, describe: str) -> str:
 
 def _owner_of(labels: dict[str, str]) -> Owner:
     return Owner(
-        labels.get(OWNER_HOST, ""), labels.get(OWNER_PID, ""), labels.get(OWNER_START, ""),
-        labels.get(OWNER_BOOT, ""), labels.get(OWNER_PID_NS, ""),
+        labels.get(OWNER_HOST, ""),
+        labels.get(OWNER_PID, ""),
+        labels.get(OWNER_START, ""),
+        labels.get(OWNER_BOOT, ""),
+        labels.get(OWNER_PID_NS, ""),
     )
 
 
@@ -130,7 +134,9 @@ class DockerBackend(Backend):
         if not sys.platform.startswith("linux"):
             return False
         base_url = getattr(self.client.api, "base_url", "")
-        return base_url.startswith("http+docker://localhost") or base_url.startswith("http+docker://localunixsocket")
+        return base_url.startswith("http+docker://localhost") or base_url.startswith(
+            "http+docker://localunixsocket"
+        )
 
     def transport_for(self, config: SandboxConfig) -> str:
         """'unix' or 'tcp' for ``config``."""
@@ -160,7 +166,7 @@ class DockerBackend(Backend):
             LABEL: "1",
             RUN_DIR: "",
             **self._ownership_labels(owner, config),
-            CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            CREATED: datetime.now(UTC).isoformat(timespec="seconds"),
             **config.labels,
         }
         # The token travels as a file in a directory shared with this host user only;
@@ -179,7 +185,9 @@ class DockerBackend(Backend):
                 handle.write(token)
         except OSError as exc:
             remove_tree(run_dir)
-            raise SandboxStartFailed(f"could not prepare the sandbox's run directory {run_dir}: {exc}") from exc
+            raise SandboxStartFailed(
+                f"could not prepare the sandbox's run directory {run_dir}: {exc}"
+            ) from exc
         env = {
             "ENCLAVE_TOKEN_FILE": f"{SHARED_DIR}/{TOKEN_NAME}",
             "ENCLAVE_KERNEL_ENV": ",".join(config.env),
@@ -235,7 +243,9 @@ class DockerBackend(Backend):
             remove_tree(run_dir)
             if exc.status_code == 409 and config.keep_alive is not None:
                 raise SandboxExists(f"a sandbox named {name} already exists") from exc
-            raise SandboxStartFailed(f"Docker could not create the sandbox container: {exc.explanation or exc}") from exc
+            raise SandboxStartFailed(
+                f"Docker could not create the sandbox container: {exc.explanation or exc}"
+            ) from exc
         except DockerException as exc:
             remove_tree(run_dir)
             raise DockerUnavailable(f"Docker failed while creating the sandbox: {exc}") from exc
@@ -263,8 +273,11 @@ class DockerBackend(Backend):
         if config.keep_alive is not None:
             return {KEEP_ALIVE: "1"}
         return {
-            OWNER_PID: owner.pid, OWNER_START: owner.started, OWNER_HOST: owner.host,
-            OWNER_BOOT: owner.boot_id, OWNER_PID_NS: owner.pid_namespace,
+            OWNER_PID: owner.pid,
+            OWNER_START: owner.started,
+            OWNER_HOST: owner.host,
+            OWNER_BOOT: owner.boot_id,
+            OWNER_PID_NS: owner.pid_namespace,
         }
 
     def _create(self, image_id: str, name: str, config: SandboxConfig, kwargs: dict[str, Any]) -> Any:
@@ -312,19 +325,28 @@ class DockerBackend(Backend):
             raise SandboxGone(f"sandbox {record.id} is gone: its container is not the one recorded")
         state = attrs.get("State", {})
         if not state.get("Running"):
-            described = ContainerState(False, True, state.get("ExitCode"), bool(state.get("OOMKilled"))).describe()
-            raise SandboxGone(f"sandbox {record.id} has ended: {ended_because(state.get('ExitCode'), described)}")
+            described = ContainerState(
+                False, True, state.get("ExitCode"), bool(state.get("OOMKilled"))
+            ).describe()
+            raise SandboxGone(
+                f"sandbox {record.id} has ended: {ended_because(state.get('ExitCode'), described)}"
+            )
         if record.unix_path:
             endpoint = Endpoint(token=record.token, unix_path=self._checked_socket(record))
             try:
                 endpoint.pin()
             except (OSError, GatewayError) as exc:
-                raise SandboxGone(f"sandbox {record.id} cannot be reached: its socket is gone ({exc})") from None
+                raise SandboxGone(
+                    f"sandbox {record.id} cannot be reached: its socket is gone ({exc})"
+                ) from None
             return SandboxHandle(attrs["Id"], attrs.get("Name", "").lstrip("/"), endpoint, record.run_dir)
         port = _port_of(attrs)
         return SandboxHandle(
-            attrs["Id"], attrs.get("Name", "").lstrip("/"), Endpoint(token=record.token, port=port),
-            record.run_dir, port,
+            attrs["Id"],
+            attrs.get("Name", "").lstrip("/"),
+            Endpoint(token=record.token, port=port),
+            record.run_dir,
+            port,
         )
 
     def _checked_socket(self, record: Any) -> str:
@@ -361,8 +383,11 @@ class DockerBackend(Backend):
         only the gateway's socket is there, and pin the endpoint to that socket."""
         try:
             if handle.run_dir:
-                lock_shared_dir(os.path.join(handle.run_dir, SHARED_NAME), handle.endpoint.unix_path is not None,
-                                self._remapped_uids)
+                lock_shared_dir(
+                    os.path.join(handle.run_dir, SHARED_NAME),
+                    handle.endpoint.unix_path is not None,
+                    self._remapped_uids,
+                )
             handle.endpoint.pin()
         except OSError as exc:
             raise SandboxStartFailed(f"could not lock the sandbox's shared directory: {exc}") from exc
@@ -460,7 +485,9 @@ class DockerBackend(Backend):
             log.debug("reaping orphans failed: %s", exc)
 
     def reap_orphans(
-        self, on_removed: Callable[[Any], None] | None = None, on_dir_removed: Callable[[str], None] | None = None
+        self,
+        on_removed: Callable[[Any], None] | None = None,
+        on_dir_removed: Callable[[str], None] | None = None,
     ) -> int:
         """Remove sandboxes whose owner is provably gone (see owner.py: an owner in
         another PID namespace, or on another machine, is presumed alive), then run
@@ -492,13 +519,19 @@ class DockerBackend(Backend):
 
         try:
             for record in registry.records():
-                if record.backend == self.name and record.created < listed_at and record.container_id not in running:
+                if (
+                    record.backend == self.name
+                    and record.created < listed_at
+                    and record.container_id not in running
+                ):
                     registry.remove(record.id)
         except (OSError, EnclaveError) as exc:
             log.debug("pruning sandbox records failed: %s", exc)
 
     def reap_run_dirs(
-        self, on_removed: Callable[[str], None] | None = None, check: OwnerCheck | None = None,
+        self,
+        on_removed: Callable[[str], None] | None = None,
+        check: OwnerCheck | None = None,
         containers: list[Any] | None = None,
     ) -> int:
         """Remove this user's run directories in the temp dir that no container of this
@@ -519,7 +552,9 @@ class DockerBackend(Backend):
         return removed
 
 
-def lock_shared_dir(shared: str, expect_socket: bool, remapped_uids: Callable[[], bool] = lambda: False) -> None:
+def lock_shared_dir(
+    shared: str, expect_socket: bool, remapped_uids: Callable[[], bool] = lambda: False
+) -> None:
     """Make ``shared`` (the directory the container sees at SHARED_DIR) 0700, owned by
     this host user, so the container's uid can no longer create, remove or rename anything
     in it; then check that it holds the gateway's socket and nothing else.
@@ -537,7 +572,9 @@ def lock_shared_dir(shared: str, expect_socket: bool, remapped_uids: Callable[[]
     expected.
     """
     if os.getuid() == SANDBOX_UID:
-        log.warning("this user's uid is the sandbox's (%d): the sandbox can undo the lock on %s", SANDBOX_UID, shared)
+        log.warning(
+            "this user's uid is the sandbox's (%d): the sandbox can undo the lock on %s", SANDBOX_UID, shared
+        )
     info = os.lstat(shared)
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
         raise SandboxStartFailed(f"the sandbox's shared directory {shared} is not this user's directory")
@@ -580,13 +617,19 @@ def _port_of(attrs: dict[str, Any]) -> int | None:
 
 def _safe_run_dir(path: str | None) -> str | None:
     """Only our own temporary directories are ever removed."""
-    if path and os.path.basename(path).startswith("enclave-") and os.path.dirname(path) == tempfile.gettempdir():
+    if (
+        path
+        and os.path.basename(path).startswith("enclave-")
+        and os.path.dirname(path) == tempfile.gettempdir()
+    ):
         return path
     return None
 
 
 def _write_owner_record(run_dir: str, owner: Owner) -> None:
-    with open(os.open(os.path.join(run_dir, OWNER_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+    with open(
+        os.open(os.path.join(run_dir, OWNER_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w"
+    ) as out:
         json.dump(owner.__dict__, out)
 
 

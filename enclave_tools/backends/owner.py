@@ -32,8 +32,15 @@ import socket
 from dataclasses import dataclass
 
 __all__ = [
-    "Owner", "OwnerCheck", "OwnerRecord", "boot_id", "machine_processes", "owner_alive", "pid_namespace",
-    "process_start_time", "this_owner",
+    "Owner",
+    "OwnerCheck",
+    "OwnerRecord",
+    "boot_id",
+    "machine_processes",
+    "owner_alive",
+    "pid_namespace",
+    "process_start_time",
+    "this_owner",
 ]
 
 OwnerRecord = tuple[str, str, str]
@@ -57,9 +64,7 @@ class Owner:
     def current(cls) -> Owner:
         """This process."""
         pid = os.getpid()
-        return cls(
-            socket.gethostname(), str(pid), process_start_time(pid) or "", boot_id(), pid_namespace()
-        )
+        return cls(socket.gethostname(), str(pid), process_start_time(pid) or "", boot_id(), pid_namespace())
 
 
 def process_start_time(pid: int) -> str | None:
@@ -132,7 +137,11 @@ class OwnerCheck:
 
 
 def owner_alive(
-    host: str | None, pid: str | None, started: str | None, *, boot: str | None = None,
+    host: str | None,
+    pid: str | None,
+    started: str | None,
+    *,
+    boot: str | None = None,
     namespace: str | None = None,
 ) -> bool:
     """Whether the recorded owner may still run: False only when it is provably gone."""

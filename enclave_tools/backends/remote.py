@@ -70,8 +70,13 @@ def endpoint_from_url(url: str, token: str, verify: bool | str = True) -> Endpoi
             "root of the URL (http://host:port), so route a host name, not a path, to it"
         )
     if parts.scheme == "https":
-        return TLSEndpoint(token=token, host=parts.hostname, port=parts.port or 443, scheme="https",
-                           context=ssl_context(verify))
+        return TLSEndpoint(
+            token=token,
+            host=parts.hostname,
+            port=parts.port or 443,
+            scheme="https",
+            context=ssl_context(verify),
+        )
     return Endpoint(token=token, host=parts.hostname, port=parts.port or 80)
 
 

@@ -72,9 +72,7 @@ def docker_arch(client: DockerClient) -> str:
     return normalize_arch(str(client.info().get("Architecture") or platform.machine()))
 
 
-def stream(
-    command: list[str], on_line: Callable[[str], None], env: dict[str, str] | None = None
-) -> int:
+def stream(command: list[str], on_line: Callable[[str], None], env: dict[str, str] | None = None) -> int:
     """Run ``command``, passing each line of its merged stdout/stderr to ``on_line``; exit code.
 
     ``env`` adds to (or overrides) this process's environment.

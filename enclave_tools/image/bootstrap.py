@@ -108,9 +108,7 @@ def bootstrap_base(
     return image_id
 
 
-def debian_mirror(
-    suite: str = DEBIAN_SUITE, apt_dir: pathlib.Path = pathlib.Path("/etc/apt")
-) -> str:
+def debian_mirror(suite: str = DEBIAN_SUITE, apt_dir: pathlib.Path = pathlib.Path("/etc/apt")) -> str:
     """The host's apt mirror that serves ``suite`` (sources.list or deb822 .sources), else deb.debian.org."""
     files = [apt_dir / "sources.list"]
     parts = apt_dir / "sources.list.d"
@@ -148,10 +146,7 @@ def _deb822_mirrors(text: str) -> Iterator[tuple[str, list[str]]]:
                 key, value = line.split(":", 1)
                 key = key.strip().lower()
                 fields[key] = value.strip()
-        if (
-            "deb" in fields.get("types", "").split()
-            and fields.get("enabled", "yes").lower() != "no"
-        ):
+        if "deb" in fields.get("types", "").split() and fields.get("enabled", "yes").lower() != "no":
             for uri in fields.get("uris", "").split():
                 yield uri, fields.get("suites", "").split()
 
@@ -185,9 +180,7 @@ def _check_same_arch(client: DockerClient) -> None:
         )
 
 
-def _debootstrap(
-    suite: str, mirror: str, rootfs: pathlib.Path, out: pathlib.Path, report: Progress
-) -> None:
+def _debootstrap(suite: str, mirror: str, rootfs: pathlib.Path, out: pathlib.Path, report: Progress) -> None:
     """debootstrap in two stages, so that dpkg's second stage can skip its fsyncs."""
     first = [
         "debootstrap",
@@ -208,9 +201,7 @@ def _debootstrap(
     _drop_unneeded(rootfs)
     tail: list[str] = []
     if stream(["tar", "--numeric-owner", "-C", str(rootfs), "-cf", str(out), "."], tail.append):
-        raise ImageBuildFailed(
-            "could not tar the bootstrapped root filesystem", log="\n".join(tail)
-        )
+        raise ImageBuildFailed("could not tar the bootstrapped root filesystem", log="\n".join(tail))
 
 
 def _drop_unneeded(rootfs: pathlib.Path) -> None:

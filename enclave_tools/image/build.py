@@ -203,9 +203,7 @@ def _docker_build(
                     tail.append(line)
                     steps.line(line)
     except docker.errors.DockerException as exc:
-        raise ImageBuildFailed(
-            f"Building {tag} failed: {first_line(exc)}", log="\n".join(tail)
-        ) from exc
+        raise ImageBuildFailed(f"Building {tag} failed: {first_line(exc)}", log="\n".join(tail)) from exc
     finally:
         steps.finish()
         _remove_stages(client, steps.stage_images, report)

@@ -186,9 +186,7 @@ def ensure_derived(
 
 
 @contextlib.contextmanager
-def _context(
-    lock: str, wheels: Sequence[pathlib.Path], labels: dict[str, str]
-) -> Iterator[IO[bytes]]:
+def _context(lock: str, wheels: Sequence[pathlib.Path], labels: dict[str, str]) -> Iterator[IO[bytes]]:
     """The derived build's context as a rewound temporary tar: Dockerfile, lock, wheels/."""
     with tempfile.TemporaryFile() as handle:
         with tarfile.open(fileobj=handle, mode="w") as tar:

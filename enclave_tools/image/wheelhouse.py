@@ -72,9 +72,7 @@ def wheelhouse(
         ok, log = _pip_download(directory, requirements, python, arch, glibc, offline, report)
         if ok:
             wheels = needed_wheels(directory, requirements, log)
-            report(
-                f"wheels: {len(wheels)} ready in {directory} ({time.monotonic() - started:.0f} s)"
-            )
+            report(f"wheels: {len(wheels)} ready in {directory} ({time.monotonic() - started:.0f} s)")
             return wheels
         if offline and len(attempts) > 1:
             report("wheels: the cache is incomplete; downloading from the package index")
@@ -182,9 +180,7 @@ def select_wheels(
     return sorted(chosen)
 
 
-def needed_wheels(
-    directory: pathlib.Path, requirements: pathlib.Path, log: list[str]
-) -> list[pathlib.Path]:
+def needed_wheels(directory: pathlib.Path, requirements: pathlib.Path, log: list[str]) -> list[pathlib.Path]:
     """The wheels in ``directory`` that this requirements file resolved to."""
     resolved = None
     for line in log:

@@ -24,24 +24,28 @@ class MissingExtra(EnclaveError):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``enclave-tools mcp``."""
     parser.add_argument(
-        "--transport", choices=("stdio", "http"), default="stdio",
+        "--transport",
+        choices=("stdio", "http"),
+        default="stdio",
         help="stdio (default: one client, e.g. a desktop app) or http (Streamable HTTP)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (0: any free one)")
     parser.add_argument(
         "--token-file",
-        help=f"file holding the HTTP bearer token (or set {TOKEN_ENV}); "
-        "required when --host is not loopback",
+        help=f"file holding the HTTP bearer token (or set {TOKEN_ENV}); required when --host is not loopback",
     )
     parser.add_argument(
-        "--stateless", action="store_true",
+        "--stateless",
+        action="store_true",
         help="stateless HTTP: calls pick their notebook by the `session` argument only",
     )
     parser.add_argument("--max-sessions", type=int, default=8, help="most notebooks at once (8)")
     parser.add_argument("--warm", type=int, default=0, help="sandboxes kept started for new sessions")
     parser.add_argument(
-        "--idle-ttl", type=float, default=1800.0,
+        "--idle-ttl",
+        type=float,
+        default=1800.0,
         help="seconds after which an unused session's sandbox is closed (1800)",
     )
     parser.add_argument("--network", default="none", help="'none' (default) or 'bridge'")
@@ -49,7 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory", default=None, help="memory limit per sandbox, e.g. 2g")
     parser.add_argument("--image", default=None, help="kernel image (default: the project's)")
     parser.add_argument(
-        "--label", action="append", default=[], metavar="KEY=VALUE",
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="extra label on every sandbox container (repeatable)",
     )
     parser.add_argument(
@@ -78,7 +85,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         if getattr(args, field):
             overrides[field] = getattr(args, field)
     overrides["labels"] = dict(_label(text) for text in args.label)
-    config = SandboxConfig(**overrides)  # type: ignore[arg-type]
+    config = SandboxConfig(**overrides)
     sessions = SandboxSessions(
         warm=args.warm, idle_ttl=args.idle_ttl, factory=lambda: Sandbox(config, progress=say)
     )
@@ -90,10 +97,15 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
             anyio.run(serve_stdio, build_server(notebooks))
         else:
             server = build_server(notebooks, host=args.host, stateless_http=args.stateless)
-            anyio.run(lambda: serve_http(
-                server, host=args.host, port=args.port, token=token,
-                on_ready=lambda url: say(f"MCP server at {url}"),
-            ))
+            anyio.run(
+                lambda: serve_http(
+                    server,
+                    host=args.host,
+                    port=args.port,
+                    token=token,
+                    on_ready=lambda url: say(f"MCP server at {url}"),
+                )
+            )
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the sandboxes' removal finish
         sessions.close()
@@ -114,5 +126,3 @@ def _token(path: str | None) -> str | None:
         except OSError as exc:
             raise InvalidInput(f"cannot read the token file {path}: {exc.strerror}") from exc
     return os.environ.get(TOKEN_ENV) or None
-
-

@@ -68,8 +68,12 @@ Encoding = Annotated[
     str, Field(pattern="^(text|base64)$", description="'text' (UTF-8, the default) or 'base64'")
 ]
 
-UploadPath = Annotated[str, Field(min_length=1, description="Path relative to /workspace, e.g. data/sales.csv")]
-DownloadPath = Annotated[str, Field(min_length=1, description="Path relative to /workspace, e.g. out/report.md")]
+UploadPath = Annotated[
+    str, Field(min_length=1, description="Path relative to /workspace, e.g. data/sales.csv")
+]
+DownloadPath = Annotated[
+    str, Field(min_length=1, description="Path relative to /workspace, e.g. out/report.md")
+]
 
 
 class TooManySessions(EnclaveError):
@@ -143,7 +147,7 @@ def file_content(path: str, data: bytes) -> ContentBlock:
     return EmbeddedResource(
         type="resource",
         resource=BlobResourceContents(
-            uri=f"file://{posixpath.normpath('/' + path)}",  # type: ignore[arg-type]
+            uri=f"file://{posixpath.normpath('/' + path)}",
             mimeType=mime,
             blob=base64.b64encode(data).decode(),
         ),
@@ -163,6 +167,7 @@ def build_server(notebooks: NotebookServer, **settings: Any) -> FastMCP:
         f"{TOOL_NAME}; variables persist between calls of one session.",
         **{"log_level": "WARNING", **settings},
     )
+
     async def in_thread(fn: Any, *args: Any) -> Any:
         return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
 
@@ -266,4 +271,3 @@ def _decode(content: str, encoding: str) -> bytes:
         return base64.b64decode(content, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ToolError(f"`content` is not valid base64 ({exc}); nothing was written.") from exc
-

@@ -43,11 +43,13 @@ def bearer_guard(app: ASGIApp, token: str) -> ASGIApp:
         if scope["type"] == "http":
             given = dict(scope.get("headers") or []).get(b"authorization", b"")
             if not hmac.compare_digest(given, expected):
-                await send({
-                    "type": "http.response.start",
-                    "status": 401,
-                    "headers": [(b"content-type", b"text/plain"), (b"www-authenticate", b"Bearer")],
-                })
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [(b"content-type", b"text/plain"), (b"www-authenticate", b"Bearer")],
+                    }
+                )
                 await send({"type": "http.response.body", "body": b"a valid bearer token is required\n"})
                 return
         await app(scope, receive, send)
@@ -99,7 +101,7 @@ class _ProtocolStdout(io.TextIOWrapper):
     """``sys.stdout`` while stdio serves: its ``buffer`` is the protocol's stream (what the
     SDK writes to); text printed by anything else goes to stderr instead."""
 
-    def write(self, text: str) -> int:  # type: ignore[override]
+    def write(self, text: str) -> int:
         return sys.stderr.write(text)
 
     def flush(self) -> None:

@@ -83,9 +83,7 @@ def read_head(io: SocketIO, deadline: Deadline) -> ResponseHead:
         version, status, *rest = line.decode("latin-1").split(" ", 2)
         code = int(status)
     except ValueError:
-        raise GatewayMisbehaved(
-            f"the gateway sent a malformed status line: {line[:80]!r}"
-        ) from None
+        raise GatewayMisbehaved(f"the gateway sent a malformed status line: {line[:80]!r}") from None
     if not version.startswith("HTTP/1.") or not 100 <= code <= 999 or len(status) != 3:
         raise GatewayMisbehaved(f"the gateway sent a malformed status line: {line[:80]!r}")
     head = ResponseHead(version, code, rest[0] if rest else "")
@@ -159,9 +157,7 @@ class HTTPConnection:
     def _send(
         self, method: str, path: str, headers: dict[str, str], body: object, deadline: Deadline
     ) -> None:
-        if any(c in path for c in " \r\n") or any(
-            c in f"{k}{v}" for k, v in headers.items() for c in "\r\n"
-        ):
+        if any(c in path for c in " \r\n") or any(c in f"{k}{v}" for k, v in headers.items() for c in "\r\n"):
             raise ValueError("a request line or header contains a space or a line break")
         declared = next((v for k, v in headers.items() if k.lower() == "content-length"), None)
         lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}"]
@@ -246,9 +242,7 @@ class HTTPConnection:
                     raise ValueError
                 size = int(size_text, 16)
             except ValueError:
-                raise GatewayMisbehaved(
-                    f"the gateway sent a bad chunk size: {line[:40]!r}"
-                ) from None
+                raise GatewayMisbehaved(f"the gateway sent a bad chunk size: {line[:40]!r}") from None
             if size == 0:
                 read_fields(self.io, deadline, "trailer")
                 return

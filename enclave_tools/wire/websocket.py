@@ -110,16 +110,12 @@ def connect(
         if head.tokens("upgrade") != ["websocket"] or "upgrade" not in head.tokens("connection"):
             raise GatewayMisbehaved("the gateway's websocket handshake lacks its Upgrade headers")
         if head.headers.get("sec-websocket-accept", "").strip() != accept_key(key):
-            raise GatewayMisbehaved(
-                "the gateway's websocket handshake has a wrong Sec-WebSocket-Accept"
-            )
+            raise GatewayMisbehaved("the gateway's websocket handshake has a wrong Sec-WebSocket-Accept")
         if head.headers.get("sec-websocket-extensions"):
             raise GatewayMisbehaved("the gateway chose a websocket extension that was not offered")
         chosen = head.headers.get("sec-websocket-protocol", "").strip() or None
         if chosen is not None and chosen not in subprotocols:
-            raise GatewayMisbehaved(
-                f"the gateway chose a subprotocol that was not offered: {chosen[:80]!r}"
-            )
+            raise GatewayMisbehaved(f"the gateway chose a subprotocol that was not offered: {chosen[:80]!r}")
         return WebSocket(io, chosen, **limits)
     except BaseException:
         io.close()
@@ -167,9 +163,7 @@ class WebSocket:
                     return None
                 continue
             if (op == OP_CONTINUATION) != (opcode is not None):
-                raise GatewayMisbehaved(
-                    "the gateway interleaved or misnumbered websocket fragments"
-                )
+                raise GatewayMisbehaved("the gateway interleaved or misnumbered websocket fragments")
             if opcode is None:
                 opcode, deadline = op, frame_deadline
             fragments += 1
@@ -179,8 +173,7 @@ class WebSocket:
                 )
             if size + length > self.discard_limit:
                 raise GatewayMisbehaved(
-                    "the gateway sent a websocket message larger than "
-                    + describe_size(self.discard_limit)
+                    "the gateway sent a websocket message larger than " + describe_size(self.discard_limit)
                 )
             if size + length > self.message_limit:
                 discarding, parts = True, []

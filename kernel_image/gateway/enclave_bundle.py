@@ -60,7 +60,9 @@ class BundleFinder:
             return None
         self.served += 1
         return importlib.util.spec_from_file_location(
-            name, origin, loader=BundleLoader(name, origin, code),
+            name,
+            origin,
+            loader=BundleLoader(name, origin, code),
             submodule_search_locations=list(search_locations) if search_locations is not None else None,
         )
 
@@ -76,7 +78,11 @@ def install(path: str) -> BundleFinder | None:
             bundle = marshal.loads(handle.read())
     except (OSError, ValueError, EOFError, TypeError):
         return None
-    if not isinstance(bundle, dict) or bundle.get("format") != FORMAT or bundle.get("magic") != importlib.util.MAGIC_NUMBER:
+    if (
+        not isinstance(bundle, dict)
+        or bundle.get("format") != FORMAT
+        or bundle.get("magic") != importlib.util.MAGIC_NUMBER
+    ):
         return None
     modules = bundle.get("modules")
     if not isinstance(modules, dict):
@@ -94,7 +100,11 @@ def build(path: str, import_name: str) -> int:
     for name, module in sorted(sys.modules.items()):
         spec = getattr(module, "__spec__", None)
         loader = getattr(spec, "loader", None)
-        if spec is None or not spec.has_location or not isinstance(loader, importlib.machinery.SourceFileLoader):
+        if (
+            spec is None
+            or not spec.has_location
+            or not isinstance(loader, importlib.machinery.SourceFileLoader)
+        ):
             continue
         if name != spec.name or not spec.origin or not spec.origin.endswith(".py"):  # an alias
             continue
@@ -102,7 +112,9 @@ def build(path: str, import_name: str) -> int:
         if code is None:
             continue
         info = os.stat(spec.origin)
-        locations = tuple(spec.submodule_search_locations) if spec.submodule_search_locations is not None else None
+        locations = (
+            tuple(spec.submodule_search_locations) if spec.submodule_search_locations is not None else None
+        )
         modules[name] = (spec.origin, locations, info.st_size, int(info.st_mtime), marshal.dumps(code))
     data = marshal.dumps({"format": FORMAT, "magic": importlib.util.MAGIC_NUMBER, "modules": modules})
     with open(path, "wb") as handle:
@@ -115,4 +127,6 @@ if __name__ == "__main__":
     if len(sys.argv) != 4 or sys.argv[1] != "build":
         sys.exit("usage: python -m enclave_bundle build PATH MODULE")
     count = build(sys.argv[2], sys.argv[3])
-    print(f"enclave_bundle: {count} modules in {sys.argv[2]} ({os.path.getsize(sys.argv[2]) / 2**20:.1f} MiB)")
+    print(
+        f"enclave_bundle: {count} modules in {sys.argv[2]} ({os.path.getsize(sys.argv[2]) / 2**20:.1f} MiB)"
+    )

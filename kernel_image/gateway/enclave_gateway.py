@@ -57,8 +57,13 @@ def prestart_kernel() -> None:
     runtime = os.environ.get("JUPYTER_RUNTIME_DIR", "/tmp/jupyter-runtime")
     os.makedirs(runtime, mode=0o700, exist_ok=True)
     path = os.path.join(runtime, f"kernel-prestarted-{uuid.uuid4().hex[:8]}.json")
-    info = {"ip": "127.0.0.1", "transport": "tcp", "signature_scheme": "hmac-sha256",
-            "key": str(uuid.uuid4()), "kernel_name": "python3"}
+    info = {
+        "ip": "127.0.0.1",
+        "transport": "tcp",
+        "signature_scheme": "hmac-sha256",
+        "key": str(uuid.uuid4()),
+        "kernel_name": "python3",
+    }
     info.update({f"{name}_port": 0 for name in ("shell", "iopub", "stdin", "control", "hb")})
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -67,7 +72,9 @@ def prestart_kernel() -> None:
     env.update(KERNEL_GATEWAY="1", JPY_PARENT_PID=str(os.getpid()))
     process = subprocess.Popen(
         [sys.executable, "-m", "ipykernel_launcher", "-f", path],
-        env=env, stdin=subprocess.DEVNULL, start_new_session=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
     _prestarted = (process, path)
 
@@ -110,30 +117,42 @@ if __name__ == "__main__":
         prestart_kernel()
     import enclave_bundle
 
-    enclave_bundle.install(os.path.join(os.path.dirname(os.path.abspath(__file__)), enclave_bundle.BUNDLE_NAME))
+    enclave_bundle.install(
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), enclave_bundle.BUNDLE_NAME)
+    )
 
 # jsonschema's optional format checkers: jsonschema imports each if it is installed and
 # checks that format if it is; the gateway never validates a format that needs one.
 # Importing them (arrow, isoduration, rfc3986-validator's regular expressions, ...) was a
 # fifth of the gateway's start. A None entry in sys.modules makes their import fail at
 # once, in this process only: kernels (other processes) still have every package.
-GATEWAY_SKIPS = ("fqdn", "rfc3987", "rfc3987_syntax", "rfc3986_validator", "rfc3339_validator",
-                 "webcolors", "jsonpointer", "uri_template", "isoduration", "arrow")
+GATEWAY_SKIPS = (
+    "fqdn",
+    "rfc3987",
+    "rfc3987_syntax",
+    "rfc3986_validator",
+    "rfc3339_validator",
+    "webcolors",
+    "jsonpointer",
+    "uri_template",
+    "isoduration",
+    "arrow",
+)
 for _name in GATEWAY_SKIPS:
     sys.modules.setdefault(_name, None)
 
 import hmac  # noqa: E402 - the kernel above starts before these heavy imports
 import tempfile  # noqa: E402
 
-from kernel_gateway.gatewayapp import KernelGatewayApp  # noqa: E402
+from jupyter_server._tz import utcnow  # noqa: E402
 from jupyter_server.services.kernels.connection.channels import (  # noqa: E402
     ZMQChannelsWebsocketConnection,
 )
+from kernel_gateway.gatewayapp import KernelGatewayApp  # noqa: E402
 from kernel_gateway.services.kernels.manager import (  # noqa: E402
     KernelGatewayIOLoopKernelManager,
     SeedingMappingKernelManager,
 )
-from jupyter_server._tz import utcnow  # noqa: E402
 from tornado import httpserver, netutil, web  # noqa: E402
 
 MAX_UPLOAD_BYTES = 4 * 2**30
@@ -202,7 +221,7 @@ class FilesHandler(_TokenHandler):
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 fd, self._tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".upload-")
             except OSError as exc:
-                raise web.HTTPError(_oserror_status(exc), reason=f"{exc.strerror}: {target}")
+                raise web.HTTPError(_oserror_status(exc), reason=f"{exc.strerror}: {target}") from exc
             self._file = os.fdopen(fd, "wb")
 
     def data_received(self, chunk):
@@ -210,7 +229,7 @@ class FilesHandler(_TokenHandler):
             self._file.write(chunk)
         except OSError as exc:
             self._discard()
-            raise web.HTTPError(_oserror_status(exc), reason=f"{exc.strerror} while writing")
+            raise web.HTTPError(_oserror_status(exc), reason=f"{exc.strerror} while writing") from exc
 
     def _discard(self):
         if self._tmp:
@@ -234,7 +253,7 @@ class FilesHandler(_TokenHandler):
             os.replace(self._tmp, target)
         except OSError as exc:
             self._discard()
-            raise web.HTTPError(_oserror_status(exc), reason=f"{exc.strerror}: {target}")
+            raise web.HTTPError(_oserror_status(exc), reason=f"{exc.strerror}: {target}") from exc
         self._tmp = None
         self.set_status(201)
         self.finish(json.dumps({"path": target, "size": os.path.getsize(target)}))
@@ -256,19 +275,23 @@ class FilesHandler(_TokenHandler):
         try:
             fd, size = await loop.run_in_executor(None, open_regular_file, path)
         except NotRegularFile as exc:
-            raise web.HTTPError(400, reason=str(exc))
+            raise web.HTTPError(400, reason=str(exc)) from exc
         except OSError as exc:
-            raise web.HTTPError(_oserror_status(exc), reason=f"{exc.strerror}: {path}")
+            raise web.HTTPError(_oserror_status(exc), reason=f"{exc.strerror}: {path}") from exc
         try:
             if max_bytes is not None and size > max_bytes:
                 self.set_status(413)
                 self.set_header("Content-Type", "application/json")
-                self.finish(json.dumps({
-                    "status": 413,
-                    "reason": f"{path} is {size:,} bytes; the limit is {max_bytes:,} bytes",
-                    "size": size,
-                    "limit": max_bytes,
-                }))
+                self.finish(
+                    json.dumps(
+                        {
+                            "status": 413,
+                            "reason": f"{path} is {size:,} bytes; the limit is {max_bytes:,} bytes",
+                            "size": size,
+                            "limit": max_bytes,
+                        }
+                    )
+                )
                 return
             self.set_header("Content-Type", "application/octet-stream")
             self.set_header("Content-Length", str(size))
@@ -366,9 +389,7 @@ class InfoHandler(_TokenHandler):
     """What the host cannot see cheaply: memory in use and OOM kills inside the container."""
 
     def get(self):
-        memory = _read_int(
-            "/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory/memory.usage_in_bytes"
-        )
+        memory = _read_int("/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory/memory.usage_in_bytes")
         self.finish(json.dumps({"memory_bytes": memory, "oom_kills": _oom_kills()}))
 
 
@@ -547,8 +568,11 @@ class LifetimeWatch:
         if self.lifetime is not None:
             ends.append(self.lifetime_from + self.lifetime - now)
         return {
-            "idle_limit": self.idle_limit, "lifetime": self.lifetime, "age": now - self.started,
-            "idle": now - last, "expires_in": min(ends) if ends else None,
+            "idle_limit": self.idle_limit,
+            "lifetime": self.lifetime,
+            "age": now - self.started,
+            "idle": now - last,
+            "expires_in": min(ends) if ends else None,
         }
 
     def expired(self, kernel_manager=None):
@@ -604,11 +628,14 @@ class LifetimeHandler(_TokenHandler):
             payload = json.loads(self.request.body or b"{}")
             values = {key: payload.get(key) for key in ("idle_limit", "lifetime")}
             for key, value in values.items():
-                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                          or not 0 < value <= MAX_LIMIT_S):
+                if value is not None and (
+                    isinstance(value, bool)
+                    or not isinstance(value, (int, float))
+                    or not 0 < value <= MAX_LIMIT_S
+                ):
                     raise ValueError(key)
         except (ValueError, AttributeError) as exc:
-            raise web.HTTPError(400, reason=f"bad limit {exc}: seconds between 0 and {MAX_LIMIT_S}")
+            raise web.HTTPError(400, reason=f"bad limit {exc}: seconds between 0 and {MAX_LIMIT_S}") from exc
         watch = self.settings["enclave_watch"]
         watch.set(**values)
         self.finish(json.dumps(watch.describe(self.settings.get("kernel_manager"))))

@@ -98,8 +98,13 @@ def read_request(conn: socket.socket, buffer: bytearray) -> Request | None:
         buffer += data
     del buffer[:length]
     auth = headers.get("authorization", "")
-    record(event="request", method=method, path=path, websocket=Request(method, path, headers).websocket,
-           auth_sha256=hashlib.sha256(auth.encode()).hexdigest() if auth else None)
+    record(
+        event="request",
+        method=method,
+        path=path,
+        websocket=Request(method, path, headers).websocket,
+        auth_sha256=hashlib.sha256(auth.encode()).hexdigest() if auth else None,
+    )
     return Request(method, path, headers)
 
 
@@ -138,8 +143,12 @@ def accept_websocket(conn: socket.socket, req: Request) -> None:
     """A correct 101 answer (echoing the first subprotocol offered)."""
     key = req.headers.get("sec-websocket-key", "")
     accept = base64.b64encode(hashlib.sha1((key + WS_MAGIC).encode()).digest()).decode()
-    lines = ["HTTP/1.1 101 Switching Protocols", "Upgrade: websocket", "Connection: Upgrade",
-             f"Sec-WebSocket-Accept: {accept}"]
+    lines = [
+        "HTTP/1.1 101 Switching Protocols",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Accept: {accept}",
+    ]
     offered = req.headers.get("sec-websocket-protocol", "")
     if offered:
         lines.append(f"Sec-WebSocket-Protocol: {offered.split(',')[0].strip()}")
@@ -160,7 +169,7 @@ def drip(conn: socket.socket, data: bytes) -> None:
     """Send ``data`` one byte every half second, forever (repeating its tail)."""
     sent = 0
     while True:
-        conn.sendall(data[sent:sent + 1] if sent < len(data) else data[-1:])
+        conn.sendall(data[sent : sent + 1] if sent < len(data) else data[-1:])
         sent += 1
         time.sleep(0.5)
 
@@ -194,8 +203,9 @@ def silent(conn: socket.socket, req: Request) -> None:
 
 
 def reset_mid_body(conn: socket.socket, req: Request) -> None:
-    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n"
-                 + CHUNK[:1000])
+    conn.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n" + CHUNK[:1000]
+    )
     time.sleep(0.2)
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
 
@@ -206,13 +216,17 @@ def garbage_status(conn: socket.socket, req: Request) -> None:
 
 
 def short_body(conn: socket.socket, req: Request) -> None:
-    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: 1000000000000000\r\n\r\n{\"short\":1}")
+    conn.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 1000000000000000\r\n\r\n{"short":1}'
+    )
     # then the connection closes (FIN): 10**15 bytes announced, 11 sent
 
 
 def ws_endless_header(conn: socket.socket, req: Request) -> None:
-    conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nX-Endless: ")
+    conn.sendall(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nX-Endless: "
+    )
     forever(conn, b"a" * 65536)
 
 

@@ -26,13 +26,23 @@ def test_connect_to_a_record_naming_a_foreign_container_and_dir_deletes_neither(
     (precious / "work.txt").write_text("a user's work")
     foreign = docker_engine.containers.create(kernel_image, entrypoint=["true"], labels={"test": "foreign"})
     try:
-        registry.save(registry.Record(
-            id="a1b2c3d4e5f6", backend="docker", container_id=foreign.id, name="not-a-sandbox", token="t",
-            run_dir=str(precious), unix_path=str(precious / "gw" / "gateway.sock"), created=time.time(),
-        ))
+        registry.save(
+            registry.Record(
+                id="a1b2c3d4e5f6",
+                backend="docker",
+                container_id=foreign.id,
+                name="not-a-sandbox",
+                token="t",
+                run_dir=str(precious),
+                unix_path=str(precious / "gw" / "gateway.sock"),
+                created=time.time(),
+            )
+        )
         with pytest.raises(SandboxGone):
             Sandbox.connect("a1b2c3d4e5f6")
-        assert (precious / "work.txt").read_text() == "a user's work", "connect deleted a directory not its own"
+        assert (precious / "work.txt").read_text() == "a user's work", (
+            "connect deleted a directory not its own"
+        )
         try:
             docker_engine.api.inspect_container(foreign.id)
         except NotFound:

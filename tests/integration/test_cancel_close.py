@@ -224,7 +224,11 @@ def test_process_exit_during_a_cold_start_is_prompt(sandbox_config, docker_engin
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run(
         [sys.executable, "-c", script, sandbox_config.model_dump_json()],
-        env=env, timeout=HANG + CLOSE_TIMEOUT, capture_output=True, text=True, check=False,
+        env=env,
+        timeout=HANG + CLOSE_TIMEOUT,
+        capture_output=True,
+        text=True,
+        check=False,
     )  # main: the exit waited for the ten-minute cell
     assert done.returncode == 0, done.stderr
     assert ours() <= before  # the exit removed the container it started
@@ -242,7 +246,7 @@ def test_close_ends_a_running_cell_promptly_even_on_a_frozen_gateway(make_sandbo
     ]
     boxes = [make_sandbox(), make_sandbox()]
     start_all(*boxes)
-    for sb, cell in zip(boxes, cells):
+    for sb, cell in zip(boxes, cells, strict=True):
         container_id = sb.container_id
         running, outcome = in_background(sb.run, cell, 86400)
         wait_until(lambda sb=sb: sb._turns.current is not None and sb._turns.current.sent)

@@ -33,7 +33,9 @@ def _orphan(image: str) -> str:
 
 
 def _exists(client, container_id: str) -> bool:
-    return any(c.id == container_id for c in client.containers.list(all=True, filters={"label": f"{LABEL}=1"}))
+    return any(
+        c.id == container_id for c in client.containers.list(all=True, filters={"label": f"{LABEL}=1"})
+    )
 
 
 def test_gc_removes_sandboxes_of_a_killed_owner(kernel_image, docker_engine, sandbox, capsys):
@@ -68,7 +70,10 @@ def test_exec_prints_text_and_saves_images(kernel_image, tmp_path, capsys):
 def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "enclave_tools.cli", *args],
-        input=stdin, capture_output=True, text=True, timeout=180,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
 
 
@@ -102,9 +107,20 @@ def test_ctrl_c_in_run_interrupts_the_cell_and_keeps_the_session(kernel_image, d
     """As in IPython: SIGINT while a cell runs interrupts that cell; the prompt, the
     sandbox and its variables live on."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "enclave_tools.cli", "run", "--image", kernel_image,
-         "--output-dir", str(tmp_path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "enclave_tools.cli",
+            "run",
+            "--image",
+            kernel_image,
+            "--output-dir",
+            str(tmp_path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdin is not None

@@ -18,7 +18,10 @@ def ok_after(sandbox) -> None:
     assert sandbox.run("6 * 7").text.endswith("42")
 
 
-@pytest.mark.not_gvisor('under gVisor 2022 (ptrace) the fork bomb ends the whole sandbox (exit 2: SandboxDied, replaced) instead of failing fork()')
+@pytest.mark.not_gvisor(
+    "under gVisor 2022 (ptrace) the fork bomb ends the whole sandbox (exit 2: SandboxDied, replaced) "
+    "instead of failing fork()"
+)
 def test_fork_bomb_is_stopped_by_the_pids_limit(sandbox):
     execution = sandbox.run(
         "import os\nchildren = []\n"
@@ -43,7 +46,10 @@ def test_fork_bomb_is_stopped_by_the_pids_limit(sandbox):
     ok_after(sandbox)
 
 
-@pytest.mark.not_gvisor('under gVisor 2022 thread creation never fails at the pids limit: the bomb runs to its time limit and the sandbox is replaced')
+@pytest.mark.not_gvisor(
+    "under gVisor 2022 thread creation never fails at the pids limit: "
+    "the bomb runs to its time limit and the sandbox is replaced"
+)
 def test_thread_bomb_is_stopped_by_the_pids_limit(sandbox):
     execution = sandbox.run(
         "import threading, time\nstop = threading.Event()\nthreads = []\n"
@@ -61,7 +67,10 @@ def test_thread_bomb_is_stopped_by_the_pids_limit(sandbox):
     ok_after(sandbox)
 
 
-@pytest.mark.not_gvisor("the OOM killer ends the whole gVisor sandbox (exit 137, SandboxDied 'out of memory'), not only the kernel process")
+@pytest.mark.not_gvisor(
+    "the OOM killer ends the whole gVisor sandbox (exit 137, SandboxDied 'out of memory'), "
+    "not only the kernel process"
+)
 def test_memory_bomb_is_reported_as_out_of_memory(make_sandbox):
     sb = make_sandbox(memory="512m").start()
     sb.run("kept = 1")
@@ -103,7 +112,10 @@ def test_root_filesystem_is_read_only(sandbox):
         assert execution.error.name in ("OSError", "PermissionError"), execution.text
 
 
-@pytest.mark.not_gvisor("gVisor 2022 lets same-uid code read a non-dumpable process's /proc/PID/environ (its mem stays unreadable; the token is not in environ)")
+@pytest.mark.not_gvisor(
+    "gVisor 2022 lets same-uid code read a non-dumpable process's /proc/PID/environ "
+    "(its mem stays unreadable; the token is not in environ)"
+)
 def test_no_docker_socket_no_host_files_no_privileges(sandbox):
     script = (
         "import os, subprocess, ctypes\n"
@@ -116,7 +128,8 @@ def test_no_docker_socket_no_host_files_no_privileges(sandbox):
         "print('ptrace', libc.ptrace(PTRACE_ATTACH, os.getppid(), None, None))\n"  # the gateway
         "try:\n    open(f'/proc/{os.getppid()}/environ').read(); print('environ readable')\n"
         "except OSError as exc:\n    print('environ', type(exc).__name__)\n"
-        "print('mounts', sorted({l.split()[1] for l in open('/proc/mounts') if l.split()[1].startswith(('/host', '/var/lib/docker'))}))\n"
+        "print('mounts', sorted({l.split()[1] for l in open('/proc/mounts')\n"
+        "                        if l.split()[1].startswith(('/host', '/var/lib/docker'))}))\n"
     )
     out = sandbox.run(script).stdout
     assert "docker.sock False" in out
@@ -167,8 +180,7 @@ COUNT_SLEEPERS = (
 
 def test_orphan_processes_do_not_outlive_a_restart(sandbox):
     sandbox.run(
-        "import subprocess\n"
-        "for _ in range(3): subprocess.Popen(['sleep', '3600'], start_new_session=True)"
+        "import subprocess\nfor _ in range(3): subprocess.Popen(['sleep', '3600'], start_new_session=True)"
     )
     assert sandbox.run(COUNT_SLEEPERS).text == "3"
     sandbox.restart()

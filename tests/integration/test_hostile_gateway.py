@@ -87,7 +87,9 @@ class Outcome:
         elif self.memory_abort:
             how = f"stopped: memory grew past {MEMORY_ABORT >> 20} MiB"
         elif self.error is not None:
-            how = f"raised {type(self.error).__module__}.{type(self.error).__name__}: {str(self.error)[:160]!r}"
+            how = (
+                f"raised {type(self.error).__module__}.{type(self.error).__name__}: {str(self.error)[:160]!r}"
+            )
         elif isinstance(self.value, Execution):
             how = f"returned Execution(status={self.value.status!r}, text={self.value.text[:80]!r})"
         else:
@@ -100,7 +102,9 @@ class Outcome:
         return not self.hung and not self.memory_abort and self.growth <= MEMORY_BOUND
 
 
-def bounded_call(what: str, fn: Callable[[], Any], abort: Callable[[], None], limit: float = WATCHDOG_S) -> Outcome:
+def bounded_call(
+    what: str, fn: Callable[[], Any], abort: Callable[[], None], limit: float = WATCHDOG_S
+) -> Outcome:
     """Run ``fn`` in a thread, watching time and this process's memory; past ``limit``
     seconds or :data:`MEMORY_ABORT` bytes of growth, call ``abort`` (which removes the
     containers) and give up on the thread."""
@@ -359,8 +363,15 @@ class HostileGateway:
             self.sandboxes.remove(self.sb)
 
 
-HTTP_MODES = ["chunked_forever", "many_headers", "http_drip", "silent", "reset_mid_body",
-              "garbage_status", "short_body"]
+HTTP_MODES = [
+    "chunked_forever",
+    "many_headers",
+    "http_drip",
+    "silent",
+    "reset_mid_body",
+    "garbage_status",
+    "short_body",
+]
 """Every request, the websocket upgrade too, gets the attack (see tests/hostile/server.py)."""
 WS_MODES = ["ws_endless_header", "ws_huge_frame", "ws_fragments", "ws_drip"]
 """REST answers look right; the websocket gets the attack."""
@@ -398,10 +409,14 @@ def attack_each_call(sandboxes: Sandboxes, mode: str, calls: list[str]) -> None:
         outcome = bounded_call(call, lambda fn=CALLS[call], sb=attack.sb: fn(sb), gateway.abort)
         requests = attack.records.requests()
         with_token = sum(1 for req in requests if req.get("auth_sha256") == attack.token_sha256)
-        lines.append(f"{outcome.describe()} [{len(requests)} request(s) reached the attacker, "
-                     f"{with_token} with the token]")
+        lines.append(
+            f"{outcome.describe()} [{len(requests)} request(s) reached the attacker, "
+            f"{with_token} with the token]"
+        )
         if not requests:
-            problems.append(f"{call}: the host never reached the hostile server (is take_over_endpoint stale?)")
+            problems.append(
+                f"{call}: the host never reached the hostile server (is take_over_endpoint stale?)"
+            )
         if outcome.hung:
             problems.append(f"{call}: hung")
         elif outcome.memory_abort or outcome.growth > MEMORY_BOUND:
@@ -460,7 +475,8 @@ def assert_bounded(outcome: Outcome, memory_bound: int = MEMORY_BOUND) -> None:
 def test_a_gigabyte_of_output_is_bounded(sandboxes):
     sb = sandboxes.new()
     outcome = bounded_call(
-        "run", lambda: sb.run("line = 'x' * 2**20\nfor _ in range(1024):\n    print(line)", timeout=5),
+        "run",
+        lambda: sb.run("line = 'x' * 2**20\nfor _ in range(1024):\n    print(line)", timeout=5),
         lambda: sandboxes.remove(sb),
     )
     assert_bounded(outcome)
@@ -488,7 +504,8 @@ def test_a_stopped_gateway_ends_the_run_in_bounded_time(sandboxes):
     sb = sandboxes.new()
     sb.run(FIND_GATEWAY)
     outcome = bounded_call(
-        "run", lambda: sb.run("import signal\nos.kill(gateway_pid(), signal.SIGSTOP)", timeout=5),
+        "run",
+        lambda: sb.run("import signal\nos.kill(gateway_pid(), signal.SIGSTOP)", timeout=5),
         lambda: sandboxes.remove(sb),
     )
     assert_bounded(outcome)
@@ -503,7 +520,8 @@ def test_a_killed_gateway_is_a_clean_death_and_a_new_sandbox(sandboxes):
     sb = sandboxes.new()
     sb.run(FIND_GATEWAY + "\nkept = 1")
     outcome = bounded_call(
-        "run", lambda: sb.run("import signal\nos.kill(gateway_pid(), signal.SIGKILL)", timeout=5),
+        "run",
+        lambda: sb.run("import signal\nos.kill(gateway_pid(), signal.SIGKILL)", timeout=5),
         lambda: sandboxes.remove(sb),
     )
     assert_bounded(outcome)

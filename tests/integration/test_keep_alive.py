@@ -20,9 +20,15 @@ from typing import Any
 
 import pytest
 
-from enclave_tools import Sandbox, SandboxAccessDenied, SandboxGone, SandboxInUse
-from enclave_tools import registry
-from enclave_tools.backends.docker import IDLE_EXIT, KEEP_ALIVE, RUN_DIR, SESSION, DockerBackend, _safe_run_dir
+from enclave_tools import Sandbox, SandboxAccessDenied, SandboxGone, SandboxInUse, registry
+from enclave_tools.backends.docker import (
+    IDLE_EXIT,
+    KEEP_ALIVE,
+    RUN_DIR,
+    SESSION,
+    DockerBackend,
+    _safe_run_dir,
+)
 from enclave_tools.config import SandboxConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,8 +59,12 @@ class Children:
     def run(self, code: str) -> str:
         """Run ``code`` to its end; return its stdout (fails the test on an error)."""
         done = subprocess.run(
-            [sys.executable, "-c", PRELUDE + code], cwd=ROOT, env=self.env, capture_output=True,
-            text=True, timeout=CHILD_TIMEOUT,
+            [sys.executable, "-c", PRELUDE + code],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=CHILD_TIMEOUT,
         )
         assert done.returncode == 0, f"child failed:\n{done.stderr[-3000:]}"
         return done.stdout.strip()
@@ -62,8 +72,13 @@ class Children:
     def start(self, code: str, **kwargs: Any) -> subprocess.Popen[str]:
         """Start ``code`` and return the process."""
         return subprocess.Popen(
-            [sys.executable, "-c", PRELUDE + code], cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, **kwargs,
+            [sys.executable, "-c", PRELUDE + code],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            **kwargs,
         )
 
 
@@ -237,9 +252,20 @@ def test_the_record_is_private_and_another_user_is_refused(kept, docker_engine, 
         sb.detach()
         if os.getuid() == 0:  # a real other user: uid 65534 with this user's state directory
             done = subprocess.run(
-                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
-                 f"from enclave_tools import Sandbox\nSandbox.connect({sb.id!r})"],
-                cwd=ROOT, env=children.env, capture_output=True, text=True, timeout=CHILD_TIMEOUT,
+                [
+                    "setpriv",
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--clear-groups",
+                    sys.executable,
+                    "-c",
+                    f"from enclave_tools import Sandbox\nSandbox.connect({sb.id!r})",
+                ],
+                cwd=ROOT,
+                env=children.env,
+                capture_output=True,
+                text=True,
+                timeout=CHILD_TIMEOUT,
             )
             assert done.returncode != 0
             assert "SandboxAccessDenied" in done.stderr and "another user" in done.stderr, done.stderr[-2000:]

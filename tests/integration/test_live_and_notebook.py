@@ -98,8 +98,18 @@ def test_the_session_exports_as_a_notebook_and_replays(sandbox, sandbox_config, 
 
 def test_exec_writes_a_notebook(kernel_image, tmp_path, capsys):
     target = tmp_path / "out" / "exec.ipynb"
-    status = main(["exec", PLOT + "\nprint('drawn')", "--image", kernel_image,
-                   "--output-dir", str(tmp_path), "--notebook", str(target)])
+    status = main(
+        [
+            "exec",
+            PLOT + "\nprint('drawn')",
+            "--image",
+            kernel_image,
+            "--output-dir",
+            str(tmp_path),
+            "--notebook",
+            str(target),
+        ]
+    )
     assert status == 0
     notebook = nbformat.read(target, as_version=4)
     nbformat.validate(notebook)

@@ -45,8 +45,15 @@ def server_args(kernel_image: str, docker_engine: Any) -> Iterator[list[str]]:
     none of them may be left."""
     mark = uuid.uuid4().hex[:12]
     yield [
-        "-m", "enclave_tools.cli", "mcp", "--image", kernel_image,
-        "--label", f"{RUN_LABEL}={RUN_ID}", "--label", f"{TEST_LABEL}={mark}",
+        "-m",
+        "enclave_tools.cli",
+        "mcp",
+        "--image",
+        kernel_image,
+        "--label",
+        f"{RUN_LABEL}={RUN_ID}",
+        "--label",
+        f"{TEST_LABEL}={mark}",
     ]
     left = docker_engine.containers.list(all=True, filters={"label": f"{TEST_LABEL}={mark}"})
     for container in left:
@@ -82,8 +89,12 @@ def http_server(args: list[str], *extra: str, **env: str) -> Iterator[str]:
     its sandboxes) when the block ends."""
     process = subprocess.Popen(
         [sys.executable, *args, "--transport", "http", "--port", "0", *extra],
-        env=_env(**env), cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True,
+        env=_env(**env),
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     lines: queue.Queue[str | None] = queue.Queue()
     log: list[str] = []
@@ -169,7 +180,12 @@ async def test_http_sessions_are_apart_and_bounded(server_args: list[str]) -> No
 def test_http_off_loopback_refuses_to_start_without_a_token(server_args: list[str]) -> None:
     refused = subprocess.run(
         [sys.executable, *server_args, "--transport", "http", "--host", "0.0.0.0", "--port", "0"],
-        env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=STARTUP, check=False,
+        env=_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=STARTUP,
+        check=False,
     )
     assert refused.returncode != 0 and "needs a bearer token" in refused.stderr
 
@@ -197,16 +213,23 @@ async def test_http_checks_the_token_when_one_is_set(server_args: list[str], tmp
 async def test_langchain_agent_through_langchain_mcp_adapters(server_args: list[str]) -> None:
     from langchain.agents import create_agent
     from langchain_core.messages import AIMessage, ToolMessage
-    from langchain_enclave.scripted import ScriptedChatModel, notebook_call
     from langchain_mcp_adapters.tools import load_mcp_tools
+
+    from langchain_enclave.scripted import ScriptedChatModel, notebook_call
 
     async with stdio_session(server_args) as session:
         tools = await load_mcp_tools(session)
-        model = ScriptedChatModel.from_script([
-            notebook_call("import pandas as pd\ndf = pd.DataFrame({'v': [40, 2]})", call_id="c1"),
-            notebook_call("import matplotlib.pyplot as plt\nplt.bar([0, 1], df['v'])\nplt.show()\nprint(df['v'].sum())", call_id="c2"),
-            AIMessage("The total is 42."),
-        ])
+        model = ScriptedChatModel.from_script(
+            [
+                notebook_call("import pandas as pd\ndf = pd.DataFrame({'v': [40, 2]})", call_id="c1"),
+                notebook_call(
+                    "import matplotlib.pyplot as plt\nplt.bar([0, 1], df['v'])\n"
+                    "plt.show()\nprint(df['v'].sum())",
+                    call_id="c2",
+                ),
+                AIMessage("The total is 42."),
+            ]
+        )
         state = await create_agent(model, tools=tools).ainvoke({"messages": [("user", "Total?")]})
 
     results = [m for m in state["messages"] if isinstance(m, ToolMessage)]
@@ -220,22 +243,26 @@ async def test_langchain_agent_through_langchain_mcp_adapters(server_args: list[
 
 async def test_llamaindex_agent_through_llama_index_tools_mcp(server_args: list[str]) -> None:
     from llama_index.core.agent.workflow import FunctionAgent
-    from llama_index.tools.enclave.scripted import answer, notebook_call, scripted_llm
     from llama_index.tools.mcp import BasicMCPClient, McpToolSpec
+
+    from llama_index.tools.enclave.scripted import answer, notebook_call, scripted_llm
 
     with http_server(server_args) as url:
         # BasicMCPClient opens a new MCP session for every call: the session argument,
         # fixed for this conversation, keeps one kernel across them.
         spec = McpToolSpec(
-            BasicMCPClient(url), allowed_tools=["notebook_executor"],
+            BasicMCPClient(url),
+            allowed_tools=["notebook_executor"],
             partial_params_by_tool={"notebook_executor": {"session": "llama-1"}},
         )
         tools = await spec.to_tool_list_async()
-        llm = scripted_llm([
-            notebook_call("x = 6 * 7", call_id="c1"),
-            notebook_call("print(x)", call_id="c2"),
-            answer("x is 42."),
-        ])
+        llm = scripted_llm(
+            [
+                notebook_call("x = 6 * 7", call_id="c1"),
+                notebook_call("print(x)", call_id="c2"),
+                answer("x is 42."),
+            ]
+        )
         agent = FunctionAgent(tools=tools, llm=llm)
         handler = agent.run(user_msg="What is x?")
         outputs = []

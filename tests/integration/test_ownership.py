@@ -48,7 +48,12 @@ class ForeignOwner:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])}
         self.process = subprocess.Popen(
             [*_unshare(), sys.executable, "-c", OWNER, image, RUN_LABEL, RUN_ID],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=REPO,
         )
         self.container_id = ""
 
@@ -95,7 +100,9 @@ def _watchdog(process: subprocess.Popen, timeout: float) -> threading.Timer:
 
 
 def _exists(client: Any, container_id: str) -> bool:
-    return any(c.id == container_id for c in client.containers.list(all=True, filters={"label": f"{LABEL}=1"}))
+    return any(
+        c.id == container_id for c in client.containers.list(all=True, filters={"label": f"{LABEL}=1"})
+    )
 
 
 @pytest.fixture
@@ -114,8 +121,15 @@ def foreign_owner(kernel_image: str, docker_engine: Any) -> Iterator[ForeignOwne
 
 def _gc() -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "enclave_tools.cli", "gc"], capture_output=True, text=True,
-                          timeout=120, env=env, cwd=REPO, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "enclave_tools.cli", "gc"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=REPO,
+        check=False,
+    )
 
 
 def test_a_live_owner_in_another_pid_namespace_keeps_its_sandbox(foreign_owner, docker_engine):

@@ -212,8 +212,7 @@ def test_code_too_large_is_rejected_before_sending(sandbox):
 def test_calls_from_threads_are_serialized(sandbox):
     sandbox.run("import time, threading\nactive = 0\nseen_overlap = False")
     code = (
-        "active += 1\nseen_overlap = seen_overlap or active > 1\n"
-        "time.sleep(0.2)\nactive -= 1\nprint('{tag}')"
+        "active += 1\nseen_overlap = seen_overlap or active > 1\ntime.sleep(0.2)\nactive -= 1\nprint('{tag}')"
     )
     outputs = {}
 
@@ -258,8 +257,9 @@ def test_constructing_starts_nothing_and_close_removes_everything(make_sandbox, 
     container_id = sb.container_id
     run_dir = sb.handle.run_dir
     sb.close()
-    import docker.errors
     import os
+
+    import docker.errors
 
     with pytest.raises(docker.errors.NotFound):
         docker_engine.containers.get(container_id)

@@ -34,7 +34,9 @@ def test_default_sandbox_has_no_network_and_no_port(sandbox, docker_engine):
     assert lookup.status == "error" and lookup.error.name == "gaierror"
 
 
-@pytest.mark.not_gvisor('runsc is registered with --network=none (its netstack cannot start here): no TCP transport')
+@pytest.mark.not_gvisor(
+    "runsc is registered with --network=none (its netstack cannot start here): no TCP transport"
+)
 def test_published_port_is_loopback_only_and_docker_picked(make_sandbox, docker_engine):
     sb = make_sandbox(network="bridge", transport="tcp").start()
     bindings = docker_engine.api.inspect_container(sb.container_id)["NetworkSettings"]["Ports"]["8888/tcp"]
@@ -53,25 +55,46 @@ def _raw_request(endpoint, path, token=None):
     return status
 
 
-@pytest.mark.parametrize("network, transport", [("none", "unix"), pytest.param("bridge", "tcp", marks=pytest.mark.not_gvisor("runsc is registered with --network=none here: no TCP transport"))])
+@pytest.mark.parametrize(
+    "network, transport",
+    [
+        ("none", "unix"),
+        pytest.param(
+            "bridge",
+            "tcp",
+            marks=pytest.mark.not_gvisor("runsc is registered with --network=none here: no TCP transport"),
+        ),
+    ],
+)
 def test_every_request_needs_the_token(make_sandbox, network, transport):
     sb = make_sandbox(network=network, transport=transport).start()
     endpoint = sb.handle.endpoint
     assert _raw_request(endpoint, "/api", endpoint.token) == 200
-    for path in ("/api", "/api/kernels", "/api/kernelspecs", "/api/enclave/files?path=/etc/hostname",
-                 "/api/enclave/info"):
+    for path in (
+        "/api",
+        "/api/kernels",
+        "/api/kernelspecs",
+        "/api/enclave/files?path=/etc/hostname",
+        "/api/enclave/info",
+    ):
         assert _raw_request(endpoint, path) == 401, path
         assert _raw_request(endpoint, path, "wrong-token") == 401, path
     kernel_id = sb._kernel.kernel_id
     with pytest.raises(GatewayError) as refused:
         websocket.connect(
-            endpoint.connect(10), endpoint.netloc, f"/api/kernels/{kernel_id}/channels", {}, [],
+            endpoint.connect(10),
+            endpoint.netloc,
+            f"/api/kernels/{kernel_id}/channels",
+            {},
+            [],
             Deadline(10),
         )
     assert refused.value.status == 401
 
 
-@pytest.mark.not_gvisor('gVisor mounts no cgroupfs at /sys/fs/cgroup, so the code cannot read its CPU quota there')
+@pytest.mark.not_gvisor(
+    "gVisor mounts no cgroupfs at /sys/fs/cgroup, so the code cannot read its CPU quota there"
+)
 def test_container_is_hardened(sandbox, docker_engine):
     host = docker_engine.api.inspect_container(sandbox.container_id)["HostConfig"]
     assert host["CapDrop"] == ["ALL"]
@@ -83,7 +106,8 @@ def test_container_is_hardened(sandbox, docker_engine):
     assert (host["CpuQuota"], host["CpuPeriod"]) == (100_000, 100_000)
     seen = sandbox.run(
         "import pathlib\n"
-        "v2, v1 = pathlib.Path('/sys/fs/cgroup/cpu.max'), pathlib.Path('/sys/fs/cgroup/cpu/cpu.cfs_quota_us')\n"
+        "v2 = pathlib.Path('/sys/fs/cgroup/cpu.max')\n"
+        "v1 = pathlib.Path('/sys/fs/cgroup/cpu/cpu.cfs_quota_us')\n"
         "print(v2.read_text().split()[0] if v2.exists() else v1.read_text().strip())"
     )
     assert seen.stdout.strip() == "100000"

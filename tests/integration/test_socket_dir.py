@@ -15,22 +15,15 @@ ATTACKS = {
     "write a file": "open('/run/enclave/fill', 'wb').write(b'x' * 2**20)",
     "unlink the socket": "import os; os.unlink('/run/enclave/gateway.sock')",
     "replace the socket": (
-        "import os\n"
-        "open('/tmp/plain', 'w').close()\n"
-        "os.rename('/tmp/plain', '/run/enclave/gateway.sock')"
+        "import os\nopen('/tmp/plain', 'w').close()\nos.rename('/tmp/plain', '/run/enclave/gateway.sock')"
     ),
     "rename the socket away": "import os; os.rename('/run/enclave/gateway.sock', '/run/enclave/old')",
     "symlink over the socket": "import os; os.symlink('/tmp/elsewhere.sock', '/run/enclave/gateway.sock')",
     "bind another server": (
-        "import socket\n"
-        "server = socket.socket(socket.AF_UNIX)\n"
-        "server.bind('/run/enclave/evil.sock')"
+        "import socket\nserver = socket.socket(socket.AF_UNIX)\nserver.bind('/run/enclave/evil.sock')"
     ),
     "make a deep chain": (
-        "import os\n"
-        "os.chdir('/run/enclave')\n"
-        "for _ in range(3000):\n"
-        "    os.mkdir('d'); os.chdir('d')"
+        "import os\nos.chdir('/run/enclave')\nfor _ in range(3000):\n    os.mkdir('d'); os.chdir('d')"
     ),
     "chmod the directory back": "import os; os.chmod('/run/enclave', 0o777)",
 }

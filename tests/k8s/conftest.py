@@ -28,13 +28,17 @@ except ImportError:  # without the test extras, only the remote-gateway tests ru
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "k8s_cluster: needs a real Kubernetes cluster (-m k8s_cluster and a kubeconfig)")
+    config.addinivalue_line(
+        "markers", "k8s_cluster: needs a real Kubernetes cluster (-m k8s_cluster and a kubeconfig)"
+    )
 
 
 def pytest_collection_modifyitems(config, items):
     selected = "k8s_cluster" in (config.getoption("markexpr") or "")
     has_cluster = bool(os.environ.get("ENCLAVE_K8S_CONTEXT") or os.environ.get("KUBECONFIG"))
-    skip = pytest.mark.skip(reason="real-cluster test: select it with -m k8s_cluster and set ENCLAVE_K8S_CONTEXT or KUBECONFIG")
+    skip = pytest.mark.skip(
+        reason="real-cluster test: select it with -m k8s_cluster and set ENCLAVE_K8S_CONTEXT or KUBECONFIG"
+    )
     for item in items:
         if "k8s_cluster" in item.keywords and not (selected and has_cluster):
             item.add_marker(skip)

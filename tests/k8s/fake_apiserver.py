@@ -60,8 +60,15 @@ def _now() -> str:
 
 def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
     """A ``Status`` object, as the API server answers errors."""
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": message, "reason": reason, "code": code}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
 
 
 def _error(code: int, reason: str, message: str) -> web.Response:
@@ -111,7 +118,12 @@ def _matches_fields(obj: dict[str, Any], selector: str) -> bool:
 
 class _Rule:
     def __init__(self, method: str, pattern: str, status: int, times: int, after_write: bool) -> None:
-        self.method, self.pattern, self.status, self.times = method.upper(), re.compile(pattern), status, times
+        self.method, self.pattern, self.status, self.times = (
+            method.upper(),
+            re.compile(pattern),
+            status,
+            times,
+        )
         self.after_write = after_write
 
 
@@ -145,7 +157,9 @@ class FakeAPIServer:
 
     # -- control from tests ---------------------------------------------------------------
 
-    def fail(self, method: str, path_pattern: str, status: int, times: int = 1, after_write: bool = False) -> None:
+    def fail(
+        self, method: str, path_pattern: str, status: int, times: int = 1, after_write: bool = False
+    ) -> None:
         """Answer the next ``times`` requests matching ``method`` and the regex with ``status``;
         with ``after_write``, the request is served first and only its answer is lost (a 504
         from a proxy or an API server whose etcd write went through)."""
@@ -166,7 +180,9 @@ class FakeAPIServer:
     def list(self, kind: str, label_selector: str = "") -> list[dict[str, Any]]:
         """Copies of the stored objects of ``kind`` matching the selector."""
         with self._lock:
-            return [copy.deepcopy(o) for o in self.objects[kind].values() if _matches_labels(o, label_selector)]
+            return [
+                copy.deepcopy(o) for o in self.objects[kind].values() if _matches_labels(o, label_selector)
+            ]
 
     def set_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Replace a pod's status (the kubelet's write), bumping its resourceVersion."""
@@ -280,8 +296,10 @@ class FakeAPIServer:
     def _kind(self, request: web.Request) -> str:
         kind = request.match_info["kind"]
         if kind not in KINDS:
-            raise web.HTTPNotFound(text=json.dumps(status_body(404, "NotFound", f"no resource {kind}")),
-                                   content_type="application/json")
+            raise web.HTTPNotFound(
+                text=json.dumps(status_body(404, "NotFound", f"no resource {kind}")),
+                content_type="application/json",
+            )
         return kind
 
     async def _create(self, request: web.Request) -> web.Response:
@@ -323,8 +341,12 @@ class FakeAPIServer:
                 return _error(404, "NotFound", f'{kind} "{name}" not found')
             wanted = (patch.get("metadata") or {}).pop("resourceVersion", None)
             if wanted is not None and wanted != obj["metadata"]["resourceVersion"]:
-                return _error(409, "Conflict", f'Operation cannot be fulfilled on {kind} "{name}": '
-                              "the object has been modified; please apply your changes to the latest version")
+                return _error(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on {kind} "{name}": '
+                    "the object has been modified; please apply your changes to the latest version",
+                )
             _merge_patch(obj, patch)
             self._changed("MODIFIED", kind, obj)
             return web.json_response(copy.deepcopy(obj))
@@ -352,7 +374,9 @@ class FakeAPIServer:
                 return web.json_response(copy.deepcopy(obj))
             obj = self.remove(kind, ns, name)
         if self.kubelet is not None:
-            threading.Thread(target=self.kubelet.pod_deleted, args=(obj, FORCED_DELETE_NOTICE), daemon=True).start()
+            threading.Thread(
+                target=self.kubelet.pod_deleted, args=(obj, FORCED_DELETE_NOTICE), daemon=True
+            ).start()
         return web.json_response(obj)
 
     def terminated(self, namespace: str, name: str) -> None:
@@ -366,15 +390,25 @@ class FakeAPIServer:
         fields = request.query.get("fieldSelector", "")
 
         def wanted(obj: dict[str, Any]) -> bool:
-            return obj["metadata"].get("namespace") == ns and _matches_labels(obj, labels) and _matches_fields(obj, fields)
+            return (
+                obj["metadata"].get("namespace") == ns
+                and _matches_labels(obj, labels)
+                and _matches_fields(obj, fields)
+            )
 
         if request.query.get("watch") in ("true", "1"):
             return await self._watch(request, kind, wanted)
         with self._lock:
             items = [copy.deepcopy(o) for o in self.objects[kind].values() if wanted(o)]
             rv = str(self._history[-1][0]) if self._history else "0"
-        return web.json_response({"kind": f"{KINDS[kind]}List", "apiVersion": "v1",
-                                  "metadata": {"resourceVersion": rv}, "items": items})
+        return web.json_response(
+            {
+                "kind": f"{KINDS[kind]}List",
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": rv},
+                "items": items,
+            }
+        )
 
     async def _watch(self, request: web.Request, kind: str, wanted: Any) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -387,7 +421,9 @@ class FakeAPIServer:
         timeout = float(request.query.get("timeoutSeconds") or 300)
         queue: asyncio.Queue = asyncio.Queue()
         with self._lock:
-            expired = self._expire_watches > 0 or (since and self._history and since < self._history[0][0] - 1)
+            expired = self._expire_watches > 0 or (
+                since and self._history and since < self._history[0][0] - 1
+            )
             if self._expire_watches > 0:
                 self._expire_watches -= 1
             backlog = [(rv, t, o) for rv, k, t, o in self._history if k == kind and rv > since]

@@ -5,9 +5,9 @@ readiness probe's TCP port accepts, then Failed/Succeeded when the container exi
 ``activeDeadlineSeconds`` passes (reason ``DeadlineExceeded``).
 
 What it applies from the pod spec: init containers (run to completion, in order; emptyDirs
-they share with the pod are host directories, the others sized tmpfs), the first container's image (never pulled: a missing
-image gives ErrImagePull, then ImagePullBackOff), env (values and secretKeyRef), secret
-volumes (as read-only files, group-owned by fsGroup),
+they share with the pod are host directories, the others sized tmpfs), the first
+container's image (never pulled: a missing image gives ErrImagePull, then ImagePullBackOff),
+env (values and secretKeyRef), secret volumes (as read-only files, group-owned by fsGroup),
 runAsUser/runAsGroup, dropped capabilities, allowPrivilegeEscalation, readOnlyRootFilesystem,
 memory and CPU limits, workingDir, shareProcessNamespace (as Docker's --init: a reaping PID 1).
 
@@ -67,8 +67,13 @@ def create_deny_egress_network(docker_client: Any, labels: dict[str, str]) -> An
 class FakeKubelet:
     """Runs the fake API server's pods on Docker; ``labels`` go on every container."""
 
-    def __init__(self, docker_client: Any, labels: dict[str, str], node_memory: float = 16 * 2**30,
-                 deny_egress_network: str | None = None) -> None:
+    def __init__(
+        self,
+        docker_client: Any,
+        labels: dict[str, str],
+        node_memory: float = 16 * 2**30,
+        deny_egress_network: str | None = None,
+    ) -> None:
         self.docker = docker_client
         self.labels = labels
         self.node_memory = node_memory
@@ -183,12 +188,25 @@ class _PodRunner:
             entry.update(reason=reason, message=message)
         self.status["conditions"] = conditions + [entry]
 
-    def _container_state(self, state: dict[str, Any], ready: bool = False, field: str = "containerStatuses",
-                         name: str | None = None) -> None:
+    def _container_state(
+        self,
+        state: dict[str, Any],
+        ready: bool = False,
+        field: str = "containerStatuses",
+        name: str | None = None,
+    ) -> None:
         spec = self.pod["spec"]["containers"][0]
         ids = {"imageID": "", "containerID": f"docker://{self.container.id}" if self.container else ""}
-        self.status[field] = [{"name": name or spec["name"], "image": spec["image"], "ready": ready,
-                               "restartCount": 0, "state": state, **ids}]
+        self.status[field] = [
+            {
+                "name": name or spec["name"],
+                "image": spec["image"],
+                "ready": ready,
+                "restartCount": 0,
+                "state": state,
+                **ids,
+            }
+        ]
 
     # -- the pod's life ------------------------------------------------------------------
 
@@ -206,8 +224,9 @@ class _PodRunner:
         told = False
         while parse_quantity(requests.get("memory", "0")) > self.kubelet.node_memory:
             if not told:
-                self._condition("PodScheduled", False, "Unschedulable",
-                                "0/1 nodes are available: 1 Insufficient memory.")
+                self._condition(
+                    "PodScheduled", False, "Unschedulable", "0/1 nodes are available: 1 Insufficient memory."
+                )
                 self._write()
                 told = True
             if self._stopped.wait(0.2):
@@ -269,8 +288,11 @@ class _PodRunner:
             runner.remove(force=True)
         if code == 0:
             return True
-        self._container_state({"terminated": {"exitCode": code, "reason": "Error", "message": output}},
-                              field="initContainerStatuses", name=init["name"])
+        self._container_state(
+            {"terminated": {"exitCode": code, "reason": "Error", "message": output}},
+            field="initContainerStatuses",
+            name=init["name"],
+        )
         self._condition("Ready", False, "PodFailed")
         self._write(phase="Failed")
         return False
@@ -309,9 +331,14 @@ class _PodRunner:
                 owner = f",uid={uid},gid={pod_ctx.get('fsGroup', gid)}" if uid is not None else ""
                 tmpfs[mount["mountPath"]] = f"rw,exec,mode=1777{owner},size={int(size)}"
         kwargs: dict[str, Any] = {
-            "detach": True, "hostname": spec.get("hostname") or self.key[1], "environment": env, "tmpfs": tmpfs,
-            "volumes": volumes, "labels": {**self.kubelet.labels, "io.enclave-tools.fake-pod": "/".join(self.key)},
-            "network": self._network(), "working_dir": container.get("workingDir"),
+            "detach": True,
+            "hostname": spec.get("hostname") or self.key[1],
+            "environment": env,
+            "tmpfs": tmpfs,
+            "volumes": volumes,
+            "labels": {**self.kubelet.labels, "io.enclave-tools.fake-pod": "/".join(self.key)},
+            "network": self._network(),
+            "working_dir": container.get("workingDir"),
             "read_only": bool(ctx.get("readOnlyRootFilesystem")),
             "cap_drop": (ctx.get("capabilities") or {}).get("drop") or None,
             "security_opt": ["no-new-privileges"] if ctx.get("allowPrivilegeEscalation") is False else None,
@@ -335,8 +362,12 @@ class _PodRunner:
             spec = policy.get("spec") or {}
             selector = (spec.get("podSelector") or {}).get("matchLabels") or {}
             same_namespace = policy["metadata"].get("namespace") == self.key[0]
-            if (same_namespace and all(labels.get(k) == v for k, v in selector.items())
-                    and "Egress" in (spec.get("policyTypes") or []) and not spec.get("egress")):
+            if (
+                same_namespace
+                and all(labels.get(k) == v for k, v in selector.items())
+                and "Egress" in (spec.get("policyTypes") or [])
+                and not spec.get("egress")
+            ):
                 return self.kubelet.deny_egress_network()
         return "bridge"
 
@@ -359,8 +390,9 @@ class _PodRunner:
             secret = self.server.get("secrets", self.key[0], name)
             if secret is not None or self._stopped.wait(0.1):
                 return secret
-        self._container_state({"waiting": {"reason": "CreateContainerConfigError",
-                                           "message": f'secret "{name}" not found'}})
+        self._container_state(
+            {"waiting": {"reason": "CreateContainerConfigError", "message": f'secret "{name}" not found'}}
+        )
         self._write()
         return None
 
@@ -407,13 +439,18 @@ class _PodRunner:
             if deadline is not None and time.monotonic() - self.started > deadline:
                 self._kill()
                 self._condition("Ready", False, "PodFailed")
-                self._write(phase="Failed", reason="DeadlineExceeded",
-                            message="Pod was active on the node longer than the specified deadline")
+                self._write(
+                    phase="Failed",
+                    reason="DeadlineExceeded",
+                    message="Pod was active on the node longer than the specified deadline",
+                )
                 return
             over = self._empty_dir_over_limit()
             if over:
                 self._kill()
-                self._container_state({"terminated": {"exitCode": 137, "reason": "Error", "finishedAt": _now()}})
+                self._container_state(
+                    {"terminated": {"exitCode": 137, "reason": "Error", "finishedAt": _now()}}
+                )
                 self._condition("Ready", False, "PodFailed")
                 self._write(phase="Failed", reason="Evicted", message=over)
                 return
@@ -422,9 +459,15 @@ class _PodRunner:
             if not state["Running"]:
                 oom = state.get("OOMKilled")
                 code = state.get("ExitCode")
-                self._container_state({"terminated": {
-                    "exitCode": code, "reason": "OOMKilled" if oom else ("Completed" if code == 0 else "Error"),
-                    "finishedAt": _now()}})
+                self._container_state(
+                    {
+                        "terminated": {
+                            "exitCode": code,
+                            "reason": "OOMKilled" if oom else ("Completed" if code == 0 else "Error"),
+                            "finishedAt": _now(),
+                        }
+                    }
+                )
                 self._condition("Ready", False, "PodFailed")
                 self._write(phase="Succeeded" if code == 0 else "Failed")
                 return
@@ -440,7 +483,12 @@ class _PodRunner:
         for volume in self.pod["spec"].get("volumes") or []:
             source = volume.get("emptyDir")
             path = self._empty_dirs.get(volume["name"])
-            if source is None or source.get("medium") == "Memory" or not source.get("sizeLimit") or path is None:
+            if (
+                source is None
+                or source.get("medium") == "Memory"
+                or not source.get("sizeLimit")
+                or path is None
+            ):
                 continue
             used = 0
             for root, _, files in os.walk(path):
@@ -450,7 +498,9 @@ class _PodRunner:
                     except OSError:
                         pass
             if used > parse_quantity(source["sizeLimit"]):
-                return f'Usage of EmptyDir volume "{volume["name"]}" exceeds the limit "{source["sizeLimit"]}". '
+                return (
+                    f'Usage of EmptyDir volume "{volume["name"]}" exceeds the limit "{source["sizeLimit"]}". '
+                )
         return ""
 
     def _port_open(self, port: int) -> bool:

@@ -59,8 +59,12 @@ def _within(seconds, call):
 
 
 def test_a_silent_api_server_fails_the_start(silent_server):
-    backend = KubernetesBackend("ns", api_client=client.ApiClient(client.Configuration(host=silent_server)),
-                                connect="pod_ip", image="img")
+    backend = KubernetesBackend(
+        "ns",
+        api_client=client.ApiClient(client.Configuration(host=silent_server)),
+        connect="pod_ip",
+        image="img",
+    )
     backend.kube.timeouts = (1, 0.5)
     outcome = _within(60, lambda: backend.start(SandboxConfig(startup_timeout=5), "s1"))
     assert isinstance(outcome, SandboxStartFailed) and "did not answer" in str(outcome)

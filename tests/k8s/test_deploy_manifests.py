@@ -9,15 +9,15 @@ import pytest
 
 yaml = pytest.importorskip("yaml")
 
-from enclave_tools.backends.kubernetes.api import PERMISSIONS
-from enclave_tools.backends.kubernetes.manifests import (
+from enclave_tools.backends.kubernetes.api import PERMISSIONS  # noqa: E402 (after the importorskip)
+from enclave_tools.backends.kubernetes.manifests import (  # noqa: E402 (after the importorskip)
     EGRESS,
     GATEWAY_PORT,
     MANAGED_BY,
     MANAGER,
     network_policy_manifest,
 )
-from enclave_tools.backends.kubernetes.network import denies_all_egress
+from enclave_tools.backends.kubernetes.network import denies_all_egress  # noqa: E402 (after the importorskip)
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 
@@ -82,7 +82,9 @@ def test_the_agents_namespace_may_reach_the_gateway(objects):
     assert all(sandbox_labels.get(k) == v for k, v in ingress["spec"]["podSelector"]["matchLabels"].items())
     admitted = [
         (peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], port["port"])
-        for rule in ingress["spec"]["ingress"] for peer in rule["from"] for port in rule["ports"]
+        for rule in ingress["spec"]["ingress"]
+        for peer in rule["from"]
+        for port in rule["ports"]
     ]
     assert (account["metadata"]["namespace"], GATEWAY_PORT) in admitted
 

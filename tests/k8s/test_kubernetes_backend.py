@@ -30,9 +30,17 @@ def _wait_for(predicate, timeout=20.0):
 
 def test_pod_manifest_is_hardened():
     config = SandboxConfig(memory="512m", cpus=0.5, env={"A": "1"})
-    pod = pod_manifest(config, name="enclave-x", image="img", secret="enclave-x", labels={"l": "v"},
-                       annotations={}, max_lifetime=600, runtime_class="gvisor",
-                       overrides={"spec": {"nodeSelector": {"pool": "sandboxes"}}})
+    pod = pod_manifest(
+        config,
+        name="enclave-x",
+        image="img",
+        secret="enclave-x",
+        labels={"l": "v"},
+        annotations={},
+        max_lifetime=600,
+        runtime_class="gvisor",
+        overrides={"spec": {"nodeSelector": {"pool": "sandboxes"}}},
+    )
     spec, container = pod["spec"], pod["spec"]["containers"][0]
     assert spec["automountServiceAccountToken"] is False and spec["enableServiceLinks"] is False
     assert spec["activeDeadlineSeconds"] == 600 and spec["restartPolicy"] == "Never"
@@ -44,8 +52,9 @@ def test_pod_manifest_is_hardened():
     assert container["resources"]["limits"] == {"cpu": "500m", "memory": "512Mi"}
     assert container["resources"]["requests"] == container["resources"]["limits"]
     assert "command" not in container and "args" not in container
-    assert not any("TOKEN" in e["name"] and "value" in e and e["name"] != "ENCLAVE_TOKEN_FILE"
-                   for e in container["env"])
+    assert not any(
+        "TOKEN" in e["name"] and "value" in e and e["name"] != "ENCLAVE_TOKEN_FILE" for e in container["env"]
+    )
     assert {"name": "A", "value": "1"} in container["env"]
     from kubernetes import client
 
@@ -140,7 +149,8 @@ def test_reaper_removes_pods_of_a_crashed_client(fake_cluster, make_backend, k8s
     # As a crashed client leaves it: its owner pid is gone (the kubelet keeps the container).
     with fake_cluster._lock:
         fake_cluster.objects["pods"][(NAMESPACE, name)]["metadata"]["annotations"][
-            "io.enclave-tools/owner-pid"] = "999999999"
+            "io.enclave-tools/owner-pid"
+        ] = "999999999"
     assert make_backend().reap_orphans() == 1
     assert _wait_for(lambda: not _pods(fake_cluster, f"{SANDBOX}=orphan1"))
 
@@ -233,8 +243,12 @@ def test_warm_pool_start_claims_a_ready_pod(fake_cluster, make_backend, make_pod
     backend = make_backend(pool_size=1)
     backend.fill_pool(k8s_config)
     warm = _pods(fake_cluster, f"{POOL}=idle")[0]["metadata"]["name"]
-    assert _wait_for(lambda: any(c["type"] == "Ready" and c["status"] == "True" for c in
-                                 fake_cluster.get("pods", NAMESPACE, warm)["status"].get("conditions", [])))
+    assert _wait_for(
+        lambda: any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in fake_cluster.get("pods", NAMESPACE, warm)["status"].get("conditions", [])
+        )
+    )
     sb = make_pod_sandbox(backend)
     started = time.monotonic()
     assert sb.run("'warm'").text == "'warm'"
@@ -258,8 +272,12 @@ def test_a_pool_pod_being_deleted_is_not_claimed(fake_cluster, make_backend, mak
     backend = make_backend(pool_size=1)
     backend.fill_pool(k8s_config)
     warm = _pods(fake_cluster, f"{POOL}=idle")[0]["metadata"]["name"]
-    assert _wait_for(lambda: any(c["type"] == "Ready" and c["status"] == "True" for c in
-                                 fake_cluster.get("pods", NAMESPACE, warm)["status"].get("conditions", [])))
+    assert _wait_for(
+        lambda: any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in fake_cluster.get("pods", NAMESPACE, warm)["status"].get("conditions", [])
+        )
+    )
     fake_cluster.mark_terminating(NAMESPACE, warm)
     assert backend._claim(k8s_config, "s1") is None
     sb = make_pod_sandbox(backend)
@@ -274,10 +292,14 @@ def test_close_deletes_gracefully(fake_cluster, make_pod_sandbox, docker_engine)
     sb.run("1")
     name = sb.container_id
     sb.close()
-    assert any(m == "DELETE" and f"/pods/{name}?" in p and "gracePeriodSeconds=2" in p
-               for m, p in fake_cluster.requests)
+    assert any(
+        m == "DELETE" and f"/pods/{name}?" in p and "gracePeriodSeconds=2" in p
+        for m, p in fake_cluster.requests
+    )
     assert _wait_for(lambda: fake_cluster.get("pods", NAMESPACE, name) is None, 30)
-    running = docker_engine.containers.list(filters={"label": f"io.enclave-tools.fake-pod={NAMESPACE}/{name}"})
+    running = docker_engine.containers.list(
+        filters={"label": f"io.enclave-tools.fake-pod={NAMESPACE}/{name}"}
+    )
     assert running == []
 
 
@@ -355,14 +377,18 @@ def test_network_none_denies_egress(fake_cluster, make_pod_sandbox):
     listening.run("import socket; server = socket.create_server(('0.0.0.0', 7777))")
     target = fake_cluster.get("pods", NAMESPACE, listening.container_id)["status"]["podIP"]
     socket.create_connection((target, 7777), 5).close()  # the listener answers
-    probe = f"import socket\ntry:\n    socket.create_connection(({target!r}, 7777), 3).close(); print('open')\n" \
-            "except OSError:\n    print('denied')"
+    probe = (
+        f"import socket\ntry:\n    socket.create_connection(({target!r}, 7777), 3).close(); print('open')\n"
+        "except OSError:\n    print('denied')"
+    )
     assert make_pod_sandbox().run(probe).text == "denied"
 
 
 def test_egress_policy_that_cannot_be_made_refuses_to_start(fake_cluster, make_backend, make_pod_sandbox):
     fake_cluster.fail("POST", "/networkpolicies$", 403)
-    with pytest.raises(SandboxStartFailed, match="network='none' cannot be enforced.*403.*networkpolicy.yaml"):
+    with pytest.raises(
+        SandboxStartFailed, match="network='none' cannot be enforced.*403.*networkpolicy.yaml"
+    ):
         make_pod_sandbox(make_backend()).start()
     with pytest.raises(SandboxStartFailed, match="is missing"):
         make_pod_sandbox(make_backend(network_policy="require")).start()
@@ -371,8 +397,12 @@ def test_egress_policy_that_cannot_be_made_refuses_to_start(fake_cluster, make_b
 
 
 def test_config_a_pod_cannot_honour_is_refused(fake_cluster, make_pod_sandbox):
-    for overrides, why in [({"network": "my-docker-net"}, "Docker network"), ({"runtime": "runsc"}, "runtime_class"),
-                           ({"pids_limit": 100}, "podPidsLimit"), ({"transport": "unix"}, "unix")]:
+    for overrides, why in [
+        ({"network": "my-docker-net"}, "Docker network"),
+        ({"runtime": "runsc"}, "runtime_class"),
+        ({"pids_limit": 100}, "podPidsLimit"),
+        ({"transport": "unix"}, "unix"),
+    ]:
         with pytest.raises(SandboxStartFailed, match=why):
             make_pod_sandbox(**overrides).start()
     assert not _pods(fake_cluster)

@@ -28,7 +28,8 @@ def cluster_backend():
         context=os.environ.get("ENCLAVE_K8S_CONTEXT") or None,
         image=os.environ.get("ENCLAVE_K8S_IMAGE") or None,
         runtime_class=os.environ.get("ENCLAVE_K8S_RUNTIME_CLASS") or None,
-        connect="port_forward", max_lifetime=900,
+        connect="port_forward",
+        max_lifetime=900,
     )
     yield backend
     backend.drain_pool()
@@ -46,8 +47,9 @@ def test_state_errors_and_restart(cluster_backend):
 def test_pod_deleted_is_sandbox_died(cluster_backend):
     with Sandbox(SandboxConfig(startup_timeout=180), backend=cluster_backend) as sb:
         sb.run("a = 1")
-        cluster_backend.api.delete_namespaced_pod(sb.container_id, cluster_backend.namespace,
-                                                  grace_period_seconds=0)
+        cluster_backend.api.delete_namespaced_pod(
+            sb.container_id, cluster_backend.namespace, grace_period_seconds=0
+        )
         cluster_backend.wait_stopped(sb.handle, 60)
         with pytest.raises(SandboxDied):
             sb.run("a")
@@ -100,12 +102,16 @@ def test_unschedulable_until_the_timeout_says_why(cluster_backend):
 
 def test_network_none_denies_egress(cluster_backend):
     """Needs a network plugin that enforces NetworkPolicy egress (Calico, Cilium)."""
-    probe = ("import socket\ntry:\n    socket.create_connection(('1.1.1.1', 443), 5).close(); print('open')\n"
-             "except OSError:\n    print('denied')")
+    probe = (
+        "import socket\ntry:\n    socket.create_connection(('1.1.1.1', 443), 5).close(); print('open')\n"
+        "except OSError:\n    print('denied')"
+    )
     with Sandbox(_cfg(), backend=cluster_backend) as sb:
         assert sb.run(probe).text == "denied"
-        metadata = sb.run("import urllib.request\ntry:\n    urllib.request.urlopen("
-                          "'http://169.254.169.254/', timeout=5); print('open')\nexcept OSError:\n    print('denied')")
+        metadata = sb.run(
+            "import urllib.request\ntry:\n    urllib.request.urlopen("
+            "'http://169.254.169.254/', timeout=5); print('open')\nexcept OSError:\n    print('denied')"
+        )
         assert metadata.text == "denied"
 
 
@@ -130,8 +136,11 @@ def test_a_pool_pod_being_drained_is_not_claimed(cluster_backend):
     cluster_backend.pool.size = 1
     config = _cfg()
     cluster_backend.fill_pool(config)
-    pods = cluster_backend.kube.call(cluster_backend.api.list_namespaced_pod, cluster_backend.namespace,
-                                     label_selector="io.enclave-tools/pool=idle")["items"]
+    pods = cluster_backend.kube.call(
+        cluster_backend.api.list_namespaced_pod,
+        cluster_backend.namespace,
+        label_selector="io.enclave-tools/pool=idle",
+    )["items"]
     assert pods and pods[0]["metadata"]["annotations"][SAFE_TO_EVICT] == "true"
     name = pods[0]["metadata"]["name"]
     cluster_backend.api.delete_namespaced_pod(name, cluster_backend.namespace, grace_period_seconds=30)
@@ -145,17 +154,36 @@ def test_create_retried_after_a_lost_answer_is_ours(cluster_backend):
     from kubernetes.client.exceptions import ApiException
 
     kube = cluster_backend.kube
-    body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "enclave-idempotent-test",
-            "annotations": {"io.enclave-tools/create-id": "x1"}}, "stringData": {"token": "t"}}
+    body = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "enclave-idempotent-test", "annotations": {"io.enclave-tools/create-id": "x1"}},
+        "stringData": {"token": "t"},
+    }
     api = cluster_backend.api
     try:
-        first = kube.create(api.create_namespaced_secret, api.read_namespaced_secret, cluster_backend.namespace,
-                            body, lambda o: o["metadata"]["annotations"]["io.enclave-tools/create-id"] == "x1")
-        again = kube.create(api.create_namespaced_secret, api.read_namespaced_secret, cluster_backend.namespace,
-                            body, lambda o: o["metadata"]["annotations"]["io.enclave-tools/create-id"] == "x1")
+        first = kube.create(
+            api.create_namespaced_secret,
+            api.read_namespaced_secret,
+            cluster_backend.namespace,
+            body,
+            lambda o: o["metadata"]["annotations"]["io.enclave-tools/create-id"] == "x1",
+        )
+        again = kube.create(
+            api.create_namespaced_secret,
+            api.read_namespaced_secret,
+            cluster_backend.namespace,
+            body,
+            lambda o: o["metadata"]["annotations"]["io.enclave-tools/create-id"] == "x1",
+        )
         assert first["metadata"]["uid"] == again["metadata"]["uid"]
         with pytest.raises(ApiException):
-            kube.create(api.create_namespaced_secret, api.read_namespaced_secret, cluster_backend.namespace,
-                        body, lambda o: False)
+            kube.create(
+                api.create_namespaced_secret,
+                api.read_namespaced_secret,
+                cluster_backend.namespace,
+                body,
+                lambda o: False,
+            )
     finally:
         api.delete_namespaced_secret("enclave-idempotent-test", cluster_backend.namespace)

@@ -18,10 +18,21 @@ pytestmark = pytest.mark.docker
 
 def _run_gateway(docker_engine, kernel_image, token, command=None):
     return docker_engine.containers.run(
-        kernel_image, command, detach=True, labels={RUN_LABEL: RUN_ID}, environment={"KG_AUTH_TOKEN": token, "KG_LIST_KERNELS": "True", "KG_MAX_KERNELS": "8"},
-        ports={"8888/tcp": ("127.0.0.1", None)}, network="bridge", read_only=True, cap_drop=["ALL"], init=True,
-        tmpfs={"/tmp": "size=64m,mode=1777", "/home/sandbox": "uid=10001,gid=10001,mode=0700",
-               "/workspace": "uid=10001,gid=10001,mode=0755,exec"},
+        kernel_image,
+        command,
+        detach=True,
+        labels={RUN_LABEL: RUN_ID},
+        environment={"KG_AUTH_TOKEN": token, "KG_LIST_KERNELS": "True", "KG_MAX_KERNELS": "8"},
+        ports={"8888/tcp": ("127.0.0.1", None)},
+        network="bridge",
+        read_only=True,
+        cap_drop=["ALL"],
+        init=True,
+        tmpfs={
+            "/tmp": "size=64m,mode=1777",
+            "/home/sandbox": "uid=10001,gid=10001,mode=0700",
+            "/workspace": "uid=10001,gid=10001,mode=0755,exec",
+        },
     )
 
 
@@ -179,18 +190,45 @@ def test_https_gateway_with_a_private_ca(docker_engine, kernel_image, tmp_path):
     if not shutil.which("openssl"):
         pytest.skip("openssl is needed to make a test certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     tmp_path.chmod(0o755)
     key.chmod(0o644)
     token = secrets.token_urlsafe(24)
     container = docker_engine.containers.run(
-        kernel_image, detach=True, labels={RUN_LABEL: RUN_ID}, init=True, read_only=True,
+        kernel_image,
+        detach=True,
+        labels={RUN_LABEL: RUN_ID},
+        init=True,
+        read_only=True,
         environment={"KG_AUTH_TOKEN": token, "KG_CERTFILE": "/tls/cert.pem", "KG_KEYFILE": "/tls/key.pem"},
-        volumes={str(tmp_path): {"bind": "/tls", "mode": "ro"}}, ports={"8888/tcp": ("127.0.0.1", None)},
-        tmpfs={"/tmp": "mode=1777", "/home/sandbox": "uid=10001,gid=10001,mode=0700",
-               "/workspace": "uid=10001,gid=10001,mode=0755,exec"},
+        volumes={str(tmp_path): {"bind": "/tls", "mode": "ro"}},
+        ports={"8888/tcp": ("127.0.0.1", None)},
+        tmpfs={
+            "/tmp": "mode=1777",
+            "/home/sandbox": "uid=10001,gid=10001,mode=0700",
+            "/workspace": "uid=10001,gid=10001,mode=0755,exec",
+        },
     )
     try:
         deadline = time.monotonic() + 30

@@ -12,8 +12,18 @@ from enclave_tools.sessions import SandboxSessions
 from enclave_tools.turns import Turn, async_twin
 
 SANDBOX_BLOCKING = [
-    "start", "close", "run", "interrupt", "restart", "read_file", "write_file", "upload",
-    "download", "detach", "set_timeout", "connect",
+    "start",
+    "close",
+    "run",
+    "interrupt",
+    "restart",
+    "read_file",
+    "write_file",
+    "upload",
+    "download",
+    "detach",
+    "set_timeout",
+    "connect",
 ]
 SESSIONS_BLOCKING = ["get", "close", "release", "detach"]
 

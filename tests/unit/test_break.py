@@ -108,7 +108,10 @@ def hostile_gateway(tmp_path: Path) -> Iterator[tuple[Endpoint, list[bytes]]]:
                         break
                     request += data
                 body = bodies.pop(0) if bodies else b"{}"
-                head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                head = (
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n"
+                )
                 try:
                     conn.sendall(head.encode() + body)
                 except OSError:
@@ -186,8 +189,18 @@ def test_detach_with_a_bad_timeout_is_invalid_input():
     assert sb._handle is None, "a bad argument must be refused before anything starts"
 
 
-@pytest.mark.parametrize("body", [b'{"oom_kills": 1e999}', b'{"oom_kills": -1e999}', b'{"oom_kills": "NaN"}',
-                                  b'{"oom_kills": [1]}', b"[]", b"[" * 100_000, b'{"oom_kills": NaN}'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"oom_kills": 1e999}',
+        b'{"oom_kills": -1e999}',
+        b'{"oom_kills": "NaN"}',
+        b'{"oom_kills": [1]}',
+        b"[]",
+        b"[" * 100_000,
+        b'{"oom_kills": NaN}',
+    ],
+)
 def test_a_hostile_info_answer_never_crashes_the_death_cause(hostile_gateway, body):
     # Before: {"oom_kills": 1e999} (JSON's infinity) raised a bare OverflowError out of
     # run() when the kernel died.

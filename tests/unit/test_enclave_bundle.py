@@ -27,8 +27,9 @@ print(json.dumps({
 
 def _python(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": f"{GATEWAY_DIR}{os.pathsep}{tmp_path}", "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=60, check=True)
+    return subprocess.run(
+        [sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=True
+    )
 
 
 def _package(tmp_path: Path) -> Path:
@@ -71,8 +72,10 @@ def test_a_changed_source_is_loaded_from_the_source(tmp_path: Path) -> None:
 
 def test_a_missing_or_foreign_bundle_installs_nothing(tmp_path: Path) -> None:
     (tmp_path / "bad.bundle").write_bytes(b"not marshal data")
-    code = ("import sys, enclave_bundle; print(enclave_bundle.install(sys.argv[1]), "
-            "enclave_bundle.install(sys.argv[2]))")
+    code = (
+        "import sys, enclave_bundle; print(enclave_bundle.install(sys.argv[1]), "
+        "enclave_bundle.install(sys.argv[2]))"
+    )
 
     out = _python(tmp_path, "-c", code, str(tmp_path / "missing.bundle"), str(tmp_path / "bad.bundle")).stdout
 

@@ -23,6 +23,7 @@ from enclave_tools.backends.owner import Owner, OwnerCheck, machine_processes, o
 ROOT = os.geteuid() == 0
 NOBODY = 65534
 
+
 @pytest.fixture
 def shared_tmp() -> Iterator[str]:
     """A temporary directory that another user may enter (pytest's own is private)."""

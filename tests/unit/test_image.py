@@ -123,9 +123,7 @@ def _apt(tmp_path: pathlib.Path, files: dict[str, str]) -> pathlib.Path:
 def test_mirror_from_deb822(tmp_path):
     apt = _apt(tmp_path, {"sources.list.d/debian.sources": DEB822})
     assert image.debian_mirror("bookworm", apt) == "http://mirror.example/debian"
-    assert (
-        image.debian_mirror("bookworm-security", apt) == "http://security.example/debian-security"
-    )
+    assert image.debian_mirror("bookworm-security", apt) == "http://security.example/debian-security"
 
 
 def test_mirror_skips_disabled_stanzas_and_other_files(tmp_path):
@@ -154,8 +152,7 @@ def test_mirror_from_one_line_sources(tmp_path):
 def test_mirror_falls_back_to_deb_debian_org(tmp_path):
     ubuntu = "deb http://archive.ubuntu.com/ubuntu jammy main\n"
     assert (
-        image.debian_mirror("bookworm", _apt(tmp_path, {"sources.list": ubuntu}))
-        == bootstrap.DEFAULT_MIRROR
+        image.debian_mirror("bookworm", _apt(tmp_path, {"sources.list": ubuntu})) == bootstrap.DEFAULT_MIRROR
     )
     assert image.debian_mirror("bookworm", tmp_path / "missing") == bootstrap.DEFAULT_MIRROR
 
@@ -202,7 +199,10 @@ def test_tags_follow_the_base_glibc():
 
 
 def test_parse_pins():
-    text = "# comment\nSix==1.17.0\nJinja2 == 3.1.6  # note\nfoo>=1\n-r other.txt\nbar[x]==2; python_version>'3'\n"
+    text = (
+        "# comment\nSix==1.17.0\nJinja2 == 3.1.6  # note\nfoo>=1\n"
+        "-r other.txt\nbar[x]==2; python_version>'3'\n"
+    )
     assert wheelhouse.parse_pins(text) == {
         "six": "1.17.0",
         "jinja2": "3.1.6",
@@ -230,9 +230,7 @@ def test_select_wheels_drops_stale_versions_and_unresolved_names():
         "jinja2-3.1.6-py3-none-any.whl",
     }
     # Without pip's list of resolved names every name is kept.
-    assert "unused-9.9-py3-none-any.whl" in {
-        p.name for p in wheelhouse.select_wheels(paths, pins, None)
-    }
+    assert "unused-9.9-py3-none-any.whl" in {p.name for p in wheelhouse.select_wheels(paths, pins, None)}
 
 
 # --- progress --------------------------------------------------------------------------

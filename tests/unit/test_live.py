@@ -18,7 +18,12 @@ PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n fake").decode()
 
 
 def msg(kind: str, **content: Any) -> dict[str, Any]:
-    return {"header": {"msg_type": kind}, "parent_header": {"msg_id": "m1"}, "metadata": {}, "content": content}
+    return {
+        "header": {"msg_type": kind},
+        "parent_header": {"msg_id": "m1"},
+        "metadata": {},
+        "content": content,
+    }
 
 
 RECORDED = [
@@ -34,8 +39,12 @@ RECORDED = [
 ]
 ERRORED = [
     msg("stream", name="stdout", text="before\n"),
-    msg("error", ename="ZeroDivisionError", evalue="division by zero",
-        traceback=["\x1b[0;31mZeroDivisionError\x1b[0m: division by zero"]),
+    msg(
+        "error",
+        ename="ZeroDivisionError",
+        evalue="division by zero",
+        traceback=["\x1b[0;31mZeroDivisionError\x1b[0m: division by zero"],
+    ),
     msg("status", execution_state="idle"),
     msg("execute_reply", status="error", ename="ZeroDivisionError", evalue="division by zero"),
 ]
@@ -52,8 +61,9 @@ class ReplayKernel:
         self.hold = hold
         self.fed = threading.Event()  # every output message has been fed
 
-    def execute(self, code: str, *, capture_limit: int, output_limit: int, rich_limit: int,
-                listener: Any = None) -> ExecuteCall:
+    def execute(
+        self, code: str, *, capture_limit: int, output_limit: int, rich_limit: int, listener: Any = None
+    ) -> ExecuteCall:
         call = ExecuteCall("m1", capture_limit, output_limit, rich_limit=rich_limit, listener=listener)
         self._done = threading.Event()
 
@@ -113,8 +123,12 @@ def test_events_are_made_from_output_messages_and_cleaned():
 
 
 def test_a_hostile_message_makes_no_event_and_no_exception():
-    for bad in (msg("display_data", data="nope"), msg("stream", text=None),
-                {"header": {"msg_type": "stream"}, "content": ["x"]}, msg("error")):
+    for bad in (
+        msg("display_data", data="nope"),
+        msg("stream", text=None),
+        {"header": {"msg_type": "stream"}, "content": ["x"]},
+        msg("error"),
+    ):
         for event in events_from_message(bad):
             assert isinstance(event, OutputEvent)
 

@@ -150,8 +150,15 @@ json_values = st.recursive(
     max_leaves=20,
 )
 mime_keys = st.sampled_from(
-    ["text/plain", "text/html", "text/markdown", "image/png", "image/jpeg", "image/svg+xml",
-     "application/json"]
+    [
+        "text/plain",
+        "text/html",
+        "text/markdown",
+        "image/png",
+        "image/jpeg",
+        "image/svg+xml",
+        "application/json",
+    ]
 ) | st.text(max_size=10)
 bundles = st.dictionaries(mime_keys, json_values, max_size=6) | json_values
 
@@ -173,9 +180,15 @@ def test_any_json_bundle_never_crashes_rendering(data, metadata, main):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(
-    ["display_data", "execute_result", "update_display_data", "clear_output"]), json_values),
-    max_size=8))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["display_data", "execute_result", "update_display_data", "clear_output"]),
+            json_values,
+        ),
+        max_size=8,
+    )
+)
 def test_any_display_message_content_never_crashes_the_call(messages):
     call = ExecuteCall(ID, 10_000, 8000, rich_limit=4096)
     for kind, content in messages:
@@ -195,8 +208,10 @@ def test_from_dict_takes_any_record(record):
 
 
 def png_bundle(size: int) -> dict:
-    return {"data": {"image/png": base64.b64encode(b"\x89PNG" + b"\0" * size).decode(),
-                     "text/plain": "<Figure>"}, "metadata": {}}
+    return {
+        "data": {"image/png": base64.b64encode(b"\x89PNG" + b"\0" * size).decode(), "text/plain": "<Figure>"},
+        "metadata": {},
+    }
 
 
 def test_rich_outputs_past_the_limit_are_dropped_whole_and_counted():
@@ -237,8 +252,12 @@ def test_display_updates_are_bounded_too():
     call.feed(msg("display_data", small))
     big = dict(png_bundle(3 * 2**20), transient={"display_id": "bar"})
     call.feed(msg("update_display_data", big))
-    call.feed(msg("update_display_data", {"data": {"text/plain": "100%"}, "metadata": {},
-                                          "transient": {"display_id": "bar"}}))
+    call.feed(
+        msg(
+            "update_display_data",
+            {"data": {"text/plain": "100%"}, "metadata": {}, "transient": {"display_id": "bar"}},
+        )
+    )
     execution = finished(call)
     assert execution.text.startswith("100%\n[1 rich output (")
     assert call.log.rich_kept <= 2 * 2**20

@@ -35,14 +35,22 @@ def test_a_session_becomes_a_valid_notebook_with_outputs_and_plots(tmp_path: Pat
     history = RunHistory()
     plot = Result(data={"image/png": PNG, "text/plain": "<Figure>"})
     value = Result(data={"text/plain": "42"}, is_main_result=True)
-    history.record("x = 21\nprint('hi')", execution_with(("stdout", "hi\n"), execution_count=1), time.time(), 0.1)
-    history.record("plt.plot([1]); plt.show()", execution_with(("result", plot), execution_count=2), time.time(), 0.2)
+    history.record(
+        "x = 21\nprint('hi')", execution_with(("stdout", "hi\n"), execution_count=1), time.time(), 0.1
+    )
+    history.record(
+        "plt.plot([1]); plt.show()", execution_with(("result", plot), execution_count=2), time.time(), 0.2
+    )
     history.record("x * 2", execution_with(("result", value), execution_count=3), time.time(), 0.01)
     history.record(
         "1/0",
-        execution_with(status="error", execution_count=4,
-                       error=ExecutionError("ZeroDivisionError", "division by zero", "Traceback ...")),
-        time.time(), 0.01,
+        execution_with(
+            status="error",
+            execution_count=4,
+            error=ExecutionError("ZeroDivisionError", "division by zero", "Traceback ..."),
+        ),
+        time.time(),
+        0.01,
     )
     history.record("while True: pass", None, time.time(), 3.0, failure="the sandbox died: OOM")
     notebook = write_and_validate(history, tmp_path / "s.ipynb")
@@ -73,9 +81,14 @@ def test_whatever_the_kernel_sent_the_notebook_is_valid(tmp_path: Path):
     history = RunHistory()
     history.record(
         "display()",
-        execution_with(("result", hostile), ("stdout", "\ud800\x1b]0;title\x07ok\r\n"),
-                       execution_count=-5, notes=["note \x1b[2J"]),
-        time.time(), 0.0,
+        execution_with(
+            ("result", hostile),
+            ("stdout", "\ud800\x1b]0;title\x07ok\r\n"),
+            execution_count=-5,
+            notes=["note \x1b[2J"],
+        ),
+        time.time(),
+        0.0,
     )
     notebook = write_and_validate(history, tmp_path / "h.ipynb")
     cell = notebook["cells"][0]
@@ -104,10 +117,13 @@ def test_code_cells_are_read_back_for_a_replay(tmp_path: Path):
     path = tmp_path / "r.ipynb"
     write_and_validate(history, path)
     assert read_code_cells(path) == ["a = 1", "b = a + 1", "b"]
-    nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_markdown_cell("# title"), nbformat.v4.new_code_cell(["x = 1\n", "y = 2"]),
-        nbformat.v4.new_code_cell("  "),
-    ])
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_markdown_cell("# title"),
+            nbformat.v4.new_code_cell(["x = 1\n", "y = 2"]),
+            nbformat.v4.new_code_cell("  "),
+        ]
+    )
     nbformat.write(nb, tmp_path / "j.ipynb")
     assert read_code_cells(tmp_path / "j.ipynb") == ["x = 1\ny = 2"]
 

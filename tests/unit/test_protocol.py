@@ -217,17 +217,45 @@ def test_decoder_never_raises(frame, v1):
         st.fixed_dictionaries(
             {
                 "header": st.fixed_dictionaries(
-                    {"msg_type": st.sampled_from(
-                        ["status", "stream", "error", "execute_reply", "display_data",
-                         "execute_result", "clear_output", "update_display_data", "bogus"]
-                    )}
+                    {
+                        "msg_type": st.sampled_from(
+                            [
+                                "status",
+                                "stream",
+                                "error",
+                                "execute_reply",
+                                "display_data",
+                                "execute_result",
+                                "clear_output",
+                                "update_display_data",
+                                "bogus",
+                            ]
+                        )
+                    }
                 ),
                 "parent_header": st.just({"msg_id": ID}),
                 "content": st.dictionaries(
-                    st.sampled_from(["name", "text", "data", "execution_state", "status",
-                                     "ename", "evalue", "traceback", "wait", "transient"]),
-                    st.one_of(st.none(), st.text(max_size=20), st.integers(), st.booleans(),
-                              st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2)),
+                    st.sampled_from(
+                        [
+                            "name",
+                            "text",
+                            "data",
+                            "execution_state",
+                            "status",
+                            "ename",
+                            "evalue",
+                            "traceback",
+                            "wait",
+                            "transient",
+                        ]
+                    ),
+                    st.one_of(
+                        st.none(),
+                        st.text(max_size=20),
+                        st.integers(),
+                        st.booleans(),
+                        st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2),
+                    ),
                     max_size=5,
                 ),
                 "metadata": st.just({}),

@@ -28,9 +28,7 @@ class FakeKernel:
         self.call: ExecuteCall | None = None
         self._event = threading.Event()
 
-    def execute(
-        self, code: str, *, capture_limit: int, output_limit: int, rich_limit: int
-    ) -> ExecuteCall:
+    def execute(self, code: str, *, capture_limit: int, output_limit: int, rich_limit: int) -> ExecuteCall:
         self.call = ExecuteCall("m1", capture_limit, output_limit, rich_limit=rich_limit)
         if self.idle_on == "start":
             self._idle()

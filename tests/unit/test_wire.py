@@ -65,9 +65,7 @@ class HostileServer:
             except (TimeoutError, OSError):
                 continue
             self.sent.append(0)
-            worker = threading.Thread(
-                target=self._serve, args=(conn, len(self.sent) - 1), daemon=True
-            )
+            worker = threading.Thread(target=self._serve, args=(conn, len(self.sent) - 1), daemon=True)
             worker.start()
             self.threads.append(worker)
 
@@ -387,16 +385,12 @@ def test_bodies_from_files_and_streamed_answers(serve):
     http = GatewayHTTP(endpoint)
     payload = os.urandom(300_000)
     assert (
-        http.request(
-            "PUT", "/f", io.BytesIO(payload), headers={"Content-Length": str(len(payload))}
-        )[0]
+        http.request("PUT", "/f", io.BytesIO(payload), headers={"Content-Length": str(len(payload))})[0]
         == 201
     )
     assert requests[0].endswith(payload)
     assert http.request("PUT", "/g", io.BytesIO(b"abc"))[0] == 201
-    assert b"Transfer-Encoding: chunked" in requests[1] and requests[1].endswith(
-        b"3\r\nabc\r\n0\r\n\r\n"
-    )
+    assert b"Transfer-Encoding: chunked" in requests[1] and requests[1].endswith(b"3\r\nabc\r\n0\r\n\r\n")
     sink = io.BytesIO()
     assert http.stream_to("GET", "/h", sink, limit=100) == (200, b"")
     assert sink.getvalue() == b"hello"
@@ -592,9 +586,7 @@ def test_an_oversized_control_frame_is_refused(serve):
 
 
 def test_a_bad_accept_key_is_refused(serve):
-    _, endpoint = serve(
-        lambda server, conn: (handshake(conn, server, accept="d3Jvbmc="), server.stop.wait())
-    )
+    _, endpoint = serve(lambda server, conn: (handshake(conn, server, accept="d3Jvbmc="), server.stop.wait()))
     with pytest.raises(GatewayMisbehaved, match="Sec-WebSocket-Accept"):
         bounded(lambda: open_ws(endpoint))
 
@@ -613,9 +605,7 @@ def test_an_endless_handshake_header_is_refused(serve):
 
 
 def test_no_subprotocol_in_the_answer_means_the_legacy_format(serve):
-    _, endpoint = serve(
-        lambda server, conn: (handshake(conn, server, protocol=False), server.stop.wait())
-    )
+    _, endpoint = serve(lambda server, conn: (handshake(conn, server, protocol=False), server.stop.wait()))
     ws = bounded(lambda: open_ws(endpoint))
     assert ws.subprotocol is None
     ws.close()
@@ -669,9 +659,7 @@ def test_disconnect_is_bounded_while_a_message_trickles(serve):
     _, endpoint = serve(handler)
     kernel = KernelClient(GatewayHTTP(endpoint))
     kernel.kernel_id = "k"
-    connecting = threading.Thread(
-        target=lambda: pytest.raises(GatewayError, kernel.connect, 60), daemon=True
-    )
+    connecting = threading.Thread(target=lambda: pytest.raises(GatewayError, kernel.connect, 60), daemon=True)
     connecting.start()
     deadline = time.monotonic() + 10
     while kernel._ws is None and time.monotonic() < deadline:
@@ -762,9 +750,7 @@ def test_http_and_websocket_over_tls(serve, tls):
         time.sleep(0.01)
     assert server.events == [repr((wire_ws.OP_PONG, b"p"))]
     box: dict[str, BaseException] = {}
-    reader = threading.Thread(
-        target=lambda: box.setdefault("e", pytest.raises(EnclaveError, ws.recv).value)
-    )
+    reader = threading.Thread(target=lambda: box.setdefault("e", pytest.raises(EnclaveError, ws.recv).value))
     reader.start()
     time.sleep(0.1)  # let it block (the test holds either way)
     ws.shutdown()

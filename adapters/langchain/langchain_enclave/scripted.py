@@ -52,7 +52,9 @@ def notebook_call(
     if timeout is not None:
         args["timeout"] = timeout
     call_id = call_id or f"call_{next(_ids)}"
-    return AIMessage(content="", tool_calls=[{"name": tool, "args": args, "id": call_id, "type": "tool_call"}])
+    return AIMessage(
+        content="", tool_calls=[{"name": tool, "args": args, "id": call_id, "type": "tool_call"}]
+    )
 
 
 def answer(text: str) -> AIMessage:

@@ -7,6 +7,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForToolRun,
+    CallbackManagerForToolRun,
+)
+from langchain_core.callbacks.manager import adispatch_custom_event, dispatch_custom_event
+from langchain_core.runnables import RunnableConfig, ensure_config
+from langchain_core.tools import BaseTool, ToolException
+from pydantic import BaseModel, PrivateAttr, ValidationError
+
 from enclave_tools import (
     EnclaveError,
     Execution,
@@ -24,15 +33,6 @@ from enclave_tools.tooling import (
     describe_tool_failure,
     model_text,
 )
-from langchain_core.callbacks import (
-    AsyncCallbackManagerForToolRun,
-    CallbackManagerForToolRun,
-)
-from langchain_core.callbacks.manager import adispatch_custom_event, dispatch_custom_event
-from langchain_core.runnables import RunnableConfig, ensure_config
-from langchain_core.tools import BaseTool, ToolException
-from pydantic import BaseModel, PrivateAttr, ValidationError
-
 from langchain_enclave.images import DEFAULT_IMAGE_MAX_SIDE, fit_image
 
 __all__ = ["LIVE_OUTPUT_EVENT", "EnclaveNotebookTool", "NotebookInput"]
@@ -41,6 +41,7 @@ LIVE_OUTPUT_EVENT = "enclave_notebook_output"
 """The name of the custom events that carry a running cell's output: the ``type`` of each
 LangGraph ``stream_mode="custom"`` chunk, and the ``name`` of each ``on_custom_event``
 of ``astream_events``."""
+
 
 class EnclaveNotebookTool(BaseTool):
     """Stateful Python notebook in a hardened container (enclave-tools).
@@ -110,8 +111,9 @@ class EnclaveNotebookTool(BaseTool):
     args_schema: type[BaseModel] = NotebookInput
     response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
     handle_tool_error: bool | str | Callable[[ToolException], str] | None = True
+    # BaseTool's type also admits pydantic.v1 errors; NotebookInput (pydantic v2) raises only v2 ones.
     handle_validation_error: bool | str | Callable[[ValidationError], str] | None = (
-        lambda error: describe_bad_arguments(error)
+        lambda error: describe_bad_arguments(error)  # type: ignore[assignment]
     )
     """Bad arguments from a model come back to it as a message, not as an exception."""
 
@@ -203,7 +205,6 @@ class EnclaveNotebookTool(BaseTool):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
 
 
 @contextmanager

@@ -24,7 +24,8 @@ How the host reaches the gateway (``connect``):
 * ``"auto"`` (default): ``"pod_ip"`` inside a cluster, ``"port_forward"`` outside.
 
 Exception tree mapping: a pod that cannot start (image pull errors, a failed container, a
-pod still unschedulable when ``startup_timeout`` expires, a config a pod cannot honour) raises :class:`SandboxStartFailed`; a pod deleted or past its deadline is reported
+pod still unschedulable when ``startup_timeout`` expires, a config a pod cannot honour)
+raises :class:`SandboxStartFailed`; a pod deleted or past its deadline is reported
 "not running", so the Sandbox raises :class:`SandboxDied` as it does on Docker.
 """
 

@@ -46,14 +46,13 @@ def k8s() -> Any:
         import kubernetes
     except ImportError as exc:
         raise SandboxStartFailed(
-            "the Kubernetes backend needs the 'kubernetes' package: "
-            'pip install "enclave-tools[kubernetes]"'
+            "the Kubernetes backend needs the 'kubernetes' package: pip install \"enclave-tools[kubernetes]\""
         ) from exc
     return kubernetes
 
 
-def api_exception() -> type[Exception]:
-    """``kubernetes.client.exceptions.ApiException``."""
+def api_exception() -> Any:
+    """``kubernetes.client.exceptions.ApiException`` (untyped: its ``status`` and ``body`` are read)."""
     return k8s().client.exceptions.ApiException
 
 
@@ -134,8 +133,10 @@ class KubeApi:
         for pause in (*PAUSES, None):
             try:
                 response = method(
-                    *args, _preload_content=False,
-                    _request_timeout=self.timeouts, **kwargs,
+                    *args,
+                    _preload_content=False,
+                    _request_timeout=self.timeouts,
+                    **kwargs,
                 )
                 return json.loads(response.data or b"null")
             except Exception as exc:
@@ -146,8 +147,12 @@ class KubeApi:
         raise AssertionError("unreachable")
 
     def create(
-        self, method: Callable[..., Any], read: Callable[..., Any], namespace: str,
-        body: dict[str, Any], ours: Callable[[dict[str, Any]], bool],
+        self,
+        method: Callable[..., Any],
+        read: Callable[..., Any],
+        namespace: str,
+        body: dict[str, Any],
+        ours: Callable[[dict[str, Any]], bool],
     ) -> dict[str, Any]:
         """Create ``body``; a 409 for an object that ``ours`` recognises is success.
 

@@ -74,11 +74,18 @@ def unsupported(config: SandboxConfig) -> list[str]:
     defaults = SandboxConfig.model_fields
     problems = []
     if config.network not in NETWORKS:
-        problems.append(f"network={config.network!r} is a Docker network; pods take 'none' (no egress) or 'bridge' (egress)")
+        problems.append(
+            f"network={config.network!r} is a Docker network; "
+            "pods take 'none' (no egress) or 'bridge' (egress)"
+        )
     if config.runtime:
-        problems.append(f"runtime={config.runtime!r} is a Docker runtime; pass KubernetesBackend(runtime_class=...)")
+        problems.append(
+            f"runtime={config.runtime!r} is a Docker runtime; pass KubernetesBackend(runtime_class=...)"
+        )
     if config.transport == "unix":
-        problems.append("transport='unix' needs a local Docker engine; a pod is reached over TCP (leave it 'auto')")
+        problems.append(
+            "transport='unix' needs a local Docker engine; a pod is reached over TCP (leave it 'auto')"
+        )
     if config.pids_limit != defaults["pids_limit"].default:
         problems.append("pids_limit has no pod field; the node's kubelet sets it (podPidsLimit)")
     return problems
@@ -161,18 +168,25 @@ class KubernetesBackend(Backend):
         """Claim a warm pod or create one, wait until it is Ready, return how to reach it."""
         problems = unsupported(config)
         if problems:
-            raise SandboxStartFailed("the Kubernetes backend cannot honour this config: " + "; ".join(problems))
+            raise SandboxStartFailed(
+                "the Kubernetes backend cannot honour this config: " + "; ".join(problems)
+            )
         ApiException = api_exception()
         self.reap_orphans_quietly()
         try:
             if not config.egress:
                 self._egress.check()
-            pod = self.pool.claim(self._pool_key(config), sandbox_id, self._owner_annotations()) \
-                if self.pool_size else None
+            pod = (
+                self.pool.claim(self._pool_key(config), sandbox_id, self._owner_annotations())
+                if self.pool_size
+                else None
+            )
             if pod is None:
                 pod = self._create(config, sandbox_id, idle=False)
         except ApiException as exc:
-            raise SandboxStartFailed(f"the Kubernetes API refused the sandbox pod: {api_reason(exc)}") from exc
+            raise SandboxStartFailed(
+                f"the Kubernetes API refused the sandbox pod: {api_reason(exc)}"
+            ) from exc
         except connection_errors() as exc:  # no answer within the client-side timeouts, after retries
             raise SandboxStartFailed(f"the Kubernetes API did not answer: {exc}") from exc
         name = pod["metadata"]["name"]
@@ -214,8 +228,12 @@ class KubernetesBackend(Backend):
         """The last lines the gateway printed."""
         try:
             response = self.api.read_namespaced_pod_log(
-                handle.container_id, self.namespace, container="gateway", tail_lines=lines,
-                _preload_content=False, _request_timeout=self.kube.timeouts,
+                handle.container_id,
+                self.namespace,
+                container="gateway",
+                tail_lines=lines,
+                _preload_content=False,
+                _request_timeout=self.kube.timeouts,
             )
             return response.data.decode("utf-8", "replace")
         except Exception:  # noqa: BLE001 - best effort, for error messages
@@ -229,8 +247,9 @@ class KubernetesBackend(Backend):
         """Delete this backend's pods that ended (deadline, crash), passed their expiry, or
         whose owner process on this host is gone; return how many."""
         removed = 0
-        listing = self.kube.call(self.api.list_namespaced_pod, self.namespace,
-                                 label_selector=f"{MANAGED_BY}={MANAGER}")
+        listing = self.kube.call(
+            self.api.list_namespaced_pod, self.namespace, label_selector=f"{MANAGED_BY}={MANAGER}"
+        )
         for pod in listing.get("items", []):
             if _orphaned(pod) and not terminating(pod):
                 self._delete(pod["metadata"]["name"])
@@ -248,8 +267,7 @@ class KubernetesBackend(Backend):
 
     def fill_pool(self, config: SandboxConfig) -> int:
         """Create idle pods for ``config`` until ``pool_size`` wait; return how many were made."""
-        return self.pool.fill(self._pool_key(config),
-                              lambda pod_id: self._create(config, pod_id, idle=True))
+        return self.pool.fill(self._pool_key(config), lambda pod_id: self._create(config, pod_id, idle=True))
 
     def _refill_quietly(self, config: SandboxConfig) -> None:
         try:
@@ -269,16 +287,22 @@ class KubernetesBackend(Backend):
         return self.pool.try_claim(pod, sandbox_id, self._owner_annotations())
 
     def _pool_key(self, config: SandboxConfig) -> str:
-        return pool_key(config, self._image(config), {
-            "runtime_class": self.runtime_class, "overrides": self.pod_overrides,
-            "max_lifetime": self.max_lifetime,
-        })
+        return pool_key(
+            config,
+            self._image(config),
+            {
+                "runtime_class": self.runtime_class,
+                "overrides": self.pod_overrides,
+                "max_lifetime": self.max_lifetime,
+            },
+        )
 
     # -- internals ----------------------------------------------------------------------
 
     def _image(self, config: SandboxConfig) -> str:
-        if self.image or config.image:
-            return self.image or config.image
+        image = self.image or config.image
+        if image:
+            return image
         from enclave_tools.image import default_image
 
         return default_image()
@@ -296,7 +320,9 @@ class KubernetesBackend(Backend):
         create_id = secrets.token_hex(8)
         labels = {
             **{key: _label_value(value) for key, value in config.labels.items()},
-            MANAGED_BY: MANAGER, SANDBOX: sandbox_id, OWNER: self.owner,
+            MANAGED_BY: MANAGER,
+            SANDBOX: sandbox_id,
+            OWNER: self.owner,
             EGRESS: "allow" if config.egress else "deny",
         }
         if self.pool_size:
@@ -306,32 +332,53 @@ class KubernetesBackend(Backend):
             return (existing["metadata"].get("annotations") or {}).get(CREATE_ID) == create_id
 
         secret = {
-            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": {"name": name, "labels": {MANAGED_BY: MANAGER, SANDBOX: sandbox_id},
-                         "annotations": {CREATE_ID: create_id}},
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {
+                "name": name,
+                "labels": {MANAGED_BY: MANAGER, SANDBOX: sandbox_id},
+                "annotations": {CREATE_ID: create_id},
+            },
             "stringData": {"token": secrets.token_urlsafe(32)},
         }
-        self.kube.create(self.api.create_namespaced_secret, self.api.read_namespaced_secret,
-                         self.namespace, secret, ours)
+        self.kube.create(
+            self.api.create_namespaced_secret, self.api.read_namespaced_secret, self.namespace, secret, ours
+        )
         expires = (datetime.now(UTC) + timedelta(seconds=self.max_lifetime)).isoformat(timespec="seconds")
-        annotations = {**self._owner_annotations(), EXPIRES: expires, CREATE_ID: create_id,
-                       SAFE_TO_EVICT: "true" if idle else "false"}
+        annotations = {
+            **self._owner_annotations(),
+            EXPIRES: expires,
+            CREATE_ID: create_id,
+            SAFE_TO_EVICT: "true" if idle else "false",
+        }
         manifest = pod_manifest(
-            config, name=name, image=self._image(config), secret=name, labels=labels,
-            annotations=annotations, max_lifetime=self.max_lifetime,
-            runtime_class=self.runtime_class, overrides=self.pod_overrides,
+            config,
+            name=name,
+            image=self._image(config),
+            secret=name,
+            labels=labels,
+            annotations=annotations,
+            max_lifetime=self.max_lifetime,
+            runtime_class=self.runtime_class,
+            overrides=self.pod_overrides,
         )
         try:
-            pod = self.kube.create(self.api.create_namespaced_pod, self.api.read_namespaced_pod,
-                                   self.namespace, manifest, ours)
+            pod = self.kube.create(
+                self.api.create_namespaced_pod, self.api.read_namespaced_pod, self.namespace, manifest, ours
+            )
         except BaseException:
             self._delete_secret(name)
             raise
         # The Secret goes with its pod, whoever deletes the pod (the garbage collector).
         owner_ref = {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": pod["metadata"]["uid"]}
         try:
-            self.kube.call(self.api.patch_namespaced_secret, name, self.namespace,
-                           {"metadata": {"ownerReferences": [owner_ref]}})
+            self.kube.call(
+                self.api.patch_namespaced_secret,
+                name,
+                self.namespace,
+                {"metadata": {"ownerReferences": [owner_ref]}},
+            )
         except Exception as exc:  # noqa: BLE001 - explicit delete and the reaper remain
             log.debug("could not tie secret %s to its pod: %s", name, exc)
         return pod
@@ -357,7 +404,8 @@ class KubernetesBackend(Backend):
             seconds = max(1, math.ceil(remaining))
             try:
                 for event in watch.Watch().stream(
-                    self.api.list_namespaced_pod, self.namespace,
+                    self.api.list_namespaced_pod,
+                    self.namespace,
                     field_selector=f"metadata.name={name}",
                     resource_version=pod["metadata"]["resourceVersion"],
                     timeout_seconds=seconds,
@@ -389,12 +437,16 @@ class KubernetesBackend(Backend):
         except ApiException as exc:
             if exc.status == 404:
                 raise SandboxStartFailed(f"pod {self.namespace}/{name} was deleted while starting") from exc
-            raise SandboxStartFailed(f"reading pod {self.namespace}/{name} failed: {api_reason(exc)}") from exc
+            raise SandboxStartFailed(
+                f"reading pod {self.namespace}/{name} failed: {api_reason(exc)}"
+            ) from exc
         except Exception as exc:
             raise SandboxStartFailed(f"reading pod {self.namespace}/{name} failed: {exc}") from exc
 
     def _token(self, pod: dict[str, Any]) -> str:
-        secret_name = next(v["secret"]["secretName"] for v in pod["spec"]["volumes"] if v["name"] == "token-secret")
+        secret_name = next(
+            v["secret"]["secretName"] for v in pod["spec"]["volumes"] if v["name"] == "token-secret"
+        )
         secret = self.kube.call(self.api.read_namespaced_secret, secret_name, self.namespace)
         return base64.b64decode(secret["data"]["token"]).decode()
 
@@ -404,18 +456,22 @@ class KubernetesBackend(Backend):
         if mode == "pod_ip":
             return Endpoint(token=token, host=pod_ip, port=GATEWAY_PORT)
         if mode == "port_forward":
-            return PortForwardEndpoint(token=token, pod=name, namespace=self.namespace,
-                                       api=self.kube.stream_core)
-        url = self.url_template.format(name=name, namespace=self.namespace, pod_ip=pod_ip,
-                                       sandbox_id=sandbox_id)
+            return PortForwardEndpoint(
+                token=token, pod=name, namespace=self.namespace, api=self.kube.stream_core
+            )
+        assert self.url_template is not None  # __init__ requires one for connect="url"
+        url = self.url_template.format(
+            name=name, namespace=self.namespace, pod_ip=pod_ip, sandbox_id=sandbox_id
+        )
         return endpoint_from_url(url, token, self.verify)
 
     def _delete(self, name: str) -> None:
         """Delete a pod with a short grace period: the kubelet stops its containers before
         the object goes (grace 0 would remove the object first, containers still running)."""
         try:
-            self.kube.call(self.api.delete_namespaced_pod, name, self.namespace,
-                           grace_period_seconds=DELETE_GRACE)
+            self.kube.call(
+                self.api.delete_namespaced_pod, name, self.namespace, grace_period_seconds=DELETE_GRACE
+            )
         except Exception as exc:  # noqa: BLE001 - the reaper and the deadline remain
             if getattr(exc, "status", None) != 404:
                 log.warning("could not delete pod %s: %s", name, _describe(exc))

@@ -63,8 +63,11 @@ def default_owner() -> str:
 def pool_key(config: SandboxConfig, image: str, extra: dict[str, Any]) -> str:
     """A short hash of everything in a pod that depends on the config, so that a sandbox only
     takes a warm pod made for the same settings."""
-    wanted = {"config": config.model_dump(mode="json", exclude={"timeout", "labels"}),
-              "image": image, **extra}
+    wanted = {
+        "config": config.model_dump(mode="json", exclude={"timeout", "labels"}),
+        "image": image,
+        **extra,
+    }
     return hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -97,8 +100,11 @@ def pod_manifest(
         return {"name": name, "emptyDir": {"sizeLimit": quantity(size), "medium": "Memory"}}
 
     hardened = {
-        "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-        "readOnlyRootFilesystem": True, "runAsNonRoot": True, "privileged": False,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "privileged": False,
     }
     resources = {"requests": dict(limits), "limits": limits}
 
@@ -113,44 +119,51 @@ def pod_manifest(
         # gateway as PID 1, kernel restarts fail now and then.
         "shareProcessNamespace": True,
         "securityContext": {
-            "runAsNonRoot": True, "runAsUser": SANDBOX_UID, "runAsGroup": SANDBOX_UID,
-            "fsGroup": SANDBOX_UID, "seccompProfile": {"type": "RuntimeDefault"},
+            "runAsNonRoot": True,
+            "runAsUser": SANDBOX_UID,
+            "runAsGroup": SANDBOX_UID,
+            "fsGroup": SANDBOX_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
         # The token reaches the gateway as a file it deletes once read, as on Docker: an
         # init container copies it out of the (read-only) Secret volume into memory, and
         # the gateway's container never mounts the Secret.
-        "initContainers": [{
-            "name": "token",
-            "image": image,
-            "imagePullPolicy": "IfNotPresent",
-            "command": ["cp", f"{SECRET_DIR}/token", f"{TOKEN_DIR}/token"],
-            "resources": resources,
-            "securityContext": hardened,
-            "volumeMounts": [
-                {"name": "token-secret", "mountPath": SECRET_DIR, "readOnly": True},
-                {"name": "token", "mountPath": TOKEN_DIR},
-            ],
-        }],
-        "containers": [{
-            "name": "gateway",
-            "image": image,
-            "imagePullPolicy": "IfNotPresent",
-            "ports": [{"name": "gateway", "containerPort": GATEWAY_PORT}],
-            "env": env,
-            "workingDir": config.workdir,
-            "resources": resources,
-            "securityContext": hardened,
-            # The gateway's HTTP API wants the token, so the kubelet probes the port; the
-            # client then checks that the gateway answers before it uses the pod.
-            "readinessProbe": {"tcpSocket": {"port": GATEWAY_PORT}, "periodSeconds": 1},
-            "volumeMounts": [
-                {"name": "token", "mountPath": TOKEN_DIR},
-                {"name": "tmp", "mountPath": "/tmp"},
-                {"name": "home", "mountPath": "/home/sandbox"},
-                {"name": "workspace", "mountPath": config.workdir},
-                {"name": "shm", "mountPath": "/dev/shm"},
-            ],
-        }],
+        "initContainers": [
+            {
+                "name": "token",
+                "image": image,
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["cp", f"{SECRET_DIR}/token", f"{TOKEN_DIR}/token"],
+                "resources": resources,
+                "securityContext": hardened,
+                "volumeMounts": [
+                    {"name": "token-secret", "mountPath": SECRET_DIR, "readOnly": True},
+                    {"name": "token", "mountPath": TOKEN_DIR},
+                ],
+            }
+        ],
+        "containers": [
+            {
+                "name": "gateway",
+                "image": image,
+                "imagePullPolicy": "IfNotPresent",
+                "ports": [{"name": "gateway", "containerPort": GATEWAY_PORT}],
+                "env": env,
+                "workingDir": config.workdir,
+                "resources": resources,
+                "securityContext": hardened,
+                # The gateway's HTTP API wants the token, so the kubelet probes the port; the
+                # client then checks that the gateway answers before it uses the pod.
+                "readinessProbe": {"tcpSocket": {"port": GATEWAY_PORT}, "periodSeconds": 1},
+                "volumeMounts": [
+                    {"name": "token", "mountPath": TOKEN_DIR},
+                    {"name": "tmp", "mountPath": "/tmp"},
+                    {"name": "home", "mountPath": "/home/sandbox"},
+                    {"name": "workspace", "mountPath": config.workdir},
+                    {"name": "shm", "mountPath": "/dev/shm"},
+                ],
+            }
+        ],
         "volumes": [
             {"name": "token-secret", "secret": {"secretName": secret, "defaultMode": 0o440}},
             scratch("token", "1m"),
@@ -187,6 +200,9 @@ def network_policy_manifest() -> dict[str, Any]:
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": {"name": NETWORK_POLICY, "labels": {MANAGED_BY: MANAGER}},
-        "spec": {"podSelector": {"matchLabels": {MANAGED_BY: MANAGER, EGRESS: "deny"}},
-                 "policyTypes": ["Egress"], "egress": []},
+        "spec": {
+            "podSelector": {"matchLabels": {MANAGED_BY: MANAGER, EGRESS: "deny"}},
+            "policyTypes": ["Egress"],
+            "egress": [],
+        },
     }

@@ -86,8 +86,9 @@ class EgressGuard:
         ApiException = api_exception()
         where = f"NetworkPolicy {self.namespace}/{NETWORK_POLICY}"
         try:
-            policy = self.api.call(self.api.networking.read_namespaced_network_policy,
-                                   NETWORK_POLICY, self.namespace)
+            policy = self.api.call(
+                self.api.networking.read_namespaced_network_policy, NETWORK_POLICY, self.namespace
+            )
         except ApiException as exc:
             if exc.status != 404 or self.mode == "require":
                 why = "is missing" if exc.status == 404 else f"could not be read ({api_reason(exc)})"
@@ -106,8 +107,11 @@ class EgressGuard:
         networking = self.api.networking
         try:
             return self.api.create(
-                networking.create_namespaced_network_policy, networking.read_namespaced_network_policy,
-                self.namespace, network_policy_manifest(), ours=lambda existing: True,
+                networking.create_namespaced_network_policy,
+                networking.read_namespaced_network_policy,
+                self.namespace,
+                network_policy_manifest(),
+                ours=lambda existing: True,
             )
         except ApiException as exc:
             raise SandboxStartFailed(

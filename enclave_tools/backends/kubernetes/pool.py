@@ -80,11 +80,13 @@ class WarmPool:
         or if the pod turns out to be on its way out."""
         ApiException = api_exception()
         meta = pod["metadata"]
-        patch = {"metadata": {
-            "resourceVersion": meta["resourceVersion"],
-            "labels": {POOL: "claimed", SANDBOX: sandbox_id, OWNER: self.owner},
-            "annotations": {**annotations, SAFE_TO_EVICT: "false"},
-        }}
+        patch = {
+            "metadata": {
+                "resourceVersion": meta["resourceVersion"],
+                "labels": {POOL: "claimed", SANDBOX: sandbox_id, OWNER: self.owner},
+                "annotations": {**annotations, SAFE_TO_EVICT: "false"},
+            }
+        }
         try:
             claimed = self.api.call(self.api.core.patch_namespaced_pod, meta["name"], self.namespace, patch)
         except ApiException as exc:

@@ -31,6 +31,7 @@ class PortForwardEndpoint(Endpoint):
         """A new stream to the pod's gateway port (one port-forward per connection)."""
         from kubernetes.stream import portforward
 
+        assert self.api is not None, "a PortForwardEndpoint needs its api factory"
         core = self.api()
         limit = min(timeout or HANDSHAKE_TIMEOUT, HANDSHAKE_TIMEOUT)
         outcome: dict[str, Any] = {}
@@ -38,8 +39,12 @@ class PortForwardEndpoint(Endpoint):
 
         def handshake() -> None:
             try:
-                forward = portforward(core.connect_get_namespaced_pod_portforward, self.pod,
-                                      self.namespace, ports=str(GATEWAY_PORT))
+                forward = portforward(
+                    core.connect_get_namespaced_pod_portforward,
+                    self.pod,
+                    self.namespace,
+                    ports=str(GATEWAY_PORT),
+                )
             except Exception as exc:  # noqa: BLE001 - reported to the caller below
                 outcome["error"] = exc
                 return
@@ -59,7 +64,9 @@ class PortForwardEndpoint(Endpoint):
             raise ConnectionError(f"port-forward to pod {self.pod}: no handshake within {limit:.0f} s")
         if "error" in outcome:
             exc = outcome["error"]
-            raise ConnectionError(f"port-forward to pod {self.pod} failed: {getattr(exc, 'reason', exc)}") from exc
+            raise ConnectionError(
+                f"port-forward to pod {self.pod} failed: {getattr(exc, 'reason', exc)}"
+            ) from exc
         sock = outcome["forward"].socket(GATEWAY_PORT)
         sock = getattr(sock, "_socket", sock)  # newer clients wrap the real socket
         sock.settimeout(timeout)

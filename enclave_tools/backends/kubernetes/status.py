@@ -99,7 +99,9 @@ def _check_start(pod: dict[str, Any]) -> bool:
                 f"pod {name} cannot start: its container {container.get('name')!r} exited with code {code}"
             )
     if terminating(pod):
-        raise SandboxStartFailed(f"pod {name} is being deleted while starting (a drain, an eviction or a delete)")
+        raise SandboxStartFailed(
+            f"pod {name} is being deleted while starting (a drain, an eviction or a delete)"
+        )
     if _terminal(pod):
         raise SandboxStartFailed(f"pod {name} stopped while starting: {pod_state(pod).describe()}")
     return False
@@ -109,8 +111,10 @@ def _pending_reason(pod: dict[str, Any]) -> str:
     status = pod.get("status") or {}
     waiting_for_node = unschedulable(pod)
     if waiting_for_node:
-        return (f"it could not be scheduled: {waiting_for_node}; a cluster autoscaler may still "
-                "be adding a node: raise startup_timeout, or free or add capacity")
+        return (
+            f"it could not be scheduled: {waiting_for_node}; a cluster autoscaler may still "
+            "be adding a node: raise startup_timeout, or free or add capacity"
+        )
     waiting = (_container_status(pod).get("state") or {}).get("waiting") or {}
     return waiting.get("reason") or status.get("reason") or f"phase {status.get('phase', 'unknown')}"
 
@@ -125,9 +129,12 @@ def pod_state(pod: dict[str, Any]) -> PodState:
         return PodState(running=False, exists=True, reason="Terminating")
     terminated = (_container_status(pod).get("state") or {}).get("terminated") or {}
     return PodState(
-        running=False, exists=True, exit_code=terminated.get("exitCode"),
+        running=False,
+        exists=True,
+        exit_code=terminated.get("exitCode"),
         oom_killed=terminated.get("reason") == "OOMKilled",
-        error=status.get("message", ""), reason=status.get("reason", ""),
+        error=status.get("message", ""),
+        reason=status.get("reason", ""),
     )
 
 

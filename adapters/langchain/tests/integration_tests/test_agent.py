@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 
-from enclave_tools import Sandbox, SandboxSessions
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, ToolMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
+from enclave_tools import Sandbox, SandboxSessions
 from langchain_enclave import EnclaveNotebookTool
 from langchain_enclave.scripted import ScriptedChatModel, notebook_call
 
@@ -28,9 +28,7 @@ def test_two_user_turns_of_one_thread_keep_state(sandbox: Sandbox) -> None:
             ]
         )
     )
-    agent = create_agent(
-        model, tools=[EnclaveNotebookTool(sandbox=sandbox)], checkpointer=InMemorySaver()
-    )
+    agent = create_agent(model, tools=[EnclaveNotebookTool(sandbox=sandbox)], checkpointer=InMemorySaver())
     config = {"configurable": {"thread_id": "conversation-1"}}
 
     agent.invoke({"messages": [("user", "Load the data.")]}, config)
@@ -48,7 +46,9 @@ async def test_async_agent_gets_plot_and_recovers_from_error(sandbox: Sandbox) -
         messages=iter(
             [
                 notebook_call("undefined_name", call_id="c1"),
-                notebook_call("import matplotlib.pyplot as plt\nplt.plot([3, 1, 2])\nplt.show()", call_id="c2"),
+                notebook_call(
+                    "import matplotlib.pyplot as plt\nplt.plot([3, 1, 2])\nplt.show()", call_id="c2"
+                ),
                 AIMessage("Here is the plot."),
             ]
         )

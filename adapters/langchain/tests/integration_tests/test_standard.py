@@ -3,9 +3,9 @@
 from collections.abc import Iterator
 
 import pytest
-from enclave_tools import Sandbox, SandboxConfig
 from langchain_tests.integration_tests import ToolsIntegrationTests
 
+from enclave_tools import Sandbox, SandboxConfig
 from langchain_enclave import EnclaveNotebookTool
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from enclave_tools import Execution, Sandbox, SandboxSessions
 from langchain_core.messages import ToolMessage
 
+from enclave_tools import Execution, Sandbox, SandboxSessions
 from langchain_enclave import EnclaveNotebookTool
 
 PLOT = "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.show()"
@@ -61,9 +61,7 @@ def test_timeout_argument_interrupts(sandbox: Sandbox) -> None:
 
 
 def test_input_fails_fast(sandbox: Sandbox) -> None:
-    content = EnclaveNotebookTool(sandbox=sandbox).invoke(
-        {"code": "input('name? ')", "timeout": 10}
-    )
+    content = EnclaveNotebookTool(sandbox=sandbox).invoke({"code": "input('name? ')", "timeout": 10})
     assert "StdinNotImplementedError" in content
 
 

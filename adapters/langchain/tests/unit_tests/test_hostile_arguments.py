@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from enclave_tools.fakes import FakeSandbox, printed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from langchain_core.messages import ToolMessage
 
+from enclave_tools.fakes import FakeSandbox, printed
 from langchain_enclave import EnclaveNotebookTool
 
 

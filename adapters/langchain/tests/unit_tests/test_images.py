@@ -50,7 +50,14 @@ def test_parallel_tool_results_keep_their_order_and_images_follow_them() -> None
         AIMessage("done"),
     ]
     placed = place_tool_images(messages, in_tool=False)
-    assert [type(m).__name__ for m in placed] == ["HumanMessage", "AIMessage", "ToolMessage", "ToolMessage", "HumanMessage", "AIMessage"]
+    assert [type(m).__name__ for m in placed] == [
+        "HumanMessage",
+        "AIMessage",
+        "ToolMessage",
+        "ToolMessage",
+        "HumanMessage",
+        "AIMessage",
+    ]
     assert placed[2].content.startswith("one") and isinstance(placed[3].content, str)
     assert [b["type"] for b in placed[4].content] == ["text", "image", "image"]
     assert messages[2].content[1]["type"] == "image"  # the history itself is not changed

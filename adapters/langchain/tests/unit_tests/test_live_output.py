@@ -7,16 +7,21 @@ import asyncio
 import threading
 from typing import Any
 
-from enclave_tools.protocol import ExecuteCall
-from enclave_tools.sandbox import Sandbox
 from langgraph.graph import START, MessagesState, StateGraph
 
+from enclave_tools.protocol import ExecuteCall
+from enclave_tools.sandbox import Sandbox
 from langchain_enclave import EnclaveNotebookTool
 from langchain_enclave.tools import LIVE_OUTPUT_EVENT
 
 
 def msg(kind: str, **content: Any) -> dict[str, Any]:
-    return {"header": {"msg_type": kind}, "parent_header": {"msg_id": "m1"}, "metadata": {}, "content": content}
+    return {
+        "header": {"msg_type": kind},
+        "parent_header": {"msg_id": "m1"},
+        "metadata": {},
+        "content": content,
+    }
 
 
 RECORDED = [
@@ -33,8 +38,9 @@ class ReplayKernel:
 
     connected = True
 
-    def execute(self, code: str, *, capture_limit: int, output_limit: int, rich_limit: int,
-                listener: Any = None) -> ExecuteCall:
+    def execute(
+        self, code: str, *, capture_limit: int, output_limit: int, rich_limit: int, listener: Any = None
+    ) -> ExecuteCall:
         call = ExecuteCall("m1", capture_limit, output_limit, rich_limit=rich_limit, listener=listener)
         self._done = threading.Event()
 
@@ -87,10 +93,13 @@ def test_langgraph_custom_stream_shows_the_output_as_it_comes():
 
 def test_async_custom_stream_and_astream_events():
     async def main() -> tuple[list[Any], list[Any]]:
-        chunks = [c async for c in graph(tool(), use_async=True).astream({"messages": []}, stream_mode="custom")]
+        chunks = [
+            c async for c in graph(tool(), use_async=True).astream({"messages": []}, stream_mode="custom")
+        ]
         notebook = tool()
         events = [
-            e async for e in notebook.astream_events({"code": "train()"}, version="v2")
+            e
+            async for e in notebook.astream_events({"code": "train()"}, version="v2")
             if e["event"] == "on_custom_event"
         ]
         return chunks, events

@@ -11,9 +11,6 @@ from typing import Any
 
 import openai
 import pytest
-from enclave_tools import Execution
-from enclave_tools.execution import Result
-from enclave_tools.fakes import FakeSandbox
 from langchain.agents import create_agent
 from langchain_anthropic import ChatAnthropic
 from langchain_core.language_models import BaseChatModel
@@ -21,6 +18,9 @@ from langchain_openai import ChatOpenAI
 from langgraph.checkpoint.memory import InMemorySaver
 from PIL import Image
 
+from enclave_tools import Execution
+from enclave_tools.execution import Result
+from enclave_tools.fakes import FakeSandbox
 from langchain_enclave import EnclaveNotebookTool, ToolImagesMiddleware
 from langchain_enclave.images import png_size
 from tests.unit_tests.fake_providers import Call, FakeProvider, Say, problems
@@ -32,12 +32,16 @@ def big_plot() -> Execution:
     """A recorded run that displayed a 1600x1200 PNG (bigger than a model needs)."""
     buffer = io.BytesIO()
     Image.new("RGB", (1600, 1200), "navy").save(buffer, format="PNG")
-    result = Result(data={"image/png": base64.b64encode(buffer.getvalue()).decode(), "text/plain": "<Figure>"})
+    result = Result(
+        data={"image/png": base64.b64encode(buffer.getvalue()).decode(), "text/plain": "<Figure>"}
+    )
     return Execution(results=[result], _transcript=[("result", result)])
 
 
 PROVIDERS: dict[str, Callable[[FakeProvider], BaseChatModel]] = {
-    "chat_completions": lambda p: ChatOpenAI(model="gpt-4o-mini", base_url=p.url, api_key="test", max_retries=0),
+    "chat_completions": lambda p: ChatOpenAI(
+        model="gpt-4o-mini", base_url=p.url, api_key="test", max_retries=0
+    ),
     "responses": lambda p: ChatOpenAI(
         model="gpt-4o-mini", base_url=p.url, api_key="test", max_retries=0, use_responses_api=True
     ),
@@ -85,7 +89,9 @@ def images_sent(path: str, body: dict[str, Any]) -> dict[str, list[str]]:
                 inner = block.get("content") if block["type"] == "tool_result" else [block]
                 for part in inner if isinstance(inner, list) else []:
                     if part["type"] == "image":
-                        found["tool" if block["type"] == "tool_result" else "user"].append(part["source"]["data"])
+                        found["tool" if block["type"] == "tool_result" else "user"].append(
+                            part["source"]["data"]
+                        )
     return found
 
 
@@ -96,8 +102,14 @@ def decoded_size(image: str) -> tuple[int, int] | None:
 @pytest.mark.parametrize(
     ("name", "where"), [("chat_completions", "user"), ("responses", "tool"), ("anthropic", "tool")]
 )
-def test_plots_reach_every_provider_in_a_request_it_accepts(provider: FakeProvider, name: str, where: str) -> None:
-    provider.script += [Call(PLOT_CODE, "call_1"), Say("A rising then falling line."), Say("Still the same plot.")]
+def test_plots_reach_every_provider_in_a_request_it_accepts(
+    provider: FakeProvider, name: str, where: str
+) -> None:
+    provider.script += [
+        Call(PLOT_CODE, "call_1"),
+        Say("A rising then falling line."),
+        Say("Still the same plot."),
+    ]
     agent = agent_for(PROVIDERS[name](provider), include_images=True)
     config = {"configurable": {"thread_id": "t1"}}
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 
 import pytest
-from enclave_tools import Execution, InvalidInput, SandboxDied, SandboxSessions
-from enclave_tools.fakes import PNG, FakeSandbox, failed, plotted, printed
 from langchain_core.messages import ToolMessage
 
 import enclave_tools.tooling as tooling_module
+from enclave_tools import Execution, InvalidInput, SandboxDied, SandboxSessions
+from enclave_tools.fakes import PNG, FakeSandbox, failed, plotted, printed
 from langchain_enclave import EnclaveNotebookTool
 
 
@@ -106,9 +106,7 @@ def test_invalid_input_becomes_error_tool_message() -> None:
     tool = EnclaveNotebookTool(sandbox=FakeSandbox(InvalidInput("code contains a NUL byte")))
     message = tool.invoke(call("\0"))
     assert message.status == "error"
-    assert message.content.startswith(
-        "Invalid input, the code was not run: code contains a NUL byte"
-    )
+    assert message.content.startswith("Invalid input, the code was not run: code contains a NUL byte")
 
 
 def test_handle_tool_error_false_raises() -> None:

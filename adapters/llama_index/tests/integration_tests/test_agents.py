@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from enclave_tools import Sandbox, SandboxSessions
 from llama_index.core.agent.workflow import AgentWorkflow, FunctionAgent, ToolCallResult
 from llama_index.core.base.llms.types import ImageBlock
 from llama_index.core.workflow import Context
 
+from enclave_tools import Sandbox, SandboxSessions
 from llama_index.tools.enclave import EnclaveNotebookToolSpec
 from llama_index.tools.enclave.scripted import answer, notebook_call, scripted_llm
 
 
-async def run(
-    agent: Any, user_msg: str, ctx: Context | None = None
-) -> tuple[list[ToolCallResult], Any]:
+async def run(agent: Any, user_msg: str, ctx: Context | None = None) -> tuple[list[ToolCallResult], Any]:
     handler = agent.run(user_msg=user_msg, ctx=ctx)
     results = [ev async for ev in handler.stream_events() if isinstance(ev, ToolCallResult)]
     return results, await handler
@@ -45,7 +43,9 @@ async def test_function_agent_keeps_state_and_gets_plot(sandbox: Sandbox) -> Non
 
 
 async def test_code_error_reaches_the_llm_and_the_loop_goes_on(sandbox: Sandbox) -> None:
-    llm = scripted_llm([notebook_call("1 / 0", call_id="c1"), notebook_call("print('fixed')", call_id="c2"), answer("Done.")])
+    llm = scripted_llm(
+        [notebook_call("1 / 0", call_id="c1"), notebook_call("print('fixed')", call_id="c2"), answer("Done.")]
+    )
     agent = FunctionAgent(tools=EnclaveNotebookToolSpec(sandbox).to_tool_list(), llm=llm)
     results, _ = await run(agent, "Divide.")
     error, fixed = (r.tool_output for r in results)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from enclave_tools import Sandbox, SandboxSessions
 from llama_index.core.agent.workflow import FunctionAgent
 from llama_index.core.base.llms.types import ImageBlock, TextBlock
 from llama_index.core.llms import MockFunctionCallingLLM
 from llama_index.core.workflow import Context
 
+from enclave_tools import Sandbox, SandboxSessions
 from llama_index.tools.enclave import EnclaveNotebookToolSpec
 from llama_index.tools.enclave.base import SESSION_KEY
 

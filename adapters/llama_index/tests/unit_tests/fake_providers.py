@@ -144,29 +144,76 @@ def render(path: str, turn: Call | Say, body: dict[str, Any]) -> dict[str, Any]:
     usage_chat = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
     if path == "/v1/chat/completions":
         if isinstance(turn, Call):
-            call = {"id": turn.id, "type": "function", "function": {"name": "notebook_executor", "arguments": arguments}}
+            call = {
+                "id": turn.id,
+                "type": "function",
+                "function": {"name": "notebook_executor", "arguments": arguments},
+            }
             message = {"role": "assistant", "content": None, "tool_calls": [call]}
         else:
             message = {"role": "assistant", "content": turn.text}
-        choice = {"index": 0, "message": message, "finish_reason": "tool_calls" if isinstance(turn, Call) else "stop"}
-        return {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": model, "choices": [choice], "usage": usage_chat}
+        choice = {
+            "index": 0,
+            "message": message,
+            "finish_reason": "tool_calls" if isinstance(turn, Call) else "stop",
+        }
+        return {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": model,
+            "choices": [choice],
+            "usage": usage_chat,
+        }
     if path == "/v1/responses":
         if isinstance(turn, Call):
-            item = {"type": "function_call", "id": f"fc_{turn.id}", "call_id": turn.id, "name": "notebook_executor", "arguments": arguments, "status": "completed"}
+            item = {
+                "type": "function_call",
+                "id": f"fc_{turn.id}",
+                "call_id": turn.id,
+                "name": "notebook_executor",
+                "arguments": arguments,
+                "status": "completed",
+            }
         else:
-            item = {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed", "content": [{"type": "output_text", "text": turn.text, "annotations": []}]}
+            item = {
+                "type": "message",
+                "id": "msg_1",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": turn.text, "annotations": []}],
+            }
         return {
-            "id": "resp_1", "object": "response", "created_at": 0, "model": model, "status": "completed",
-            "output": [item], "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
-            "usage": {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2,
-                      "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
+            "id": "resp_1",
+            "object": "response",
+            "created_at": 0,
+            "model": model,
+            "status": "completed",
+            "output": [item],
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "usage": {
+                "input_tokens": 1,
+                "output_tokens": 1,
+                "total_tokens": 2,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens_details": {"reasoning_tokens": 0},
+            },
         }
     if isinstance(turn, Call):
-        content = [{"type": "tool_use", "id": turn.id, "name": "notebook_executor", "input": {"code": turn.code}}]
+        content = [
+            {"type": "tool_use", "id": turn.id, "name": "notebook_executor", "input": {"code": turn.code}}
+        ]
     else:
         content = [{"type": "text", "text": turn.text}]
     return {
-        "id": "msg_1", "type": "message", "role": "assistant", "model": model, "content": content,
-        "stop_reason": "tool_use" if isinstance(turn, Call) else "end_turn", "stop_sequence": None,
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": "tool_use" if isinstance(turn, Call) else "end_turn",
+        "stop_sequence": None,
         "usage": {"input_tokens": 1, "output_tokens": 1},
     }

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from enclave_tools.fakes import FakeSandbox, printed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from enclave_tools.fakes import FakeSandbox, printed
 from llama_index.tools.enclave import EnclaveNotebookToolSpec
 
 

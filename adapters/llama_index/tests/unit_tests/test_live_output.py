@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from enclave_tools.fakes import FakeSandbox, plotted, printed
 from llama_index.core.workflow import Context, StartEvent, StopEvent, Workflow, step
 
+from enclave_tools.fakes import FakeSandbox, plotted, printed
 from llama_index.tools.enclave import EnclaveNotebookToolSpec, NotebookOutputEvent
 
 

@@ -10,15 +10,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from enclave_tools import Execution
-from enclave_tools.execution import Result
-from enclave_tools.fakes import FakeSandbox
 from llama_index.core.agent.workflow import FunctionAgent
 from llama_index.core.memory import Memory
 from llama_index.core.workflow import Context
 from llama_index.llms.openai import OpenAI, OpenAIResponses
 from PIL import Image
 
+from enclave_tools import Execution
+from enclave_tools.execution import Result
+from enclave_tools.fakes import FakeSandbox
 from llama_index.tools.enclave import EnclaveNotebookToolSpec, ToolImagesFunctionAgent
 from llama_index.tools.enclave.images import png_size
 from tests.unit_tests.fake_providers import Call, FakeProvider, Say
@@ -30,7 +30,9 @@ def big_plot() -> Execution:
     """A recorded run that displayed a 1600x1200 PNG (bigger than a model needs)."""
     buffer = io.BytesIO()
     Image.new("RGB", (1600, 1200), "navy").save(buffer, format="PNG")
-    result = Result(data={"image/png": base64.b64encode(buffer.getvalue()).decode(), "text/plain": "<Figure>"})
+    result = Result(
+        data={"image/png": base64.b64encode(buffer.getvalue()).decode(), "text/plain": "<Figure>"}
+    )
     return Execution(results=[result], _transcript=[("result", result)])
 
 
@@ -75,7 +77,9 @@ async def two_turns(agent: Any, memory: Memory) -> None:
 
 
 @pytest.mark.parametrize(("kind", "where"), [("chat_completions", "user"), ("responses", "tool")])
-async def test_plots_reach_every_provider_in_a_request_it_accepts(provider: FakeProvider, kind: str, where: str) -> None:
+async def test_plots_reach_every_provider_in_a_request_it_accepts(
+    provider: FakeProvider, kind: str, where: str
+) -> None:
     provider.script += [Call(PLOT_CODE, "call_1"), Say("A rising then falling line."), Say("The same line.")]
     spec = EnclaveNotebookToolSpec(FakeSandbox(big_plot()), include_images=True)
     agent = ToolImagesFunctionAgent(tools=spec.to_tool_list(), llm=llm(kind, provider), streaming=False)

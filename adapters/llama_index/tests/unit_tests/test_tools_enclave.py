@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from enclave_tools import Execution, InvalidInput, SandboxDied, SandboxSessions
-from enclave_tools.fakes import PNG, FakeSandbox, failed, plotted, printed
 from llama_index.core.base.llms.types import ImageBlock, TextBlock
 from llama_index.core.tools import FunctionTool
 from llama_index.core.tools.tool_spec.base import BaseToolSpec
 
 import enclave_tools.tooling as tooling_module
+from enclave_tools import Execution, InvalidInput, SandboxDied, SandboxSessions
+from enclave_tools.fakes import PNG, FakeSandbox, failed, plotted, printed
 from llama_index.tools.enclave import EnclaveNotebookToolSpec
 
 

@@ -4,7 +4,13 @@
 # parameter by comparing the annotation object with Context, not a string.
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from llama_index.core.base.llms.types import ContentBlock, ImageBlock, TextBlock
+from llama_index.core.tools import FunctionTool, ToolMetadata, ToolOutput
+from llama_index.core.tools.tool_spec.base import SPEC_FUNCTION_TYPE, BaseToolSpec
+from llama_index.core.workflow import Context, Event
 
 from enclave_tools import (
     Execution,
@@ -22,11 +28,6 @@ from enclave_tools.tooling import (
     describe_tool_failure,
     model_text,
 )
-from llama_index.core.base.llms.types import ContentBlock, ImageBlock, TextBlock
-from llama_index.core.tools import FunctionTool, ToolMetadata, ToolOutput
-from llama_index.core.tools.tool_spec.base import SPEC_FUNCTION_TYPE, BaseToolSpec
-from llama_index.core.workflow import Context, Event
-
 from llama_index.tools.enclave.images import DEFAULT_IMAGE_MAX_SIDE, fit_image
 
 __all__ = [
@@ -202,6 +203,8 @@ class EnclaveNotebookToolSpec(BaseToolSpec):
         metadata = (func_to_metadata_mapping or {}).get(TOOL_NAME) or ToolMetadata(
             name=TOOL_NAME, description=TOOL_DESCRIPTION, fn_schema=NotebookInput
         )
+        fn: Callable[..., Execution] | None
+        async_fn: Callable[..., Awaitable[Execution]]
         if self.sessions is None and not self.stream_output:
             fn, async_fn = self.notebook_executor, self.anotebook_executor
         else:  # the Context-aware function; its sync twin is derived from it
@@ -259,9 +262,7 @@ def _stream_to(ctx: Context) -> dict[str, Any]:
 
     def on_output(event: OutputEvent) -> None:
         try:
-            ctx.write_event_to_stream(
-                NotebookOutputEvent(kind=event.kind, text=event.text, data=event.data)
-            )
+            ctx.write_event_to_stream(NotebookOutputEvent(kind=event.kind, text=event.text, data=event.data))
         except Exception:  # noqa: BLE001 - a context outside a running workflow has no stream
             pass
 
