@@ -23,6 +23,7 @@ from enclave_tools import (
     SandboxConfig,
     SandboxSessions,
 )
+from enclave_tools.images import DEFAULT_IMAGE_MAX_SIDE, fit_image
 from enclave_tools.live import OutputEvent
 from enclave_tools.tooling import (
     TOOL_DESCRIPTION,
@@ -33,7 +34,6 @@ from enclave_tools.tooling import (
     describe_tool_failure,
     model_text,
 )
-from langchain_enclave.images import DEFAULT_IMAGE_MAX_SIDE, fit_image
 
 __all__ = ["LIVE_OUTPUT_EVENT", "EnclaveNotebookTool", "NotebookInput"]
 

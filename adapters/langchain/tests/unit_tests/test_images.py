@@ -10,7 +10,7 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_openai import ChatOpenAI
 from PIL import Image
 
-from langchain_enclave.images import fit_image, png_size
+from enclave_tools.images import fit_image, png_size
 from langchain_enclave.middleware import images_in_tool_results, place_tool_images
 
 

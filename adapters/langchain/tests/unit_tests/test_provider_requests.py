@@ -21,8 +21,8 @@ from PIL import Image
 from enclave_tools import Execution
 from enclave_tools.execution import Result
 from enclave_tools.fakes import FakeSandbox
+from enclave_tools.images import png_size
 from langchain_enclave import EnclaveNotebookTool, ToolImagesMiddleware
-from langchain_enclave.images import png_size
 from tests.unit_tests.fake_providers import Call, FakeProvider, Say, problems
 
 PLOT_CODE = "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2]); plt.show()"

@@ -18,6 +18,7 @@ from enclave_tools import (
     SandboxConfig,
     SandboxSessions,
 )
+from enclave_tools.images import DEFAULT_IMAGE_MAX_SIDE, fit_image
 from enclave_tools.live import OutputEvent
 from enclave_tools.tooling import (
     TOOL_DESCRIPTION,
@@ -28,7 +29,6 @@ from enclave_tools.tooling import (
     describe_tool_failure,
     model_text,
 )
-from llama_index.tools.enclave.images import DEFAULT_IMAGE_MAX_SIDE, fit_image
 
 __all__ = [
     "EnclaveNotebookToolSpec",

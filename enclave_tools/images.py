@@ -1,7 +1,7 @@
 """Plots fitted to what a model needs: scaled down to a longest side, never oversized.
 
 A PNG from the sandbox is hostile input: its header is read before anything else, and it
-is decoded (with Pillow, when installed: ``pip install "langchain-enclave[images]"``) only
+is decoded (with Pillow, when installed: the adapters' ``[images]`` extra) only
 when its pixel count is modest. An image that cannot be shown safely is left out and the
 model is told why, so that no request is ever rejected for an image.
 """
