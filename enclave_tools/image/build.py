@@ -41,14 +41,14 @@ __all__ = ["LABEL_BASE", "LABEL_RECIPE", "build_image", "ensure_image", "list_im
 LABEL_RECIPE = "org.enclave-tools.recipe"
 LABEL_BASE = "org.enclave-tools.base"
 
-# One build at a time in this process; _build_lock() adds a file lock across processes.
-_thread_lock = threading.Lock()
+_thread_locks: collections.defaultdict[str, threading.Lock] = collections.defaultdict(threading.Lock)
 
 
 @contextlib.contextmanager
-def _build_lock(report: Progress) -> Iterator[None]:
-    """Hold the build lock: one thread in this process, one process per cache dir."""
-    with _thread_lock:
+def cache_lock(name: str, waiting: str, report: Progress) -> Iterator[None]:
+    """Hold the lock ``name`` (e.g. ``"build"``): one thread in this process, one process
+    per cache dir; ``waiting`` is said while another process holds it."""
+    with _thread_locks[name]:
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not on POSIX: the thread lock must do
@@ -56,16 +56,20 @@ def _build_lock(report: Progress) -> Iterator[None]:
             return
         directory = cache_dir()
         directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / "build.lock", "a") as handle:
+        with open(directory / f"{name}.lock", "a") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                report("waiting for another enclave-tools process to finish building")
+                report(f"waiting for another enclave-tools process to finish {waiting}")
                 fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build_lock(report: Progress) -> contextlib.AbstractContextManager[None]:
+    return cache_lock("build", "building", report)
 
 
 def ensure_image(

@@ -27,14 +27,13 @@ from enclave_tools.errors import ImageBuildFailed
 from enclave_tools.image._common import (
     DockerClient,
     Progress,
-    cache_dir,
     client_or_default,
     docker_arch,
     find_image,
     reporter,
 )
 from enclave_tools.image.base import _run_once
-from enclave_tools.image.build import _docker_build, ensure_image
+from enclave_tools.image.build import _docker_build, cache_lock, ensure_image
 from enclave_tools.packages import (
     ImageFacts,
     PackageError,
@@ -81,7 +80,6 @@ LABEL {labels}
 
 _facts_cache: dict[str, ImageFacts] = {}
 _facts_lock = threading.Lock()
-_thread_lock = threading.Lock()
 _PROBE = (
     "import sys,platform;print('%d.%d.%d'%sys.version_info[:3]);print(*platform.libc_ver());"
     "print(open('/opt/enclave/requirements.txt').read())"
@@ -113,27 +111,6 @@ def image_facts(client: DockerClient | None, image: str) -> ImageFacts:
     return facts
 
 
-@contextlib.contextmanager
-def _derived_lock(report: Progress) -> Iterator[None]:
-    """One derived build at a time per cache dir (threads and processes); kernel image
-    builds hold a lock of their own, so a derived build never waits behind one."""
-    with _thread_lock:
-        import fcntl
-
-        directory = cache_dir()
-        directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / "derived.lock", "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                report("waiting for another enclave-tools process to finish a derived image")
-                fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def derived_tag(base_id: str, requirements: Sequence[str]) -> str:
     """``enclave-tools/kernel-derived:<12 hex>`` of the base image's id and the requirements."""
     key = json.dumps({"base": base_id, "requirements": sorted(requirements)}).encode()
@@ -161,7 +138,7 @@ def ensure_derived(
     image = find_image(client, tag)
     if image is not None:
         return str(image.id)
-    with _derived_lock(report):
+    with cache_lock("derived", "a derived image", report):  # never behind a kernel build
         image = find_image(client, tag)
         if image is not None:
             return str(image.id)
