@@ -237,6 +237,26 @@ def test_gc_removes_what_expired_and_keeps_what_runs(kept, docker_engine) -> Non
         ended.close()
 
 
+def _connect_as_nobody(sandbox_id: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``Sandbox.connect(sandbox_id)`` run as uid 65534."""
+    return subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            f"from enclave_tools import Sandbox\nSandbox.connect({sandbox_id!r})",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT,
+    )
+
+
 def test_the_record_is_private_and_another_user_is_refused(kept, docker_engine, tmp_path) -> None:
     config, children = kept
     sb = Sandbox(config, keep_alive="5m")
@@ -251,22 +271,13 @@ def test_the_record_is_private_and_another_user_is_refused(kept, docker_engine, 
         assert token not in docker_engine.api.logs(container.id).decode("utf-8", "replace")
         sb.detach()
         if os.getuid() == 0:  # a real other user: uid 65534 with this user's state directory
-            done = subprocess.run(
-                [
-                    "setpriv",
-                    "--reuid=65534",
-                    "--regid=65534",
-                    "--clear-groups",
-                    sys.executable,
-                    "-c",
-                    f"from enclave_tools import Sandbox\nSandbox.connect({sb.id!r})",
-                ],
-                cwd=ROOT,
-                env=children.env,
-                capture_output=True,
-                text=True,
-                timeout=CHILD_TIMEOUT,
-            )
+            # The checkout may sit in a private directory (mktemp -d): let that user read the code.
+            mode = ROOT.stat().st_mode & 0o7777
+            ROOT.chmod(mode | 0o005)
+            try:
+                done = _connect_as_nobody(sb.id, children.env)
+            finally:
+                ROOT.chmod(mode)
             assert done.returncode != 0
             assert "SandboxAccessDenied" in done.stderr and "another user" in done.stderr, done.stderr[-2000:]
             assert token not in done.stderr
