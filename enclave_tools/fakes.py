@@ -15,6 +15,7 @@ import base64
 import inspect
 from typing import Any
 
+from enclave_tools.config import SandboxConfig
 from enclave_tools.errors import EnclaveError
 from enclave_tools.execution import Execution, ExecutionError, Result
 from enclave_tools.live import events_from_execution
@@ -50,10 +51,15 @@ def failed() -> Execution:
 class FakeSandbox(Sandbox):
     """A Sandbox that never touches Docker: ``run``/``arun`` check their arguments as a
     real sandbox does, record the call and answer with ``answer`` (an Execution, or an
-    EnclaveError to raise)."""
+    EnclaveError to raise). ``config`` is the settings it claims to have."""
 
-    def __init__(self, answer: Execution | EnclaveError | None = None, *_ignored: object) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        answer: Execution | EnclaveError | None = None,
+        *_ignored: object,
+        config: SandboxConfig | None = None,
+    ) -> None:
+        super().__init__(config)
         self.answer = answer if answer is not None else printed("ok\n")
         self.calls: list[tuple[str, str, float | None]] = []
         self.closed = False

@@ -95,6 +95,11 @@ class SandboxSessions:
                 self._worker.start()
         return self
 
+    @property
+    def config(self) -> SandboxConfig:
+        """The settings every session's sandbox is made with."""
+        return self._config
+
     def get(self, key: str) -> Sandbox:
         """The sandbox of session ``key``: its own if it has one, else a warm one, else new.
         A session retired for idleness gets its own sandbox back: its next result says

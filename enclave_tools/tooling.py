@@ -155,6 +155,15 @@ class ToolSandboxes:
                 self._own = Sandbox(self.config)
             return self._own
 
+    def describe(self) -> str:
+        """The tool's description for the sandboxes calls run in (:func:`describe_tool` of
+        the sessions', the shared sandbox's or the given config)."""
+        if self.sessions is not None:
+            return describe_tool(self.sessions.config)
+        if self.sandbox is not None:
+            return describe_tool(self.sandbox.config)
+        return describe_tool(self.config)
+
     def close(self) -> None:
         """Close the sandbox made here, if any; a later call makes a fresh one."""
         if own := self._take_own():

@@ -34,10 +34,10 @@ from enclave_tools.execution import Execution
 from enclave_tools.sandbox import Sandbox
 from enclave_tools.sessions import SandboxSessions
 from enclave_tools.tooling import (
-    TOOL_DESCRIPTION,
     TOOL_NAME,
     NotebookInput,
     describe_failure,
+    describe_tool,
     model_text,
 )
 
@@ -173,7 +173,7 @@ def build_server(notebooks: NotebookServer, **settings: Any) -> FastMCP:
 
     @server.tool(
         name=TOOL_NAME,
-        description=TOOL_DESCRIPTION,
+        description=describe_tool(notebooks.sessions.config),
         annotations=ToolAnnotations(title="Python notebook", openWorldHint=False),
         structured_output=False,
     )

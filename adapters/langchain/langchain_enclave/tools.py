@@ -14,7 +14,7 @@ from langchain_core.callbacks import (
 from langchain_core.callbacks.manager import adispatch_custom_event, dispatch_custom_event
 from langchain_core.runnables import RunnableConfig, ensure_config
 from langchain_core.tools import BaseTool, ToolException
-from pydantic import BaseModel, PrivateAttr, ValidationError
+from pydantic import BaseModel, PrivateAttr, ValidationError, model_validator
 
 from enclave_tools import (
     EnclaveError,
@@ -140,6 +140,14 @@ class EnclaveNotebookTool(BaseTool):
         if self._sandboxes is None:
             self._sandboxes = ToolSandboxes(self.sandbox, self.sessions, self.sandbox_config)
         return self._sandboxes
+
+    @model_validator(mode="after")
+    def _describe_its_sandbox(self) -> EnclaveNotebookTool:
+        """Unless a description is given, say what the tool's sandboxes have installed and
+        whether the model may install more (the sandbox's config, not the defaults)."""
+        if "description" not in self.model_fields_set:
+            self.description = self.sandboxes.describe()
+        return self
 
     def _run(
         self,

@@ -8,7 +8,7 @@ import pytest
 from langchain_core.messages import ToolMessage
 
 import enclave_tools.tooling as tooling_module
-from enclave_tools import Execution, InvalidInput, SandboxDied, SandboxSessions
+from enclave_tools import Execution, InvalidInput, SandboxConfig, SandboxDied, SandboxSessions
 from enclave_tools.fakes import PNG, FakeSandbox, failed, plotted, printed
 from langchain_enclave import EnclaveNotebookTool
 
@@ -41,6 +41,16 @@ def test_schema_and_description() -> None:
         assert phrase in tool.description
     assert tool.name == "notebook_executor"
     assert tool.handle_tool_error is True
+
+
+def test_description_says_what_its_sandbox_has() -> None:
+    config = SandboxConfig(packages=["polars==1.0.0"], install_policy="any")
+    tool = EnclaveNotebookTool(sandbox_config=config)
+    assert "polars==1.0.0" in tool.description and "pip install" in tool.description
+    assert tool.description != EnclaveNotebookTool().description
+    shared = EnclaveNotebookTool(sandbox=FakeSandbox(config=config))
+    assert shared.description == tool.description
+    assert EnclaveNotebookTool(sandbox_config=config, description="mine").description == "mine"
 
 
 def test_invoke_with_args_returns_text() -> None:

@@ -8,7 +8,7 @@ from llama_index.core.tools import FunctionTool
 from llama_index.core.tools.tool_spec.base import BaseToolSpec
 
 import enclave_tools.tooling as tooling_module
-from enclave_tools import Execution, InvalidInput, SandboxDied, SandboxSessions
+from enclave_tools import Execution, InvalidInput, SandboxConfig, SandboxDied, SandboxSessions
 from enclave_tools.fakes import PNG, FakeSandbox, failed, plotted, printed
 from llama_index.tools.enclave import EnclaveNotebookToolSpec
 
@@ -42,6 +42,15 @@ def test_one_tool_with_sync_and_async_functions() -> None:
     tool.metadata.to_openai_tool()  # description within OpenAI's 1024 characters
     for phrase in ("persist", "numpy", "pandas", "matplotlib", "plt.show()", "network", "input()"):
         assert phrase in tool.metadata.description
+
+
+def test_description_says_what_its_sandbox_has() -> None:
+    config = SandboxConfig(packages=["polars==1.0.0"], install_policy="any")
+    (tool,) = EnclaveNotebookToolSpec(sandbox_config=config).to_tool_list()
+    assert "polars==1.0.0" in tool.metadata.description
+    (default,) = EnclaveNotebookToolSpec().to_tool_list()
+    assert tool.metadata.description != default.metadata.description
+    tool.metadata.to_openai_tool()  # still within OpenAI's 1024 characters
 
 
 def test_constructing_starts_nothing(monkeypatch: pytest.MonkeyPatch) -> None:

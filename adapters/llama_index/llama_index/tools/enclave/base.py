@@ -21,7 +21,6 @@ from enclave_tools import (
 from enclave_tools.images import DEFAULT_IMAGE_MAX_SIDE, fit_image
 from enclave_tools.live import OutputEvent
 from enclave_tools.tooling import (
-    TOOL_DESCRIPTION,
     TOOL_FAILURES,
     TOOL_NAME,
     NotebookInput,
@@ -201,7 +200,7 @@ class EnclaveNotebookToolSpec(BaseToolSpec):
         tool's ``ToolMetadata`` under the key ``"notebook_executor"``.
         """
         metadata = (func_to_metadata_mapping or {}).get(TOOL_NAME) or ToolMetadata(
-            name=TOOL_NAME, description=TOOL_DESCRIPTION, fn_schema=NotebookInput
+            name=TOOL_NAME, description=self.sandboxes.describe(), fn_schema=NotebookInput
         )
         fn: Callable[..., Execution] | None
         async_fn: Callable[..., Awaitable[Execution]]
