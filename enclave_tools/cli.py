@@ -86,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
     build.set_defaults(func=_image_build)
     image_ls = image_commands.add_parser("ls", help="list enclave-tools images")
     image_ls.set_defaults(func=_image_ls)
+    prune = image_commands.add_parser(
+        "prune",
+        help="remove kernel images of older recipes and the derived images built on them "
+        "(never the current one, the Debian base, or an image a container uses)",
+    )
+    prune.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    prune.set_defaults(func=_image_prune)
 
     def image_usage(_args: argparse.Namespace) -> int:
         image.print_help()
@@ -181,6 +188,20 @@ def _image_ls(_args: argparse.Namespace) -> int:
 
     rows = list_images(docker_client())
     _table(["TAG", "ID", "SIZE", "CREATED"], [[r["tag"], r["id"], r["size"], r["created"]] for r in rows])
+    return EXIT_OK
+
+
+def _image_prune(args: argparse.Namespace) -> int:
+    from enclave_tools._docker import docker_client
+    from enclave_tools.image.prune import prune_images
+
+    verb = "would remove" if args.dry_run else "removed"
+    pruned = prune_images(docker_client(), dry_run=args.dry_run)
+    for tag in pruned.removed:
+        print(f"{verb} {safe(tag)}")
+    for tag in pruned.in_use:
+        print(f"kept {safe(tag)}: a container uses it")
+    print(f"{len(pruned.removed)} image tag(s) {verb}")
     return EXIT_OK
 
 

@@ -103,6 +103,22 @@ def test_image_ls_shows_the_kernel_image(kernel_image):
     assert "enclave-tools/kernel:" in listing.stdout
 
 
+def test_image_prune_lists_older_recipes_never_the_current_one(kernel_image, docker_engine):
+    from enclave_tools.image import default_image
+
+    old = "enclave-tools/kernel:000000000000"  # as a recipe change leaves one behind
+    docker_engine.api.tag(kernel_image, *old.split(":"))
+    try:
+        listing = _cli("image", "prune", "--dry-run")  # dry: other images here are not ours to remove
+        assert listing.returncode == 0, listing.stderr
+        assert f"would remove {old}" in listing.stdout
+        assert default_image() not in listing.stdout
+        assert "enclave-tools/base:" not in listing.stdout
+    finally:
+        docker_engine.images.remove(old)
+    assert docker_engine.images.get(kernel_image)  # untagging the alias left the image
+
+
 def test_ctrl_c_in_run_interrupts_the_cell_and_keeps_the_session(kernel_image, docker_engine, tmp_path):
     """As in IPython: SIGINT while a cell runs interrupts that cell; the prompt, the
     sandbox and its variables live on."""

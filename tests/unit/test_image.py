@@ -448,3 +448,84 @@ def test_only_untagged_stage_images_are_removed():
     client = type("Client", (), {"images": Images()})()
     build._remove_stages(client, ["aaa", "bbb"], lambda _line: None)
     assert removed == ["aaa"]
+
+
+# --- pruning images of older recipes ---------------------------------------------------
+
+
+class _PruneImage:
+    def __init__(self, image_id: str, tags: list[str], labels: dict[str, str] | None = None) -> None:
+        self.id, self.tags, self.labels = image_id, tags, labels or {}
+
+
+class _PruneImages:
+    """docker-py's ImageCollection as prune uses it: list, and remove by tag (untag; 409 when
+    a container uses the image, as the engine answers)."""
+
+    def __init__(self, images: list[_PruneImage], in_use: set[str]) -> None:
+        self.images, self.in_use, self.removed = images, in_use, []
+
+    def list(self):
+        return [i for i in self.images if i.tags]
+
+    def remove(self, tag: str, noprune: bool = False) -> None:
+        import docker.errors
+
+        image = next(i for i in self.images if tag in i.tags)
+        if image.id in self.in_use and len(image.tags) == 1:
+            response = type("Response", (), {"status_code": 409, "reason": "Conflict", "url": ""})()
+            raise docker.errors.APIError("conflict: unable to remove repository reference", response)
+        image.tags.remove(tag)
+        self.removed.append(tag)
+
+
+def test_prune_removes_older_recipes_and_what_was_built_on_them(monkeypatch):
+    from enclave_tools.image import prune
+
+    monkeypatch.setattr(prune, "default_image", lambda: "enclave-tools/kernel:new")
+    images = _PruneImages(
+        [
+            _PruneImage("sha256:new", ["enclave-tools/kernel:new"]),
+            _PruneImage("sha256:old", ["enclave-tools/kernel:old"]),
+            _PruneImage("sha256:used", ["enclave-tools/kernel:used"]),
+            _PruneImage(
+                "sha256:d-new", ["enclave-tools/kernel-derived:a"], {prune.LABEL_DERIVED_FROM: "sha256:new"}
+            ),
+            _PruneImage(
+                "sha256:d-old", ["enclave-tools/kernel-derived:b"], {prune.LABEL_DERIVED_FROM: "sha256:old"}
+            ),
+            _PruneImage(
+                "sha256:d-gone", ["enclave-tools/kernel-derived:c"], {prune.LABEL_DERIVED_FROM: "sha256:x"}
+            ),
+            _PruneImage(
+                "sha256:mine", ["mine:1", "enclave-tools/kernel-derived:d"]
+            ),  # --from mine, nothing added
+            _PruneImage(
+                "sha256:d-mine", ["enclave-tools/kernel-derived:e"], {prune.LABEL_DERIVED_FROM: "sha256:mine"}
+            ),
+            _PruneImage("sha256:base", ["enclave-tools/base:bookworm"]),
+        ],
+        in_use={"sha256:used"},
+    )
+    client = type("Client", (), {"images": images})()
+    assert prune.stale_tags(client) == [
+        "enclave-tools/kernel-derived:b",
+        "enclave-tools/kernel-derived:c",
+        "enclave-tools/kernel:old",
+        "enclave-tools/kernel:used",
+    ]
+    assert prune.prune_images(client, dry_run=True).removed == prune.stale_tags(client)
+    assert images.removed == []
+    seen: list[str] = []
+    pruned = prune.prune_images(client, on_removed=seen.append)
+    assert pruned.in_use == ["enclave-tools/kernel:used"]
+    assert (
+        pruned.removed
+        == seen
+        == [
+            "enclave-tools/kernel-derived:b",
+            "enclave-tools/kernel-derived:c",
+            "enclave-tools/kernel:old",
+        ]
+    )
+    assert prune.stale_tags(client) == ["enclave-tools/kernel:used"]
