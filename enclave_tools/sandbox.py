@@ -59,21 +59,13 @@ from enclave_tools.packages import ImageFacts, LiveInstaller, PackageError, spli
 from enclave_tools.transport import CONNECT_ERRORS, GatewayHTTP
 from enclave_tools.turns import WORKERS, Turn, TurnQueue, async_twin, off_loop
 
-__all__ = [
-    "CLOSE_TIMEOUT",
-    "STATE_LOST",
-    "Sandbox",
-    "check_code",
-    "check_timeout",
-    "check_wait",
-    "close_sandboxes",
-]
+__all__ = ["CLOSE_TIMEOUT", "Sandbox", "close_sandboxes"]
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 _live: weakref.WeakSet[Sandbox] = weakref.WeakSet()
-_CONNECT_ERRORS = CONNECT_ERRORS  # every one a GatewayError too, or an OSError
+_CONNECT_ERRORS = CONNECT_ERRORS
 
 CLOSE_TIMEOUT = 10.0
 """Seconds :meth:`Sandbox.close` takes at most (plus the engine's own time to remove the
