@@ -15,11 +15,12 @@ import base64
 import inspect
 from typing import Any
 
+from enclave_tools.checks import check_code, check_timeout
 from enclave_tools.config import SandboxConfig
 from enclave_tools.errors import EnclaveError
 from enclave_tools.execution import Execution, ExecutionError, Result
 from enclave_tools.live import events_from_execution
-from enclave_tools.sandbox import Sandbox, check_code, check_timeout
+from enclave_tools.sandbox import Sandbox
 
 __all__ = ["PNG", "FakeSandbox", "failed", "plotted", "printed"]
 

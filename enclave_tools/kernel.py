@@ -4,6 +4,11 @@ A background reader thread owns the websocket: it answers the gateway's pings (s
 idle sandbox stays connected), decodes frames and hands each message to the call it
 belongs to, by parent ``msg_id``. Server status messages with no parent (``restarting``,
 ``dead``) end every call in flight at once, as does a closed socket.
+
+:meth:`KernelClient.run` is one cell from its caller's side: send it, wait until it is done,
+its deadline passes or its caller cancels, interrupt it if it has not ended, and let go of
+the call. What to do about a cell that did not stop is the sandbox's business
+(:mod:`enclave_tools.escalation`).
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from enclave_tools.errors import (
     EnclaveError,
@@ -33,11 +39,11 @@ from enclave_tools.protocol import (
     new_message,
     parent_id,
 )
-from enclave_tools.transport import GatewayHTTP
+from enclave_tools.transport import CONNECT_ERRORS, GatewayHTTP
 from enclave_tools.wire import Deadline
 from enclave_tools.wire import websocket as wire_ws
 
-__all__ = ["MAX_CODE_BYTES", "REPLY_GRACE", "KernelClient"]
+__all__ = ["INTERRUPT_TIMEOUT", "MAX_CODE_BYTES", "REPLY_GRACE", "Caller", "KernelClient", "Run"]
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +60,41 @@ an interrupt lands just as the code ends."""
 SEND_TIMEOUT = 10.0
 """Seconds one request may take to send before the connection counts as broken."""
 
+INTERRUPT_TIMEOUT = 5.0
+"""Seconds an interrupt request may take."""
+
+CANCEL_POLL = 0.1
+"""How often a running call looks whether its caller cancelled it."""
+
 
 HANDSHAKE_FIRST_WAIT = 0.05
 """Seconds the handshake's first kernel_info request waits before another is sent (each
 later one waits twice as long, up to 2 s)."""
+
+
+class Caller(Protocol):
+    """The caller's side of one run (a :class:`~enclave_tools.turns.Turn` is one)."""
+
+    sent: bool
+    """Set once the code has gone to the kernel."""
+    cancelled: bool
+    """Set by the caller when it gives up; looked at every :data:`CANCEL_POLL` seconds."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """How one :meth:`KernelClient.run` went, as far as the kernel client knows."""
+
+    call: ExecuteCall
+    """The call, no longer routed: what it collected is all it will have."""
+    overran: bool = False
+    """It had not ended at its deadline or when its caller cancelled, so it was interrupted."""
+    cancelled: bool = False
+    """Its caller had cancelled when it was interrupted (else the deadline had passed)."""
+    answered: bool = True
+    """The gateway took the interrupt."""
+    stopped: bool = True
+    """The call is over: done, or its ``idle`` status came."""
 
 
 class KernelClient:
@@ -227,6 +264,58 @@ class KernelClient:
         return self._request(
             "execute_request", content, capture_limit, output_limit, listener=listener, **limits
         )
+
+    def run(
+        self,
+        code: str,
+        timeout: float,
+        caller: Caller,
+        *,
+        interrupt_grace: float,
+        capture_limit: int,
+        output_limit: int,
+        rich_limit: int | None = None,
+        listener: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Run:
+        """Run ``code`` (see :meth:`execute`) until it is done, ``timeout`` seconds pass or
+        ``caller`` cancels. A call that has not ended by then is interrupted and gets
+        ``interrupt_grace`` seconds to stop; a gateway that refuses the interrupt is not
+        asked again. Either way the call is let go of before this returns."""
+        call = self.execute(
+            code,
+            capture_limit=capture_limit,
+            output_limit=output_limit,
+            rich_limit=rich_limit,
+            listener=listener,
+        )
+        caller.sent = True
+        try:
+            if self._ends_in_time(call, timeout, caller):
+                return Run(call)
+            cancelled = caller.cancelled
+            try:
+                self.interrupt(timeout=INTERRUPT_TIMEOUT)
+                answered = True
+            except CONNECT_ERRORS as exc:
+                log.debug("interrupt failed: %s", exc)
+                answered = False
+            stopped = (answered and self.wait(call, interrupt_grace)) or call.idle  # idle: it is over
+            return Run(call, overran=True, cancelled=cancelled, answered=answered, stopped=stopped)
+        finally:
+            self.forget(call)
+            call.released_at = time.monotonic()
+
+    def _ends_in_time(self, call: ExecuteCall, timeout: float, caller: Caller) -> bool:
+        """Whether ``call`` ends before ``timeout`` seconds pass or ``caller`` cancels."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if self.wait(call, max(min(left, CANCEL_POLL), 0.0)):
+                return True
+            if caller.cancelled:
+                return False
+            if left <= CANCEL_POLL:
+                return call.idle  # idle came: the cell is over, whatever became of its reply
 
     def _request(
         self,

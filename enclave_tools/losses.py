@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from enclave_tools.execution import Execution
 from enclave_tools.turns import Turn
 
-__all__ = ["Loss", "LossLog"]
+__all__ = ["STATE_LOST", "Loss", "LossLog"]
+
+STATE_LOST = (
+    "All variables, imports and loaded data from earlier runs are gone; "
+    "re-run any setup code before continuing"
+)
+"""What every note of a loss ends with: what is gone and what to do."""
 
 
 @dataclass(eq=False)

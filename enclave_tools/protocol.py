@@ -19,11 +19,19 @@ import re
 import struct
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from enclave_tools.execution import RICH_LIMIT, Execution, OutputLog, Result, Status, error_from_content
+from enclave_tools.execution import (
+    RICH_LIMIT,
+    Execution,
+    ExecutionError,
+    OutputLog,
+    Result,
+    Status,
+    error_from_content,
+)
 
 __all__ = [
     "ExecuteCall",
@@ -206,6 +214,7 @@ class ExecuteCall:
         self.error_content: dict[str, Any] | None = None
         self.execution_count: int | None = None
         self.ended: str | None = None  # why it ended early: "kernel_died", "disconnected", ...
+        self.released_at: float | None = None  # time.monotonic() when the client let go of it
 
     @property
     def done(self) -> bool:
@@ -270,37 +279,48 @@ class ExecuteCall:
         if not self.done:
             self.ended = reason
 
-    def execution(self) -> Execution:
-        """The :class:`Execution` for what has arrived so far."""
+    def execution(
+        self,
+        status: Status | None = None,
+        error: ExecutionError | None = None,
+        notes: Sequence[str] = (),
+        state_lost: bool = False,
+    ) -> Execution:
+        """The :class:`Execution` for what has arrived so far. ``status`` and ``error``, when
+        given, say how the run ended instead of its reply (a time limit, a dead kernel);
+        ``notes`` follow the call's own. Its duration ends when the client let go of the
+        call (:attr:`released_at`), or now."""
         transcript, stdout, stderr = self.log.finish()
-        error = None
-        status: Status = "ok"
-        reply = self.reply or {}
-        if self.error_content is not None:
-            error = error_from_content(self.error_content)
-        elif reply.get("status") == "error":
-            error = error_from_content(reply)
-        if error is not None:
-            status = "error"
-        elif reply.get("status") == "aborted":
-            status = "error"
-            error = error_from_content(
-                {"ename": "Aborted", "evalue": "the kernel skipped this code after an earlier error"}
-            )
-        execution = Execution(
-            status=status,
+        own_status, own_error = self._ending()
+        own_notes = []
+        if self.log.dropped:
+            own_notes.append(f"{self.log.dropped:,} characters of output were dropped to bound memory")
+        rich_note = self.log.rich_note()
+        if rich_note:
+            own_notes.append(rich_note)
+        return Execution(
+            status=own_status if status is None else status,
             stdout=stdout,
             stderr=stderr,
             results=list(self.log.results),
-            error=error,
+            error=own_error if status is None else error,
             execution_count=self.execution_count,
-            duration=time.monotonic() - self.started,
+            duration=(self.released_at or time.monotonic()) - self.started,
+            state_lost=state_lost,
+            notes=[*own_notes, *notes],
             output_limit=self.output_limit,
             _transcript=transcript,
         )
-        if self.log.dropped:
-            execution.notes.append(f"{self.log.dropped:,} characters of output were dropped to bound memory")
-        rich_note = self.log.rich_note()
-        if rich_note:
-            execution.notes.append(rich_note)
-        return execution
+
+    def _ending(self) -> tuple[Status, ExecutionError | None]:
+        """The status and error the call's own messages say."""
+        reply = self.reply or {}
+        if self.error_content is not None:
+            return "error", error_from_content(self.error_content)
+        if reply.get("status") == "error":
+            return "error", error_from_content(reply)
+        if reply.get("status") == "aborted":
+            return "error", error_from_content(
+                {"ename": "Aborted", "evalue": "the kernel skipped this code after an earlier error"}
+            )
+        return "ok", None

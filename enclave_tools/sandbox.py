@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from enclave_tools import registry
 from enclave_tools.backends.base import Backend, SandboxHandle
 from enclave_tools.backends.docker import SESSION, DockerBackend
+from enclave_tools.checks import check_code, check_timeout, check_wait
 from enclave_tools.config import SandboxConfig, seconds_in, size_in_bytes
 from enclave_tools.errors import (
     EnclaveError,
@@ -40,10 +41,11 @@ from enclave_tools.errors import (
     SandboxGone,
     SandboxStartFailed,
 )
-from enclave_tools.execution import Execution, ExecutionError, for_model
+from enclave_tools.escalation import Outcome, run_cell
+from enclave_tools.execution import Execution, for_model
 from enclave_tools.files import download_to, read_bytes, upload_from
 from enclave_tools.history import RunHistory
-from enclave_tools.kernel import KernelClient
+from enclave_tools.kernel import INTERRUPT_TIMEOUT, KernelClient
 from enclave_tools.live import (
     AsyncLiveStream,
     LiveFeed,
@@ -52,10 +54,9 @@ from enclave_tools.live import (
     ThreadDelivery,
     deliver_async,
 )
-from enclave_tools.losses import LossLog
+from enclave_tools.losses import STATE_LOST, LossLog
 from enclave_tools.packages import ImageFacts, LiveInstaller, PackageError, split_cell
-from enclave_tools.protocol import ExecuteCall, loads_bounded
-from enclave_tools.transport import GatewayHTTP
+from enclave_tools.transport import CONNECT_ERRORS, GatewayHTTP
 from enclave_tools.turns import WORKERS, Turn, TurnQueue, async_twin, off_loop
 
 __all__ = ["CLOSE_TIMEOUT", "Sandbox", "close_sandboxes"]
@@ -64,22 +65,13 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 _live: weakref.WeakSet[Sandbox] = weakref.WeakSet()
-_CONNECT_ERRORS = (ConnectionError, FileNotFoundError, OSError, GatewayError)
+_CONNECT_ERRORS = CONNECT_ERRORS
 
 CLOSE_TIMEOUT = 10.0
 """Seconds :meth:`Sandbox.close` takes at most (plus the engine's own time to remove the
 container), even with a cell running and a gateway that answers nothing."""
 CLOSE_GRACE = 2.0
 """Seconds a running cell gets to stop after close's interrupt, before its connection is cut."""
-INTERRUPT_TIMEOUT = 5.0
-"""Seconds an interrupt request may take."""
-_POLL = 0.1
-"""How often a running call looks whether its caller cancelled it."""
-
-STATE_LOST = (
-    "All variables, imports and loaded data from earlier runs are gone; "
-    "re-run any setup code before continuing"
-)
 
 
 class Sandbox:
@@ -339,7 +331,7 @@ class Sandbox:
         try:
             return await off_loop(self._run_turn_fed, turn, code, seconds, feed)
         except asyncio.CancelledError:
-            self._losses.cancel(turn)  # the running call sees this within _POLL s
+            self._losses.cancel(turn)  # the running call sees this within CANCEL_POLL s
             raise
 
     def _run_turn_fed(self, turn: Turn, code: str, seconds: float, feed: LiveFeed | None) -> Execution:
@@ -361,7 +353,7 @@ class Sandbox:
         try:
             self._check_open()
             if turn.cancelled:
-                return _cancelled(sent=False)
+                return Outcome("cancelled").execution()
             if self._handle is None:
                 self._start_container()
             execution = self._execute_cell(turn, code, seconds, feed)
@@ -385,12 +377,12 @@ class Sandbox:
         :mod:`enclave_tools.packages`); a cell without any runs as it is."""
         cell = split_cell(code)
         if not cell.has_pip:
-            return self._execute(turn, code, seconds, feed)
+            return run_cell(self, turn, code, seconds, feed)
         target = _InstallTarget(self, turn, seconds)
         done = self._installer.handle(cell, target, self.config.output_limit)
         if done is not None:
             return done
-        return self._installer.note(self._execute(turn, cell.rest, seconds, feed))
+        return self._installer.note(run_cell(self, turn, cell.rest, seconds, feed))
 
     def interrupt(self) -> None:
         """Interrupt the code running now (as Ctrl-C would); variables are kept. It goes
@@ -658,186 +650,7 @@ class Sandbox:
 
         WORKERS.submit(send)
 
-    # -- one run -------------------------------------------------------------------------
-
-    def _execute(self, turn: Turn, code: str, timeout: float, feed: LiveFeed | None = None) -> Execution:
-        kernel = self._live_kernel()
-        if not kernel.connected:
-            self._reconnect(turn)
-        if turn.cancelled:
-            return _cancelled(sent=False)
-        call = kernel.execute(
-            code,
-            capture_limit=self.config.capture_limit,
-            output_limit=self.config.output_limit,
-            rich_limit=self.config.result_limit,
-            **({} if feed is None else {"listener": feed.offer}),  # live output
-        )
-        turn.sent = True
-        try:
-            outcome = self._wait_for(turn, kernel, call, timeout)
-            if outcome == "done":
-                return self._finished(turn, call)
-            return self._stop(turn, kernel, call, timeout)
-        finally:
-            kernel.forget(call)
-
-    def _wait_for(self, turn: Turn, kernel: KernelClient, call: ExecuteCall, timeout: float) -> str:
-        """``done``, ``cancelled`` (the caller gave up) or ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if kernel.wait(call, max(min(left, _POLL), 0.0)):
-                return "done"
-            if turn.cancelled:
-                return "cancelled"
-            if left <= _POLL:
-                return "done" if call.idle else "timeout"  # idle came: the cell is over
-
-    def _finished(self, turn: Turn, call: ExecuteCall) -> Execution:
-        if call.ended is None:
-            execution = call.execution()
-            if self._closed:
-                execution.notes.append("The sandbox was closed while this code ran.")
-            return execution
-        if call.ended == "kernel_died":
-            return self._kernel_died(turn, call)
-        return self._connection_lost(turn, call)
-
-    def _stop(self, turn: Turn, kernel: KernelClient, call: ExecuteCall, timeout: float) -> Execution:
-        """Interrupt a run that timed out or was cancelled; escalate if it will not stop."""
-        cancelled = turn.cancelled
-        grace = self.config.interrupt_grace
-        try:
-            kernel.interrupt(timeout=INTERRUPT_TIMEOUT)
-            answered = True
-        except (GatewayError, *_CONNECT_ERRORS) as exc:
-            log.debug("interrupt failed: %s", exc)
-            answered = False  # a gateway that cannot take an interrupt cannot restart either
-        stopped = (answered and kernel.wait(call, grace)) or call.idle  # idle: the cell is over
-        if stopped and call.ended:
-            return self._finished(turn, call)
-        why = "it was cancelled" if cancelled else f"it ran longer than {timeout:g} s (the time limit)"
-        execution = call.execution()
-        execution.status = "error" if cancelled else "timeout"
-        name = "Cancelled" if cancelled else "Timeout"
-        if stopped:
-            execution.error = ExecutionError(name, f"the code was interrupted because {why}", "")
-            execution.notes.append(
-                f"Stopped with an interrupt because {why}. Variables from earlier runs are "
-                "kept; anything this run had not finished is not."
-            )
-            return execution
-        if self._closed:
-            raise self._closed_error("while this code ran")
-        if answered:
-            how, ignored = self._escalate(kernel), "the code ignored the interrupt"
-        else:
-            how, ignored = self._drop_unresponsive(), "the gateway did not answer the interrupt"
-        execution.state_lost = True
-        execution.error = ExecutionError(name, f"{why} and {ignored}", "")
-        execution.notes.append(f"Stopped because {why}: {ignored}, so {how}. {STATE_LOST}.")
-        self._losses.record(f"In an earlier run {ignored}, so {how}. {STATE_LOST}.", witness=turn)
-        return execution
-
-    def _escalate(self, kernel: KernelClient) -> str:
-        """Restart the kernel, or replace the container if that fails; say which."""
-        try:
-            kernel.restart(timeout=self.config.startup_timeout)
-            return "the kernel was restarted"
-        except (GatewayError, *_CONNECT_ERRORS) as exc:
-            if self._closed:
-                raise self._closed_error("while this code ran") from exc
-            log.debug("restart failed (%s); replacing the container", exc)
-            self._replace_container()
-            return "the sandbox was replaced with a new one"
-
-    def _drop_unresponsive(self) -> str:
-        """Remove a sandbox whose gateway does not answer (stopped, stuck or hostile); the
-        next run starts a new one. Say so."""
-        self._stop_container()
-        return "the sandbox, whose gateway did not answer, was removed; the next run starts a new one"
-
-    def _kernel_died(self, turn: Turn, call: ExecuteCall) -> Execution:
-        execution = call.execution()
-        execution.status = "kernel_died"
-        execution.state_lost = True
-        cause = self._death_cause()
-        execution.error = ExecutionError("KernelDied", f"the kernel died while running this code{cause}", "")
-        execution.notes.append(f"The Python kernel died{cause} and was restarted. {STATE_LOST}.")
-        self._losses.record(
-            f"The Python kernel died{cause} during an earlier run and was restarted. {STATE_LOST}.",
-            witness=turn,
-        )
-        self._recover_kernel(turn)
-        return execution
-
-    def _death_cause(self) -> str:
-        http = self._http
-        try:
-            if http is None:
-                raise OSError("closed")
-            status, data = http.request("GET", "/api/enclave/info", timeout=5)
-            kills = int(loads_bounded(data).get("oom_kills") or 0) if status == 200 else 0
-        except (
-            GatewayError,
-            OSError,
-            ValueError,
-            AttributeError,
-            TypeError,
-            ArithmeticError,
-            RecursionError,
-        ):
-            kills = self._oom_kills
-        if kills > self._oom_kills:
-            self._oom_kills = kills
-            return f" because it ran out of memory (the limit is {self.config.memory})"
-        return ""
-
-    def _recover_kernel(self, turn: Turn) -> None:
-        """After a kernel death: wait for the gateway's automatic restart, or start a new kernel."""
-        kernel = self._live_kernel()
-        deadline = time.monotonic() + self.config.startup_timeout
-        try:
-            while time.monotonic() < deadline:
-                self._check_open()
-                model = kernel.model()
-                if model is None or model.get("execution_state") == "dead":
-                    kernel.replace(timeout=self.config.startup_timeout)
-                    return
-                if model.get("execution_state") in ("idle", "busy"):
-                    kernel.connect(timeout=self.config.startup_timeout)
-                    return
-                time.sleep(0.05)
-            kernel.replace(timeout=self.config.startup_timeout)
-        except (GatewayError, *_CONNECT_ERRORS) as exc:
-            raise self._died_or(exc, turn) from exc
-
-    def _connection_lost(self, turn: Turn, call: ExecuteCall) -> Execution:
-        if self._closed:
-            raise self._closed_error("while this code ran")
-        handle = self._handle
-        state = self._backend.state(handle) if handle else None
-        if state is None or not state.running:
-            raise self._died(state.describe() if state else "the container was removed")
-        # The container lives: the socket dropped. Reconnect; the run's output may be partial.
-        self._reconnect(turn)
-        execution = call.execution()
-        execution.status = "error"
-        execution.error = ExecutionError(
-            "ConnectionLost", "the connection to the kernel dropped during this run", ""
-        )
-        execution.notes.append(
-            "The connection to the kernel dropped during this run, so its output may be "
-            "incomplete. The kernel and its variables are kept."
-        )
-        return execution
-
-    def _reconnect(self, turn: Turn) -> None:
-        try:
-            self._live_kernel().connect(timeout=self.config.startup_timeout)
-        except (GatewayError, *_CONNECT_ERRORS) as exc:
-            raise self._died_or(exc, turn) from exc
+    # -- what a failure means for the container ---------------------------------------
 
     def _died(self, why: str) -> SandboxDied:
         """Forget the dead container and say so; the next run starts a fresh one."""
@@ -1137,7 +950,7 @@ class _InstallTarget:
 
     def run(self, code: str) -> Execution:
         """Run ``code`` in the kernel, in this turn."""
-        return self.sandbox._execute(self.turn, code, self.seconds, None)
+        return run_cell(self.sandbox, self.turn, code, self.seconds)
 
 
 def _check_packages_supported(config: SandboxConfig, backend: Backend) -> None:
@@ -1149,15 +962,6 @@ def _check_packages_supported(config: SandboxConfig, backend: Backend) -> None:
             f"{getattr(backend, 'name', type(backend).__name__)}: build an image with the "
             "packages (`enclave-tools image build --with PKG`) and give it as `image`."
         )
-
-
-def _cancelled(sent: bool) -> Execution:
-    """The result of a call its caller cancelled (nobody reads it)."""
-    what = "was interrupted" if sent else "never ran"
-    return Execution(
-        status="error",
-        error=ExecutionError("Cancelled", f"the call was cancelled and its code {what}", ""),
-    )
 
 
 def close_sandboxes(sandboxes: Iterable[Sandbox], timeout: float = CLOSE_TIMEOUT) -> None:
@@ -1184,40 +988,6 @@ def close_sandboxes(sandboxes: Iterable[Sandbox], timeout: float = CLOSE_TIMEOUT
     deadline = time.monotonic() + timeout + 5.0  # + the engine's removal
     for finished in done:
         finished.wait(max(deadline - time.monotonic(), 0.0))
-
-
-def check_code(code: Any) -> str:
-    """``code`` if it is runnable text; raises :class:`InvalidInput` otherwise."""
-    if not isinstance(code, str):
-        raise InvalidInput(f"code must be a string of Python, not {type(code).__name__}")
-    if "\0" in code:
-        raise InvalidInput("code contains a NUL byte; remove it")
-    try:
-        code.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidInput(f"code is not valid text (a lone surrogate at position {exc.start})") from exc
-    return code.removeprefix("\ufeff").replace("\r\n", "\n")
-
-
-def check_timeout(timeout: Any, default: float) -> float:
-    """A usable timeout in seconds; raises :class:`InvalidInput` for a bad one."""
-    if timeout is None:
-        return default
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise InvalidInput(f"timeout must be a number of seconds, not {type(timeout).__name__}")
-    if not (0 < timeout <= 24 * 3600) or timeout != timeout:
-        raise InvalidInput(f"timeout must be between 0 and 86400 seconds, not {timeout}")
-    return float(timeout)
-
-
-def check_wait(seconds: Any, name: str) -> float | None:
-    """``seconds`` to wait (0 to a day, or None: no limit); raises :class:`InvalidInput`
-    for anything else (NaN, inf, negative, a string)."""
-    if seconds is None:
-        return None
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 24 * 3600:
-        raise InvalidInput(f"{name} must be a number of seconds from 0 to 86400, not {seconds!r}")
-    return float(seconds)
 
 
 @atexit.register

@@ -20,7 +20,11 @@ from enclave_tools.protocol import loads_bounded
 from enclave_tools.wire import Deadline
 from enclave_tools.wire.http import BODY_LIMIT, HTTPConnection, Response, Sink
 
-__all__ = ["Endpoint", "GatewayHTTP"]
+__all__ = ["CONNECT_ERRORS", "Endpoint", "GatewayHTTP"]
+
+CONNECT_ERRORS = (ConnectionError, FileNotFoundError, OSError, GatewayError)
+"""What a request to a gateway raises when it cannot be made or is refused (every
+:class:`GatewayError`, :class:`GatewayUnreachable` and :class:`GatewayMisbehaved` included)."""
 
 ERROR_TEXT_LIMIT = 65536
 """The most bytes of an error answer read for its reason."""

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from enclave_tools import Execution, ExecutionError, InvalidInput, SandboxConfig
+from enclave_tools.checks import check_code, check_timeout
 from enclave_tools.execution import clean_text, cut_middle
-from enclave_tools.sandbox import check_code, check_timeout
 
 
 def test_clean_text_strips_ansi_and_progress_lines():

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from enclave_tools.kernel import KernelClient
 from enclave_tools.live import LiveFeed, OutputEvent, events_from_message
 from enclave_tools.protocol import ExecuteCall
 from enclave_tools.sandbox import Sandbox
@@ -50,13 +51,13 @@ ERRORED = [
 ]
 
 
-class ReplayKernel:
+class ReplayKernel(KernelClient):
     """Feeds recorded messages to each call on a thread of its own, as the reader does.
     ``hold`` (if set) is waited for before the final messages (idle and reply)."""
 
-    connected = True
-
     def __init__(self, messages: list[dict[str, Any]], hold: threading.Event | None = None) -> None:
+        super().__init__(http=None)  # type: ignore[arg-type]  # nothing goes on the wire
+        self.connected = True
         self.messages = messages
         self.hold = hold
         self.fed = threading.Event()  # every output message has been fed
@@ -84,9 +85,6 @@ class ReplayKernel:
     def wait(self, call: ExecuteCall, timeout: float | None) -> bool:
         self._done.wait(timeout)
         return call.done
-
-    def forget(self, call: ExecuteCall) -> None:
-        pass
 
 
 def sandbox(kernel: ReplayKernel) -> Sandbox:

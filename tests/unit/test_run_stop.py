@@ -1,5 +1,6 @@
-"""How a sandbox stops a run that timed out or was cancelled, against a fake kernel client
-(the boundary): a cell that has finished is never called a runaway."""
+"""How a sandbox stops a run that timed out or was cancelled, against a kernel client whose
+wire is faked (the boundary; KernelClient.run and the escalation are the real code): a cell
+that has finished is never called a runaway. Then each Outcome as the Execution it makes."""
 
 from __future__ import annotations
 
@@ -7,29 +8,37 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from enclave_tools.backends.base import Backend, ContainerState
-from enclave_tools.errors import GatewayMisbehaved
+from enclave_tools.errors import GatewayMisbehaved, GatewayUnreachable
+from enclave_tools.escalation import Outcome, run_cell
 from enclave_tools.execution import Execution
+from enclave_tools.kernel import KernelClient
+from enclave_tools.losses import STATE_LOST
 from enclave_tools.protocol import ExecuteCall
 from enclave_tools.sandbox import Sandbox
 from enclave_tools.turns import Turn
 
 
-class FakeKernel:
+class FakeKernel(KernelClient):
     """A kernel client whose calls end as the test says: ``idle_on`` is when idle comes
-    (never a reply): "never", "start" (at once) or "interrupt"."""
+    (never a reply): "never", "start" (at once) or "interrupt". With ``refuse_interrupt``
+    the gateway does not answer the interrupt."""
 
-    connected = True
-
-    def __init__(self, idle_on: str) -> None:
+    def __init__(self, idle_on: str, refuse_interrupt: bool = False) -> None:
+        super().__init__(http=None)  # type: ignore[arg-type]  # nothing goes on the wire
+        self.connected = True
         self.idle_on = idle_on
+        self.refuse_interrupt = refuse_interrupt
         self.interrupts = 0
         self.restarts = 0
         self.call: ExecuteCall | None = None
         self._event = threading.Event()
 
-    def execute(self, code: str, *, capture_limit: int, output_limit: int, rich_limit: int) -> ExecuteCall:
-        self.call = ExecuteCall("m1", capture_limit, output_limit, rich_limit=rich_limit)
+    def execute(self, code: str, **limits: Any) -> ExecuteCall:
+        limits.pop("listener", None)
+        self.call = ExecuteCall("m1", **limits)
         if self.idle_on == "start":
             self._idle()
         return self.call
@@ -44,14 +53,13 @@ class FakeKernel:
 
     def interrupt(self, timeout: float = 10.0) -> None:
         self.interrupts += 1
+        if self.refuse_interrupt:
+            raise GatewayUnreachable("the gateway did not answer")
         if self.idle_on == "interrupt":
             self._idle()
 
     def restart(self, timeout: float = 30.0) -> None:
         self.restarts += 1
-
-    def forget(self, call: ExecuteCall) -> None:
-        pass
 
 
 def _sandbox(kernel: FakeKernel) -> Sandbox:
@@ -62,14 +70,14 @@ def _sandbox(kernel: FakeKernel) -> Sandbox:
 
 def test_a_cell_that_went_idle_without_a_reply_is_finished_not_a_runaway():
     kernel = FakeKernel(idle_on="start")
-    execution = _sandbox(kernel)._execute(Turn(), "1", 0.3)
+    execution = run_cell(_sandbox(kernel), Turn(), "1", 0.3)
     assert kernel.interrupts == 0 and kernel.restarts == 0
     assert execution.status == "ok" and not execution.state_lost
 
 
 def test_a_cell_that_stops_at_the_interrupt_without_a_reply_keeps_the_kernel():
     kernel = FakeKernel(idle_on="interrupt")
-    execution = _sandbox(kernel)._execute(Turn(), "while True: pass", 0.3)
+    execution = run_cell(_sandbox(kernel), Turn(), "while True: pass", 0.3)
     assert kernel.interrupts == 1 and kernel.restarts == 0
     assert execution.status == "timeout" and not execution.state_lost
     assert "ignored" not in execution.text
@@ -79,7 +87,7 @@ def test_a_cell_that_ignores_the_interrupt_is_restarted_and_says_so():
     kernel = FakeKernel(idle_on="never")
     sb = _sandbox(kernel)
     turn = Turn()
-    execution = sb._execute(turn, "while True: pass", 0.3)
+    execution = run_cell(sb, turn, "while True: pass", 0.3)
     assert kernel.restarts == 1
     assert execution.status == "timeout" and execution.state_lost
     assert "ignored the interrupt" in execution.text
@@ -91,7 +99,7 @@ def test_cancelling_a_running_call_interrupts_it_at_once():
     sb = _sandbox(kernel)
     turn = Turn()
     threading.Timer(0.05, sb._losses.cancel, args=(turn,)).start()
-    execution = sb._execute(turn, "while True: pass", 30)  # ends at the cancel, not at 30 s
+    execution = run_cell(sb, turn, "while True: pass", 30)  # ends at the cancel, not at 30 s
     assert kernel.interrupts == 1 and kernel.restarts == 0
     assert execution.status == "error" and execution.error.name == "Cancelled"
 
@@ -131,3 +139,120 @@ def test_a_misbehaving_gateway_is_replaced_and_the_loss_told_on_the_next_result(
     execution = Execution()
     sb._losses.tell(following, execution, None)
     assert execution.state_lost and "misbehaved" in execution.text
+
+
+def test_a_gateway_that_does_not_answer_the_interrupt_is_removed_not_restarted():
+    backend = RunningBackend()
+    kernel = FakeKernel(idle_on="never", refuse_interrupt=True)
+    sb = Sandbox(backend=backend, interrupt_grace=0.3)
+    sb._handle, sb._kernel = object(), kernel  # type: ignore[assignment]
+    turn = Turn()
+    execution = run_cell(sb, turn, "while True: pass", 0.3)
+    assert kernel.interrupts == 1 and kernel.restarts == 0
+    assert backend.removed and not sb.started  # the next run starts a new container
+    assert execution.status == "timeout" and execution.state_lost
+    assert "the gateway did not answer the interrupt" in execution.text
+    assert turn.witnessed
+
+
+# -- Outcome -> Execution ---------------------------------------------------------------
+
+
+def _msg(kind: str, **content: Any) -> dict[str, Any]:
+    return {"header": {"msg_type": kind}, "parent_header": {"msg_id": "m1"}, "content": content}
+
+
+def _call(*messages: dict[str, Any], capture_limit: int = 1000) -> ExecuteCall:
+    call = ExecuteCall("m1", capture_limit, 8000)
+    for msg in messages:
+        call.feed(msg)
+    return call
+
+
+_INTERRUPTED = _msg("error", ename="KeyboardInterrupt", evalue="", traceback=["KeyboardInterrupt"])
+
+
+def test_a_finished_call_keeps_its_own_status_error_and_notes():
+    call = _call(
+        _msg("stream", name="stdout", text="x" * 50),
+        _msg("error", ename="ValueError", evalue="bad", traceback=["ValueError: bad"]),
+        _msg("execute_reply", status="error", ename="ValueError", evalue="bad", traceback=[]),
+        capture_limit=10,
+    )
+    execution = Outcome("finished", closed=True).execution(call)
+    assert execution.status == "error" and execution.error and execution.error.name == "ValueError"
+    assert not execution.state_lost
+    assert execution.notes[0].startswith("40 characters of output were dropped")
+    assert execution.notes[1] == "The sandbox was closed while this code ran."
+    assert Outcome("finished").execution(_call()).notes == []
+
+
+def test_an_interrupted_run_keeps_its_output_and_says_the_time_limit():
+    call = _call(_msg("stream", name="stdout", text="partial\n"), _INTERRUPTED)
+    outcome = Outcome("interrupted", timeout=2.5)
+    execution = outcome.execution(call)
+    assert execution.status == "timeout" and execution.stdout == "partial\n"
+    assert execution.error and execution.error.name == "Timeout"  # not the KeyboardInterrupt
+    assert (
+        execution.error.value == "the code was interrupted because it ran longer than 2.5 s (the time limit)"
+    )
+    assert execution.notes == [
+        "Stopped with an interrupt because it ran longer than 2.5 s (the time limit). Variables "
+        "from earlier runs are kept; anything this run had not finished is not."
+    ]
+    assert not execution.state_lost and outcome.loss_note is None
+
+
+@pytest.mark.parametrize(
+    ("action", "ignored", "done"),
+    [
+        ("restarted", "the code ignored the interrupt", "the kernel was restarted"),
+        ("replaced", "the code ignored the interrupt", "the sandbox was replaced with a new one"),
+        (
+            "removed",
+            "the gateway did not answer the interrupt",
+            "the sandbox, whose gateway did not answer, was removed; the next run starts a new one",
+        ),
+    ],
+)
+def test_an_escalated_run_says_what_was_done_and_that_state_is_lost(action, ignored, done):
+    outcome = Outcome("escalated", cancelled=True, action=action)
+    execution = outcome.execution(_call(_INTERRUPTED))
+    assert execution.status == "error" and execution.state_lost
+    assert execution.error and execution.error.name == "Cancelled"
+    assert execution.error.value == f"it was cancelled and {ignored}"
+    assert execution.notes == [f"Stopped because it was cancelled: {ignored}, so {done}. {STATE_LOST}."]
+    assert outcome.loss_note == f"In an earlier run {ignored}, so {done}. {STATE_LOST}."
+
+
+def test_a_kernel_death_says_its_cause():
+    outcome = Outcome("kernel_died", memory="2g")
+    execution = outcome.execution(_call(_msg("stream", name="stdout", text="before\n")))
+    cause = " because it ran out of memory (the limit is 2g)"
+    assert execution.status == "kernel_died" and execution.state_lost and execution.stdout == "before\n"
+    assert execution.error and execution.error.value == f"the kernel died while running this code{cause}"
+    assert execution.notes == [f"The Python kernel died{cause} and was restarted. {STATE_LOST}."]
+    assert (
+        outcome.loss_note
+        == f"The Python kernel died{cause} during an earlier run and was restarted. {STATE_LOST}."
+    )
+    assert "out of memory" not in str(Outcome("kernel_died").loss_note)
+
+
+def test_a_lost_connection_keeps_the_state():
+    execution = Outcome("connection_lost").execution(_call())
+    assert execution.status == "error" and not execution.state_lost
+    assert execution.error and execution.error.name == "ConnectionLost"
+    assert "The kernel and its variables are kept." in execution.notes[0]
+
+
+def test_a_call_cancelled_before_it_was_sent_never_ran():
+    execution = Outcome("cancelled").execution()
+    assert execution.status == "error" and execution.notes == [] and not execution.state_lost
+    assert execution.error and execution.error.value == "the call was cancelled and its code never ran"
+
+
+def test_the_duration_ends_when_the_client_let_go_of_the_call():
+    call = _call()
+    call.released_at = call.started + 1.5
+    assert Outcome("finished").execution(call).duration == 1.5

@@ -9,6 +9,7 @@ from typing import Any
 
 from langgraph.graph import START, MessagesState, StateGraph
 
+from enclave_tools.kernel import KernelClient
 from enclave_tools.protocol import ExecuteCall
 from enclave_tools.sandbox import Sandbox
 from langchain_enclave import EnclaveNotebookTool
@@ -33,10 +34,12 @@ RECORDED = [
 ]
 
 
-class ReplayKernel:
+class ReplayKernel(KernelClient):
     """Feeds the recorded messages to each call on a thread of its own, as the reader does."""
 
-    connected = True
+    def __init__(self) -> None:
+        super().__init__(http=None)  # type: ignore[arg-type]  # nothing goes on the wire
+        self.connected = True
 
     def execute(
         self, code: str, *, capture_limit: int, output_limit: int, rich_limit: int, listener: Any = None
@@ -55,9 +58,6 @@ class ReplayKernel:
     def wait(self, call: ExecuteCall, timeout: float | None) -> bool:
         self._done.wait(timeout)
         return call.done
-
-    def forget(self, call: ExecuteCall) -> None:
-        pass
 
 
 def tool() -> EnclaveNotebookTool:
