@@ -329,3 +329,35 @@ async def test_cancelling_a_queued_arun_leaves_the_running_one_alone(sandbox):
     queued.cancel()
     assert (await running).text == "'finished'"  # not interrupted on the queued call's behalf
     assert (await sandbox.arun("'ran' in dir()")).text == "False"  # and the queued one never ran
+
+
+KERNEL_BOOT_PROBE = """
+import sys
+bundled = type(sys.modules['IPython.core.interactiveshell'].__spec__.loader).__name__
+finders = [type(f).__name__ for f in sys.meta_path]
+print(bundled, 'BundleFinder' in finders, sys.argv[0].rsplit('/', 1)[-1])
+"""
+
+
+def test_the_kernel_boots_from_its_bundle_and_imports_the_ordinary_way_after(sandbox):
+    # The boot's modules came from the bundle; the finder is gone before any cell runs.
+    assert sandbox.run(KERNEL_BOOT_PROBE).text.split() == [
+        "BundleLoader",
+        "False",
+        "enclave_kernel_launcher.py",
+    ]
+    # A module the boot never imported (and one written now) loads from its files.
+    assert sandbox.run("import colorsys; type(colorsys.__spec__.loader).__name__").text == (
+        "'SourceFileLoader'"
+    )
+    sandbox.write_file("/workspace/fresh_module.py", "VALUE = 42\n")
+    assert sandbox.run("import fresh_module; fresh_module.VALUE").text == "42"
+
+
+def test_a_restarted_kernel_starts_through_the_launcher_too(sandbox):
+    sandbox.restart()
+    assert sandbox.run(KERNEL_BOOT_PROBE).text.split() == [
+        "BundleLoader",
+        "False",
+        "enclave_kernel_launcher.py",
+    ]
