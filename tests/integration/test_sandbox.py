@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import resource
 import threading
 import time
 
 import pytest
+import requests.sessions
 
 from enclave_tools import InvalidInput, SandboxDied
+from enclave_tools.backends.docker import DockerBackend
 
 
 @pytest.mark.gvisor
@@ -361,3 +364,33 @@ def test_a_restarted_kernel_starts_through_the_launcher_too(sandbox):
         "False",
         "enclave_kernel_launcher.py",
     ]
+
+
+def test_a_container_start_inspects_no_container(make_sandbox, monkeypatch):
+    # The reaper lists sandboxes in one call (no inspect per sandbox: one already runs), and
+    # create and start are not followed by an inspect.
+    make_sandbox().start()
+    calls: list[str] = []
+    inside = threading.local()
+    send, start = requests.sessions.Session.send, DockerBackend.start
+
+    def recording_send(self, request, **kwargs):
+        if getattr(inside, "start", False):
+            calls.append(f"{request.method} {request.path_url.split('?')[0].split('/', 2)[2]}")
+        return send(self, request, **kwargs)
+
+    def recording_start(self, *args, **kwargs):
+        inside.start = True
+        try:
+            return start(self, *args, **kwargs)
+        finally:
+            inside.start = False
+
+    monkeypatch.setattr(requests.sessions.Session, "send", recording_send)
+    monkeypatch.setattr(DockerBackend, "start", recording_start)
+    assert make_sandbox().run("1").text == "1"
+
+    calls = [re.sub(r"containers/[0-9a-f]{64}/", "containers/ID/", call) for call in calls]
+    assert calls[1].startswith("GET images/"), calls
+    expected = ["GET containers/json", "POST containers/create", "POST containers/ID/start"]
+    assert [calls[0], *calls[2:]] == expected
