@@ -66,6 +66,10 @@ _T = TypeVar("_T")
 
 _live: weakref.WeakSet[Sandbox] = weakref.WeakSet()
 _CONNECT_ERRORS = CONNECT_ERRORS
+_START_CHECKS_S = (1.0, 2.0, 4.0)
+"""While the gateway starts, the pauses between asking Docker whether its container still
+runs (the last one repeats): an API call each, whose answer only matters for a start that
+fails."""
 
 CLOSE_TIMEOUT = 10.0
 """Seconds :meth:`Sandbox.close` takes at most (plus the engine's own time to remove the
@@ -580,7 +584,8 @@ class Sandbox:
 
     def _wait_ready(self, handle: SandboxHandle, http: GatewayHTTP) -> None:
         deadline = time.monotonic() + self.config.startup_timeout
-        next_check = time.monotonic() + 0.5
+        checks = 0
+        next_check = time.monotonic() + _START_CHECKS_S[0]
         pause = 0.005
         while True:
             self._check_open()
@@ -599,7 +604,8 @@ class Sandbox:
                         f"the sandbox's gateway did not start: {state.describe()}.\n"
                         f"Its last output:\n{self._last_output(handle)}"
                     )
-                next_check = now + 0.5
+                checks += 1
+                next_check = now + _START_CHECKS_S[min(checks, len(_START_CHECKS_S) - 1)]
             if now >= deadline:
                 raise SandboxStartFailed(
                     f"the gateway did not answer within {self.config.startup_timeout:.0f} s.\n"

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -83,6 +84,28 @@ def limits_fixed_at_create(runtime: str | None) -> bool:
     """Whether ``runtime`` cannot change a running container's limits (``docker update``):
     gVisor's runsc (registered as "runsc", "runsc-kvm", "gvisor", ...) cannot."""
     return runtime is not None and any(name in runtime.lower() for name in ("runsc", "gvisor"))
+
+
+@dataclass(frozen=True)
+class SandboxSummary:
+    """A sandbox container as Docker's container list shows it (one API call for them all,
+    where ``containers.list`` inspects each one)."""
+
+    id: str
+    name: str
+    labels: dict[str, str]
+    status: str
+
+    @classmethod
+    def from_list_entry(cls, entry: dict[str, Any]) -> SandboxSummary:
+        """From one entry of ``GET /containers/json``."""
+        names = entry.get("Names") or [""]
+        return cls(
+            id=str(entry.get("Id", "")),
+            name=str(names[0]).lstrip("/"),
+            labels=dict(entry.get("Labels") or {}),
+            status=str(entry.get("State", "")),
+        )
 
 
 class SandboxExists(SandboxStartFailed):
@@ -200,14 +223,9 @@ class DockerBackend(Backend):
             config.workdir: f"rw,nosuid,nodev,exec,size={config.workspace_size},"
             f"uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0755",
         }
-        kwargs: dict[str, Any] = dict(
-            detach=True,
-            name=name,
-            hostname="sandbox",
-            labels=labels,
-            user=f"{SANDBOX_UID}:{SANDBOX_UID}",
-            working_dir=config.workdir,
-            environment=env,
+        # The low-level API: ``containers.create`` would inspect the new container
+        # afterwards, an API call per start that nothing here reads.
+        host_config: dict[str, Any] = dict(
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             read_only=True,
@@ -223,22 +241,35 @@ class DockerBackend(Backend):
             ulimits=[Ulimit(name="nofile", soft=4096, hard=4096), Ulimit(name="core", soft=0, hard=0)],
             init=True,
             log_config=LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
+            binds={shared: {"bind": SHARED_DIR, "mode": "rw"}},
+        )
+        create: dict[str, Any] = dict(
+            name=name,
+            hostname="sandbox",
+            labels=labels,
+            user=f"{SANDBOX_UID}:{SANDBOX_UID}",
+            working_dir=config.workdir,
+            environment=env,
+            volumes=[SHARED_DIR],
+            detach=True,
             use_config_proxy=False,
-            volumes={shared: {"bind": SHARED_DIR, "mode": "rw"}},
         )
         if config.runtime:
-            kwargs["runtime"] = config.runtime
+            host_config["runtime"] = config.runtime
         if limits_fixed_at_create(config.runtime):
-            kwargs["cpu_quota"] = int(config.cpus * CPU_PERIOD_US)  # ready() cannot set it later
+            host_config["cpu_quota"] = int(config.cpus * CPU_PERIOD_US)  # ready() cannot set it later
         labels[RUN_DIR] = run_dir
         if transport == "unix":
             env["ENCLAVE_UNIX_SOCKET"] = f"{SHARED_DIR}/{SOCKET_NAME}"
-            kwargs["network_mode"] = "none"
+            host_config["network_mode"] = "none"
         else:
-            kwargs["network"] = config.network
-            kwargs["ports"] = {f"{GATEWAY_PORT}/tcp": ("127.0.0.1", None)}
+            host_config["network_mode"] = config.network
+            host_config["port_bindings"] = {f"{GATEWAY_PORT}/tcp": ("127.0.0.1", None)}
+            create["ports"] = [(GATEWAY_PORT, "tcp")]
+            create["networking_config"] = {config.network: None}
         try:
-            container = self._create(image_id, name, config, kwargs)
+            create["host_config"] = self.client.api.create_host_config(**host_config)
+            container_id = self._create(image_id, name, config, create)
         except APIError as exc:
             remove_tree(run_dir)
             if exc.status_code == 409 and config.keep_alive is not None:
@@ -250,19 +281,19 @@ class DockerBackend(Backend):
             remove_tree(run_dir)
             raise DockerUnavailable(f"Docker failed while creating the sandbox: {exc}") from exc
         try:
-            container.start()
+            self.client.api.start(container_id)
         except DockerException as exc:
-            self.remove_container(container.id, run_dir)
+            self.remove_container(container_id, run_dir)
             raise SandboxStartFailed(f"Docker could not start the sandbox container: {exc}") from exc
         if transport == "unix":
             endpoint = Endpoint(token=token, unix_path=os.path.join(shared, SOCKET_NAME))
-            return SandboxHandle(container.id, name, endpoint, run_dir)
+            return SandboxHandle(container_id, name, endpoint, run_dir)
         try:
-            port = self._published_port(container)
+            port = self._published_port(container_id)
         except SandboxStartFailed:
-            self.remove_container(container.id, run_dir)
+            self.remove_container(container_id, run_dir)
             raise
-        return SandboxHandle(container.id, name, Endpoint(token=token, port=port), run_dir, port)
+        return SandboxHandle(container_id, name, Endpoint(token=token, port=port), run_dir, port)
 
     # -- kept-alive sandboxes --------------------------------------------------------------
 
@@ -280,15 +311,15 @@ class DockerBackend(Backend):
             OWNER_PID_NS: owner.pid_namespace,
         }
 
-    def _create(self, image_id: str, name: str, config: SandboxConfig, kwargs: dict[str, Any]) -> Any:
-        """Create the container; a kept-alive one whose name is held by an ended container
-        of the same id (expired, not yet reaped) takes the name over."""
+    def _create(self, image_id: str, name: str, config: SandboxConfig, create: dict[str, Any]) -> str:
+        """Create the container and return its id; a kept-alive one whose name is held by an
+        ended container of the same id (expired, not yet reaped) takes the name over."""
         try:
-            return self.client.containers.create(image_id, **kwargs)
+            return str(self.client.api.create_container(image_id, **create)["Id"])
         except APIError as exc:
             if exc.status_code != 409 or config.keep_alive is None or not self._remove_ended(name):
                 raise
-            return self.client.containers.create(image_id, **kwargs)
+            return str(self.client.api.create_container(image_id, **create)["Id"])
 
     def remove_ended(self, name: str) -> bool:
         """Remove the kept-alive container ``name`` (a name or id) if it has stopped, with
@@ -411,15 +442,13 @@ class DockerBackend(Backend):
         except DockerException as exc:
             raise SandboxStartFailed(f"Docker could not set the sandbox's CPU limit: {exc}") from exc
 
-    def _published_port(self, container: Any) -> int:
+    def _published_port(self, container_id: str) -> int:
         for _ in range(50):
-            container.reload()
-            bindings = (container.attrs["NetworkSettings"].get("Ports") or {}).get(f"{GATEWAY_PORT}/tcp")
-            if bindings:
-                for binding in bindings:
-                    if binding.get("HostIp") in ("127.0.0.1", "") and binding.get("HostPort"):
-                        return int(binding["HostPort"])
-            if container.status not in ("created", "running"):
+            attrs = self.client.api.inspect_container(container_id)
+            port = _port_of(attrs)
+            if port is not None:
+                return port
+            if attrs.get("State", {}).get("Status") not in ("created", "running"):
                 break
             time.sleep(0.02)
         raise SandboxStartFailed("Docker did not publish the gateway port on 127.0.0.1")
@@ -477,6 +506,11 @@ class DockerBackend(Backend):
         """Every container enclave-tools created on this engine."""
         return self.client.containers.list(all=True, filters={"label": f"{LABEL}=1"}, ignore_removed=True)
 
+    def sandbox_summaries(self) -> list[SandboxSummary]:
+        """Every container enclave-tools created on this engine, in one API call."""
+        entries = self.client.api.containers(all=True, filters={"label": f"{LABEL}=1"})
+        return [SandboxSummary.from_list_entry(entry) for entry in entries]
+
     def reap_orphans_quietly(self) -> None:
         """:meth:`reap_orphans`, never failing a start because of it."""
         try:
@@ -496,7 +530,7 @@ class DockerBackend(Backend):
         removed = 0
         check = OwnerCheck()
         listed_at = time.time()
-        containers = self.list_sandboxes()
+        containers = self.sandbox_summaries()
         for container in containers:
             labels = container.labels or {}
             if labels.get(KEEP_ALIVE) == "1":
@@ -532,15 +566,15 @@ class DockerBackend(Backend):
         self,
         on_removed: Callable[[str], None] | None = None,
         check: OwnerCheck | None = None,
-        containers: list[Any] | None = None,
+        containers: list[SandboxSummary] | None = None,
     ) -> int:
         """Remove this user's run directories in the temp dir that no container of this
         engine names (of ``containers``, else all) and whose owner is provably gone (or,
         for a directory without an owner record, that are older than RUN_DIR_GRACE_S);
         return how many."""
         check = check or OwnerCheck()
-        containers = self.list_sandboxes() if containers is None else containers
-        named = {(c.labels or {}).get(RUN_DIR) for c in containers}
+        containers = self.sandbox_summaries() if containers is None else containers
+        named = {c.labels.get(RUN_DIR) for c in containers}
         removed = 0
         for path in _run_dirs():
             if path in named or not _run_dir_abandoned(path, check):

@@ -71,7 +71,10 @@ RUN set -e; cd /tmp/context; venv=/opt/enclave/venv \\
       --disable-pip-version-check -q --target /tmp/overlay$site wheels/*.whl \\
  && rm -rf /tmp/overlay$site/bin \\
  && $venv/bin/python -m compileall -q -j 0 -d $site /tmp/overlay$site \\
- && cp requirements.txt /tmp/overlay/opt/enclave/requirements.txt
+ && cp requirements.txt /tmp/overlay/opt/enclave/requirements.txt \\
+# Site-packages changed after the image's bytecode bundles were written: they check each
+# module against its source from now on (kernel_image/enclave_bundle.py).
+ && touch /tmp/overlay/opt/enclave/site-packages-changed
 
 FROM ${BASE_IMAGE}
 COPY --from=packages /tmp/overlay/ /

@@ -13,7 +13,9 @@ Additions to the stock gateway, all behind the same token:
 * kernel websockets get TCP_NODELAY, and the process is not dumpable (its token stays
   out of reach of the sandboxed code, which runs under the same uid);
 * the first kernel is started before the gateway's own (slow) imports, and handed out by
-  the first ``POST /api/kernels``: the two boots overlap instead of adding up.
+  the first ``POST /api/kernels``: the two boots overlap instead of adding up;
+* every kernel starts through ``enclave_kernel_launcher`` (ipykernel_launcher with its
+  boot's modules served from the image's bytecode bundle).
 
 This file runs inside the container only; the host never imports it.
 """
@@ -39,6 +41,19 @@ KERNEL_ENV_NAMES = [
 names of the user's own variables in ENCLAVE_KERNEL_ENV."""
 
 _prestarted: tuple[subprocess.Popen, str] | None = None
+
+STOCK_LAUNCHER = "ipykernel_launcher"
+LAUNCHER = "enclave_kernel_launcher"
+"""The module every kernel starts with (kernel_image/ipython/enclave_kernel_launcher.py)."""
+
+
+def kernel_command(argv: list[str]) -> list[str]:
+    """``argv`` with the stock kernel launcher (``-m ipykernel_launcher``, the kernel
+    spec's) replaced by ours; any other command is left as it is."""
+    argv = list(argv)
+    if len(argv) >= 3 and argv[1:3] == ["-m", STOCK_LAUNCHER]:
+        argv[2] = LAUNCHER
+    return argv
 
 
 def kernel_env_names() -> list[str]:
@@ -71,7 +86,7 @@ def prestart_kernel() -> None:
     env = {name: os.environ[name] for name in ["PATH", *kernel_env_names()] if name in os.environ}
     env.update(KERNEL_GATEWAY="1", JPY_PARENT_PID=str(os.getpid()))
     process = subprocess.Popen(
-        [sys.executable, "-m", "ipykernel_launcher", "-f", path],
+        kernel_command([sys.executable, "-m", STOCK_LAUNCHER, "-f", path]),
         env=env,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
@@ -472,7 +487,7 @@ async def _connection_info(process: subprocess.Popen, path: str, timeout: float 
 
 class PrestartedKernelManager(KernelGatewayIOLoopKernelManager):
     """Hands out the kernel that ``prestart_kernel`` started, the first time; after that
-    (restarts, new kernels) it starts kernels the ordinary way."""
+    (restarts, new kernels) it starts kernels the ordinary way, with our launcher."""
 
     async def _async_launch_kernel(self, kernel_cmd, **kw):
         prestarted = take_prestarted()
@@ -480,7 +495,7 @@ class PrestartedKernelManager(KernelGatewayIOLoopKernelManager):
         if info is None:
             if prestarted:
                 prestarted[0].kill()
-            return await super()._async_launch_kernel(kernel_cmd, **kw)
+            return await super()._async_launch_kernel(kernel_command(kernel_cmd), **kw)
         process = prestarted[0]
         provisioner = self.provisioner
         provisioner.process = process

@@ -1,11 +1,13 @@
-# IPython inside the sandbox: plain tracebacks without colour, no history file, and the
+# IPython inside the sandbox: plain tracebacks without colour, no history database, and the
 # enclave start-up code.  Installed as <venv>/etc/ipython/ipython_kernel_config.py, which
 # IPython reads whatever its (temporary, writable) profile directory is.
 c = get_config()  # noqa: F821
 
 c.InteractiveShell.colors = "nocolor"
 c.InteractiveShell.xmode = "Plain"
-c.HistoryManager.hist_file = ":memory:"
+# No history database at all (not even one in memory): a sandbox never reads past sessions,
+# and the kernel's boot skips sqlite3. In, Out, _ih and %history still work in the session.
+c.HistoryManager.enabled = False
 # No output cache (Out[n], _, __): over a long session it keeps every result alive and,
 # after 1000 cells, prints "Output cache limit ... hit" into the model's output.
 c.InteractiveShell.cache_size = 0

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import resource
 import threading
 import time
 
 import pytest
+import requests.sessions
 
 from enclave_tools import InvalidInput, SandboxDied
+from enclave_tools.backends.docker import DockerBackend
 
 
 @pytest.mark.gvisor
@@ -329,3 +332,65 @@ async def test_cancelling_a_queued_arun_leaves_the_running_one_alone(sandbox):
     queued.cancel()
     assert (await running).text == "'finished'"  # not interrupted on the queued call's behalf
     assert (await sandbox.arun("'ran' in dir()")).text == "False"  # and the queued one never ran
+
+
+KERNEL_BOOT_PROBE = """
+import sys
+bundled = type(sys.modules['IPython.core.interactiveshell'].__spec__.loader).__name__
+finders = [type(f).__name__ for f in sys.meta_path]
+print(bundled, 'BundleFinder' in finders, sys.argv[0].rsplit('/', 1)[-1])
+"""
+
+
+def test_the_kernel_boots_from_its_bundle_and_imports_the_ordinary_way_after(sandbox):
+    # The boot's modules came from the bundle; the finder is gone before any cell runs.
+    assert sandbox.run(KERNEL_BOOT_PROBE).text.split() == [
+        "BundleLoader",
+        "False",
+        "enclave_kernel_launcher.py",
+    ]
+    # A module the boot never imported (and one written now) loads from its files.
+    assert sandbox.run("import colorsys; type(colorsys.__spec__.loader).__name__").text == (
+        "'SourceFileLoader'"
+    )
+    sandbox.write_file("/workspace/fresh_module.py", "VALUE = 42\n")
+    assert sandbox.run("import fresh_module; fresh_module.VALUE").text == "42"
+
+
+def test_a_restarted_kernel_starts_through_the_launcher_too(sandbox):
+    sandbox.restart()
+    assert sandbox.run(KERNEL_BOOT_PROBE).text.split() == [
+        "BundleLoader",
+        "False",
+        "enclave_kernel_launcher.py",
+    ]
+
+
+def test_a_container_start_inspects_no_container(make_sandbox, monkeypatch):
+    # The reaper lists sandboxes in one call (no inspect per sandbox: one already runs), and
+    # create and start are not followed by an inspect.
+    make_sandbox().start()
+    calls: list[str] = []
+    inside = threading.local()
+    send, start = requests.sessions.Session.send, DockerBackend.start
+
+    def recording_send(self, request, **kwargs):
+        if getattr(inside, "start", False):
+            calls.append(f"{request.method} {request.path_url.split('?')[0].split('/', 2)[2]}")
+        return send(self, request, **kwargs)
+
+    def recording_start(self, *args, **kwargs):
+        inside.start = True
+        try:
+            return start(self, *args, **kwargs)
+        finally:
+            inside.start = False
+
+    monkeypatch.setattr(requests.sessions.Session, "send", recording_send)
+    monkeypatch.setattr(DockerBackend, "start", recording_start)
+    assert make_sandbox().run("1").text == "1"
+
+    calls = [re.sub(r"containers/[0-9a-f]{64}/", "containers/ID/", call) for call in calls]
+    assert calls[1].startswith("GET images/"), calls
+    expected = ["GET containers/json", "POST containers/create", "POST containers/ID/start"]
+    assert [calls[0], *calls[2:]] == expected
