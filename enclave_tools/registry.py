@@ -68,6 +68,8 @@ class Record:
     session: str | None = None
     created: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
+    expires: float = 0.0
+    """When (epoch seconds) its lifetime is up, as last set from the host; 0: unknown."""
 
 
 def state_dir() -> Path:

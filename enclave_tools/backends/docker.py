@@ -28,13 +28,18 @@ from enclave_tools._docker import docker_client
 from enclave_tools._fs import remove_tree
 from enclave_tools.backends.base import (
     GATEWAY_PORT,
+    IDLE_EXIT,
+    LIFETIME_EXIT,
     SANDBOX_UID,
     SHARED_DIR,
     SOCKET_NAME,
     TOKEN_NAME,
     Backend,
     ContainerState,
+    SandboxExists,
     SandboxHandle,
+    ended_because,
+    lifetime_env,
 )
 from enclave_tools.backends.owner import Owner, OwnerCheck
 from enclave_tools.config import SandboxConfig
@@ -48,7 +53,16 @@ from enclave_tools.errors import (
 from enclave_tools.image.derived import ensure_sandbox_image
 from enclave_tools.transport import Endpoint
 
-__all__ = ["ContainerState", "DockerBackend", "LABEL", "SandboxExists", "SandboxHandle"]
+__all__ = [
+    "IDLE_EXIT",
+    "LIFETIME_EXIT",
+    "ContainerState",
+    "DockerBackend",
+    "LABEL",
+    "SandboxExists",
+    "SandboxHandle",
+    "ended_because",
+]
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +78,6 @@ KEEP_ALIVE = "io.enclave-tools.keep-alive"
 (the gateway exits when it is up) rather than by an owner process."""
 SESSION = "io.enclave-tools.session"
 """The session id of a kept-alive sandbox made by SandboxSessions."""
-IDLE_EXIT, LIFETIME_EXIT = 80, 81
-"""The gateway's exit codes when a kept-alive sandbox ended for idleness, or its lifetime."""
 RUN_DIR = "io.enclave-tools.run-dir"
 SHARED_NAME = "gw"
 """The run directory's subdirectory that the container sees at SHARED_DIR."""
@@ -83,19 +95,6 @@ def limits_fixed_at_create(runtime: str | None) -> bool:
     """Whether ``runtime`` cannot change a running container's limits (``docker update``):
     gVisor's runsc (registered as "runsc", "runsc-kvm", "gvisor", ...) cannot."""
     return runtime is not None and any(name in runtime.lower() for name in ("runsc", "gvisor"))
-
-
-class SandboxExists(SandboxStartFailed):
-    """A kept-alive sandbox of that id already runs (another process created it)."""
-
-
-def ended_because(exit_code: int | None, describe: str) -> str:
-    """Why a kept-alive sandbox's container stopped, in words."""
-    if exit_code == IDLE_EXIT:
-        return "it was not used for longer than its keep_alive limit"
-    if exit_code == LIFETIME_EXIT:
-        return "its lifetime was up"
-    return describe
 
 
 def _owner_of(labels: dict[str, str]) -> Owner:
@@ -192,7 +191,7 @@ class DockerBackend(Backend):
             "ENCLAVE_TOKEN_FILE": f"{SHARED_DIR}/{TOKEN_NAME}",
             "ENCLAVE_KERNEL_ENV": ",".join(config.env),
             **config.env,
-            **_lifetime_env(config),
+            **lifetime_env(config),
         }
         tmpfs = {
             "/tmp": f"rw,nosuid,nodev,size={config.tmp_size},mode=1777",
@@ -307,6 +306,16 @@ class DockerBackend(Backend):
             return False
         self.remove_container(attrs["Id"], _safe_run_dir(labels.get(RUN_DIR)))
         return True
+
+    def remove_expired(self, record: Any) -> None:
+        """``record``'s sandbox is gone: if its container has stopped, remove it as gc
+        would, trusting no path or id the record holds (remove_ended takes only a stopped
+        kept-alive sandbox, and only a run directory of ours); forget the record."""
+        # state() reads only the id, the name and run_dir: a handle with no endpoint is enough
+        gone = SandboxHandle(record.container_id, record.name, None, record.run_dir)  # type: ignore[arg-type]
+        if not self.state(gone).running:
+            self.remove_ended(record.container_id)
+            self.forget_record(record.id)
 
     def attach(self, record: Any) -> SandboxHandle:
         """A handle on the running kept-alive sandbox of ``record`` (a registry.Record),
@@ -598,13 +607,6 @@ def lock_shared_dir(
             raise SandboxStartFailed(
                 f"{shared}/{SOCKET_NAME} belongs to uid {sock.st_uid}, not the sandbox's uid {SANDBOX_UID}"
             )
-
-
-def _lifetime_env(config: SandboxConfig) -> dict[str, str]:
-    """The gateway's limits for a kept-alive sandbox (none otherwise)."""
-    if config.keep_alive is None:
-        return {}
-    return {"ENCLAVE_IDLE_LIMIT": f"{config.keep_alive:g}", "ENCLAVE_LIFETIME": f"{config.lifetime_limit:g}"}
 
 
 def _port_of(attrs: dict[str, Any]) -> int | None:
