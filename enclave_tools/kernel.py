@@ -75,6 +75,9 @@ class KernelClient:
         self.connected = False
         self.v1 = False  # whether the gateway accepted the binary v1 wire format
         self.kernel_lost: str | None = None  # set when the server says the kernel died
+        self.on_new_kernel: Callable[[KernelClient], None] | None = None
+        """Called after a restart or a replacement gave this client a fresh kernel (a
+        kept-alive sandbox on a remote gateway sets up its watchdog again); must not raise."""
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -154,6 +157,8 @@ class KernelClient:
         self.kernel_lost = None
         self.reap_strays(timeout)
         self.connect(timeout)
+        if self.on_new_kernel is not None:
+            self.on_new_kernel(self)
 
     def reap_strays(self, timeout: float = 10.0) -> None:
         """Kill processes that earlier code left running outside the kernel (a stock
@@ -170,6 +175,8 @@ class KernelClient:
                 pass
         self.reap_strays(timeout)
         self.start(timeout)
+        if self.on_new_kernel is not None:
+            self.on_new_kernel(self)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Disconnect and delete the kernel; errors are ignored (the container goes next)."""
@@ -227,6 +234,18 @@ class KernelClient:
         return self._request(
             "execute_request", content, capture_limit, output_limit, listener=listener, **limits
         )
+
+    def execute_quietly(self, code: str, limit: int = 8192) -> ExecuteCall:
+        """Send enclave-tools' own ``code``: not in the kernel's history, no execution count."""
+        content = {
+            "code": code,
+            "silent": False,
+            "store_history": False,
+            "user_expressions": {},
+            "allow_stdin": False,
+            "stop_on_error": False,
+        }
+        return self._request("execute_request", content, limit, limit)
 
     def _request(
         self,
