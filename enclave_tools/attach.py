@@ -226,6 +226,9 @@ def started(sandbox: Sandbox, handle: SandboxHandle, kernel: KernelClient) -> No
     if not backend.can_attach:
         raise SandboxStartFailed(f"keep_alive is not available for the {backend.name} backend")
     backend.kept_alive_started(handle, kernel, sandbox.config)
+    if sandbox._attached is not None and not sandbox._attached.held:
+        sandbox._attached.release()  # a hold on the replaced container, lost with it
+        sandbox._attached = None
     if sandbox._attached is None:
         sandbox._attached = backend.take_attach(sandbox.id, 0.0)
     now = time.time()

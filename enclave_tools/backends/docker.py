@@ -9,6 +9,7 @@ that right away for good, before any user code runs (see :func:`lock_shared_dir`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -87,6 +88,9 @@ RUN_DIR_GRACE_S = 3600.0
 """How old a run directory without an owner record (an older version's) must be before
 reap_run_dirs may take it: its container was created seconds after it, so by then one of
 this engine's containers names it or none ever will again."""
+DEADLINE_GRACE_S = 60.0
+"""Seconds past a kept-alive sandbox's recorded lifetime before gc removes it while it
+still runs (its gateway should have ended it by then)."""
 CPU_PERIOD_US = 100_000
 """The CFS period of the CPU limit (Docker's default); the quota is cpus times this."""
 
@@ -503,23 +507,38 @@ class DockerBackend(Backend):
         directories left without a container (:meth:`reap_run_dirs`); return how many
         sandboxes were removed."""
         removed = 0
+        gone: set[str] = set()
         check = OwnerCheck()
         listed_at = time.time()
         containers = self.list_sandboxes()
         for container in containers:
             labels = container.labels or {}
             if labels.get(KEEP_ALIVE) == "1":
-                if container.status not in ("exited", "dead"):
+                if container.status not in ("exited", "dead") and not self._past_deadline(container.id):
                     continue  # judged by its expiry: the gateway ends it when it is up
             elif _owner_alive(labels, check):
                 continue
             self.remove_container(container.id, _safe_run_dir(labels.get(RUN_DIR)))
+            gone.add(container.id)
             removed += 1
             if on_removed:
                 on_removed(container)
         self.reap_run_dirs(on_dir_removed, check, containers)
-        self.reap_records({c.id for c in containers if c.status not in ("exited", "dead")}, listed_at)
+        running = {c.id for c in containers if c.status not in ("exited", "dead") and c.id not in gone}
+        self.reap_records(running, listed_at)
         return removed
+
+    def _past_deadline(self, container_id: str) -> bool:
+        """Whether this user's record of the kept-alive container says its lifetime ended
+        more than DEADLINE_GRACE_S ago: the host's backstop, should its gateway (next to
+        the sandbox's code) not have ended it."""
+        from enclave_tools import registry
+
+        with contextlib.suppress(OSError, EnclaveError):
+            for record in registry.records():
+                if record.backend == self.name and record.container_id == container_id:
+                    return bool(record.expires) and time.time() > record.expires + DEADLINE_GRACE_S
+        return False
 
     def reap_records(self, running: set[str], listed_at: float) -> None:
         """Forget this user's kept-alive records whose container no longer runs (of the
@@ -534,6 +553,7 @@ class DockerBackend(Backend):
                     and record.container_id not in running
                 ):
                     registry.remove(record.id)
+            registry.prune_locks()
         except (OSError, EnclaveError) as exc:
             log.debug("pruning sandbox records failed: %s", exc)
 
