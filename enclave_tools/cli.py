@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import codeop
+import math
 import signal
 import sys
 import threading
@@ -258,22 +259,24 @@ def _kept_alive_times(backend, container) -> tuple[str, str]:
     """A kept-alive sandbox's idle time and time left, from its gateway (reading them is
     not use); '?' if this user holds no record of it or it does not answer."""
     from enclave_tools import registry
+    from enclave_tools.attach import clean_limits
     from enclave_tools.transport import GatewayHTTP
 
     try:
         record = registry.load(container.name.removeprefix("enclave-"))
-        http = GatewayHTTP(backend.attach(record).endpoint)
+        handle = backend.attach(record)
+        http = GatewayHTTP(handle.endpoint)
         try:
-            limits = http.json("GET", "/api/enclave/lifetime", timeout=3)
+            limits = clean_limits(backend.read_limits(handle, http))  # the gateway's word: bounded
         finally:
             http.close()
-        return _duration(limits.get("idle")), _duration(limits.get("expires_in"))
+        return _duration(limits["idle"]), _duration(limits["expires_in"])
     except (EnclaveError, OSError, AttributeError, TypeError, ValueError):
         return "?", "?"
 
 
 def _duration(seconds: object) -> str:
-    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not math.isfinite(seconds):
         return "-"
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:

@@ -112,6 +112,9 @@ class KernelClient:
         self.connected = False
         self.v1 = False  # whether the gateway accepted the binary v1 wire format
         self.kernel_lost: str | None = None  # set when the server says the kernel died
+        self.on_new_kernel: Callable[[KernelClient], None] | None = None
+        """Called after a restart or a replacement gave this client a fresh kernel (a
+        kept-alive sandbox on a remote gateway sets up its watchdog again); must not raise."""
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -191,6 +194,8 @@ class KernelClient:
         self.kernel_lost = None
         self.reap_strays(timeout)
         self.connect(timeout)
+        if self.on_new_kernel is not None:
+            self.on_new_kernel(self)
 
     def reap_strays(self, timeout: float = 10.0) -> None:
         """Kill processes that earlier code left running outside the kernel (a stock
@@ -207,6 +212,8 @@ class KernelClient:
                 pass
         self.reap_strays(timeout)
         self.start(timeout)
+        if self.on_new_kernel is not None:
+            self.on_new_kernel(self)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Disconnect and delete the kernel; errors are ignored (the container goes next)."""
@@ -316,6 +323,18 @@ class KernelClient:
                 return False
             if left <= CANCEL_POLL:
                 return call.idle  # idle came: the cell is over, whatever became of its reply
+
+    def execute_quietly(self, code: str, limit: int = 8192) -> ExecuteCall:
+        """Send enclave-tools' own ``code``: not in the kernel's history, no execution count."""
+        content = {
+            "code": code,
+            "silent": False,
+            "store_history": False,
+            "user_expressions": {},
+            "allow_stdin": False,
+            "stop_on_error": False,
+        }
+        return self._request("execute_request", content, limit, limit)
 
     def _request(
         self,

@@ -40,6 +40,7 @@ __all__ = [
     "attach",
     "creation_lock",
     "load",
+    "prune_locks",
     "records",
     "remove",
     "save",
@@ -68,6 +69,8 @@ class Record:
     session: str | None = None
     created: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
+    expires: float = 0.0
+    """When (epoch seconds) its lifetime is up, as last set from the host; 0: unknown."""
 
 
 def state_dir() -> Path:
@@ -160,6 +163,31 @@ def remove(sandbox_id: str) -> None:
         os.unlink(state_dir() / f"{check_id(sandbox_id)}.json")
 
 
+def prune_locks() -> int:
+    """Delete the lock files (``<id>.lock``, ``<id>.create``) of sandboxes that have no
+    record and that no process holds; return how many. A file is deleted only while this
+    process holds its lock, so a waiter that opened it then finds it gone and retries."""
+    directory = state_dir()
+    removed = 0
+    for path in [*directory.glob("*.lock"), *directory.glob("*.create")]:
+        if (directory / f"{path.stem}.json").exists():
+            continue
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not (directory / f"{path.stem}.json").exists():
+                os.unlink(path)
+                removed += 1
+        except OSError:
+            pass  # held, or gone already
+        finally:
+            os.close(fd)
+    return removed
+
+
 def records() -> list[Record]:
     """Every readable record of this user."""
     found = []
@@ -190,21 +218,33 @@ class AttachLock:
 
 
 def _lock(name: str, wait: float) -> int | None:
+    """An exclusive flock on ``name`` in the state directory, or None after ``wait`` s. A
+    lock file may be deleted by :func:`prune_locks` (only while locked): a lock taken on a
+    file that is no longer the one at the path is let go, and the new file locked instead."""
     path = state_dir() / name
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    if os.fstat(fd).st_uid != os.getuid():
-        os.close(fd)
-        raise SandboxAccessDenied(f"the lock file {path} belongs to another user")
     deadline = time.monotonic() + max(wait, 0.0)
     while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        if os.fstat(fd).st_uid != os.getuid():
+            os.close(fd)
+            raise SandboxAccessDenied(f"the lock file {path} belongs to another user")
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return None
+                time.sleep(_POLL)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            current = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            current = None
+        held = os.fstat(fd)
+        if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
             return fd
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                return None
-            time.sleep(_POLL)
+        os.close(fd)  # pruned meanwhile: lock the file now at the path
 
 
 def attach(sandbox_id: str, wait: float = 0.0) -> AttachLock:

@@ -24,11 +24,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from enclave_tools import registry
-from enclave_tools.backends.base import Backend, SandboxHandle
-from enclave_tools.backends.docker import SESSION, DockerBackend
-from enclave_tools.checks import check_code, check_timeout, check_wait
-from enclave_tools.config import SandboxConfig, seconds_in, size_in_bytes
+from enclave_tools import attach
+from enclave_tools.backends.base import AttachHold, Backend, SandboxHandle
+from enclave_tools.backends.docker import DockerBackend
+from enclave_tools.checks import check_code, check_timeout
+from enclave_tools.config import SandboxConfig, size_in_bytes
 from enclave_tools.errors import (
     EnclaveError,
     FileTransferError,
@@ -38,7 +38,6 @@ from enclave_tools.errors import (
     InvalidInput,
     SandboxClosed,
     SandboxDied,
-    SandboxGone,
     SandboxStartFailed,
 )
 from enclave_tools.escalation import Outcome, run_cell
@@ -570,7 +569,7 @@ class Sandbox:
             kernel = KernelClient(http)
             kernel.start(timeout=self.config.startup_timeout)
             self._backend.ready(handle, self.config)
-            self._keep_alive_started(handle, kernel)
+            attach.started(self, handle, kernel)
             with self._lock:
                 if self._closed:
                     raise self._closed_error("while it started")
@@ -631,7 +630,7 @@ class Sandbox:
             http.close()
         if handle is not None:
             self._backend.remove(handle)
-            self._keep_alive_forget()
+            attach.forget(self)
 
     def _replace_container(self) -> None:
         self._stop_container()
@@ -701,12 +700,12 @@ class Sandbox:
         )
 
     # -- kept alive: detach, connect, lifetimes ------------------------------------------
-    # A sandbox made with ``keep_alive`` has no owner process: its gateway ends it when it
-    # has not been used for ``keep_alive`` seconds or its ``lifetime`` is up. Its record
-    # (enclave_tools.registry, private to this user) lets any process of this user reach
-    # it; one process at a time is attached (registry.attach: a flock, freed on exit).
+    # A sandbox made with ``keep_alive`` has no owner process: it ends itself when it has
+    # not been used for ``keep_alive`` seconds or its ``lifetime`` is up. Its record lets
+    # another process reach it; one process at a time is attached. The work is in
+    # enclave_tools.attach; where records live and what "attached" means is the backend's.
 
-    _attached: registry.AttachLock | None = None
+    _attached: AttachHold | None = None
     _detached = False
 
     @classmethod
@@ -719,33 +718,16 @@ class Sandbox:
         progress: Callable[[str], None] | None = None,
     ) -> Sandbox:
         """Attach this process to the kept-alive sandbox ``sandbox_id`` (made with
-        ``keep_alive`` by any process of this user on this host, then detached): the same
-        kernel, the same variables.
+        ``keep_alive``, then detached): the same kernel, the same variables. Docker and the
+        remote gateway: any process of this user on this host; Kubernetes (pass the
+        ``backend``): any process, on any host, that may read the pod's Secret.
 
         One process at a time may be attached: if another is, this waits up to ``wait``
         seconds for it to let go, then raises :class:`~enclave_tools.errors.SandboxInUse`.
         Raises :class:`~enclave_tools.errors.SandboxGone` if the sandbox has ended (its
         idle limit or lifetime passed, or it was stopped) and
-        :class:`~enclave_tools.errors.SandboxAccessDenied` if it is another user's.
-        Docker backend only for now."""
-        backend = backend or DockerBackend()
-        if not backend.can_attach:
-            raise SandboxStartFailed(
-                f"Sandbox.connect is not available for the {backend.name} backend yet (Docker only); "
-                "create a new Sandbox there instead"
-            )
-        wait = check_wait(wait, "wait") or 0.0
-        record = registry.load(sandbox_id)
-        if record.backend != backend.name:
-            raise SandboxGone(
-                f"sandbox {sandbox_id} was made by the {record.backend} backend, not {backend.name}"
-            )
-        attached = registry.attach(record.id, wait)
-        try:
-            return cls._attach_to(record, backend, attached, progress)
-        except BaseException:
-            attached.release()
-            raise
+        :class:`~enclave_tools.errors.SandboxAccessDenied` if it is another user's."""
+        return attach.connect(cls, sandbox_id, wait, backend, progress)
 
     @classmethod
     async def aconnect(
@@ -759,87 +741,12 @@ class Sandbox:
         """Async :meth:`connect` (on a worker thread)."""
         return await off_loop(lambda: cls.connect(sandbox_id, wait=wait, backend=backend, progress=progress))
 
-    @classmethod
-    def _attach_to(
-        cls,
-        record: registry.Record,
-        backend: Any,
-        attached: registry.AttachLock,
-        progress: Callable[[str], None] | None,
-    ) -> Sandbox:
-        try:
-            handle = backend.attach(record)
-        except SandboxGone:
-            # state() reads only the id, the name and run_dir: a handle with no endpoint is enough
-            gone = SandboxHandle(record.container_id, record.name, None, record.run_dir)  # type: ignore[arg-type]
-            if not backend.state(gone).running:
-                # Expired: as gc would, trusting no path or id the record holds (remove_ended
-                # takes only a stopped kept-alive sandbox, and only a run directory of ours).
-                backend.remove_ended(record.container_id)
-                registry.remove(record.id)
-            raise
-        sandbox = cls(SandboxConfig.model_validate(record.config), backend=backend, progress=progress)
-        sandbox.id = record.id
-        http = GatewayHTTP(handle.endpoint)
-        kernel = KernelClient(http)
-        kernel.kernel_id = record.kernel_id
-        timeout = sandbox.config.startup_timeout
-        try:
-            if kernel.model() is None:  # the kernel was replaced: start one, say state is lost
-                kernel.start(timeout=timeout)
-                sandbox.mark_state_lost("The sandbox's kernel had ended while no process was attached")
-                record.kernel_id = kernel.kernel_id or ""
-                registry.save(record)
-            else:
-                kernel.connect(timeout=timeout)
-        except (GatewayError, *_CONNECT_ERRORS) as exc:
-            http.close()
-            raise SandboxGone(f"sandbox {record.id} cannot be reached: {exc}") from None
-        sandbox._handle, sandbox._http, sandbox._kernel = handle, http, kernel
-        sandbox._attached = attached
-        _live.add(sandbox)  # at this process's exit it is detached again
-        return sandbox
-
     def detach(self, timeout: float | None = None) -> None:
         """Let go of a kept-alive sandbox without ending it: this object can no longer run
-        code, and any process of this user may :meth:`connect` to ``self.id`` (until its
-        idle limit or lifetime passes). Starts it first if it never started. Waits up to
-        ``timeout`` seconds (default: no limit) for a running call."""
-        if self.config.keep_alive is None:
-            raise InvalidInput(
-                "only a sandbox made with keep_alive can be detached, e.g. Sandbox(keep_alive='30m'); "
-                "use close() to end this one"
-            )
-        timeout = check_wait(timeout, "timeout")
-        if self._handle is None and not self._closed:
-            self.start()
-        turn = self._enter()
-        try:
-            if not self._turns.wait(turn, timeout):
-                self._turns.abandon(turn)
-                raise SandboxClosed(
-                    f"a call was still running after {timeout:g} s; the sandbox was not detached"
-                )
-            with self._lock:
-                _, kernel, http = self._handle, self._kernel, self._http
-                self._handle = self._kernel = self._http = None
-                self._closed = self._detached = True
-        finally:
-            self._turns.leave(turn)
-        self._turns.close(
-            SandboxClosed(
-                f"this sandbox was detached from this process; "
-                f"use Sandbox.connect({self.id!r}) to run code in it"
-            )
-        )
-        if kernel is not None:
-            kernel.disconnect()
-        if http is not None:
-            http.close()
-        attached, self._attached = self._attached, None
-        if attached is not None:
-            attached.release()
-        _live.discard(self)
+        code, and another process may :meth:`connect` to ``self.id`` (until its idle limit
+        or lifetime passes). Starts it first if it never started. Waits up to ``timeout``
+        seconds (default: no limit) for a running call."""
+        attach.detach(self, timeout)
 
     adetach = async_twin(detach)
 
@@ -847,81 +754,13 @@ class Sandbox:
         self, keep_alive: str | float | None = None, lifetime: str | float | None = None
     ) -> dict[str, Any]:
         """Change a kept-alive sandbox's limits: ``keep_alive`` replaces its idle limit,
-        ``lifetime`` lets it live that long from now at most (durations such as ``"30m"``).
-        Returns its limits as the gateway now has them (seconds: ``idle_limit``,
-        ``lifetime``, ``age``, ``idle``, ``expires_in``)."""
-        if self.config.keep_alive is None:
-            raise InvalidInput("only a sandbox made with keep_alive has limits to change")
-        try:
-            idle = None if keep_alive is None else seconds_in(keep_alive)
-            life = None if lifetime is None else seconds_in(lifetime)
-        except ValueError as exc:
-            raise InvalidInput(str(exc)) from None
-        self.start()
-        http = self._http
-        if http is None:
-            raise (
-                self._closed_error("before its limits were changed")
-                if self._closed
-                else SandboxDied("the sandbox stopped; the next run starts a new one")
-            )
-        try:
-            limits = http.json(
-                "POST", "/api/enclave/lifetime", {"idle_limit": idle, "lifetime": life}, timeout=10
-            )
-        except (GatewayError, *_CONNECT_ERRORS) as exc:
-            raise self._died_or(exc) from exc
-        update = {k: v for k, v in (("keep_alive", idle), ("lifetime", life)) if v is not None}
-        self.config = self.config.model_copy(update=update)
-        try:
-            record = registry.load(self.id)
-            record.config = self.config.model_dump(mode="json")
-            registry.save(record)
-        except EnclaveError as exc:
-            log.debug("could not update the record of %s: %s", self.id, exc)
-        return limits if isinstance(limits, dict) else {}
+        ``lifetime`` lets it live that long from now at most (durations such as ``"30m"``;
+        on Kubernetes no longer than its pod's deadline allows, see docs/architecture.md).
+        Returns its limits as the sandbox now has them (seconds, None where unknown:
+        ``idle_limit``, ``lifetime``, ``age``, ``idle``, ``expires_in``)."""
+        return attach.set_timeout(self, keep_alive, lifetime)
 
     aset_timeout = async_twin(set_timeout)
-
-    def _keep_alive_started(self, handle: SandboxHandle, kernel: KernelClient) -> None:
-        """Record a kept-alive sandbox (before any user code runs) and attach this process."""
-        if self.config.keep_alive is None:
-            return
-        if not self._backend.can_attach:
-            raise SandboxStartFailed(
-                f"keep_alive is not available for the {self._backend.name} backend yet (Docker only)"
-            )
-        if self._attached is None:
-            self._attached = registry.attach(self.id, wait=0.0)
-        registry.save(
-            registry.Record(
-                id=self.id,
-                backend=self._backend.name,
-                container_id=handle.container_id,
-                name=handle.name,
-                token=handle.endpoint.token,
-                kernel_id=kernel.kernel_id or "",
-                run_dir=handle.run_dir,
-                unix_path=handle.endpoint.unix_path,
-                port=handle.host_port,
-                session=self.config.labels.get(SESSION),
-                created=time.time(),
-                config=self.config.model_dump(mode="json"),
-            )
-        )
-
-    def _keep_alive_forget(self) -> None:
-        """The container was removed: forget its record and let go."""
-        if self.config.keep_alive is None:
-            return
-        try:
-            registry.remove(self.id)
-        except EnclaveError as exc:
-            log.debug("could not remove the record of %s: %s", self.id, exc)
-        if self._closed:
-            attached, self._attached = self._attached, None
-            if attached is not None:
-                attached.release()
 
 
 class _InstallTarget:

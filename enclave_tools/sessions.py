@@ -28,8 +28,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from enclave_tools import registry
-from enclave_tools.backends.docker import SESSION, SandboxExists
+from enclave_tools.backends.base import Backend, SandboxExists
+from enclave_tools.backends.docker import SESSION
 from enclave_tools.config import SandboxConfig
 from enclave_tools.errors import EnclaveError, SandboxClosed, SandboxGone
 from enclave_tools.sandbox import CLOSE_TIMEOUT, Sandbox, close_sandboxes
@@ -47,7 +47,11 @@ class SandboxSessions:
     kernel at once; each one handed out is replaced. Sessions idle for longer than
     ``idle_ttl`` seconds are closed; if such a session comes back, its new sandbox's first
     result says that its state was lost. ``factory`` makes the sandboxes (default:
-    ``Sandbox(config, **overrides)``).
+    ``Sandbox(config, backend=backend, **overrides)``).
+
+    With ``keep_alive``, ``backend`` (default Docker) also says where the sessions'
+    sandboxes are found from another worker: this host's registry (Docker, a remote
+    gateway), or the pods' labels (Kubernetes: workers on any host).
     """
 
     def __init__(
@@ -58,6 +62,7 @@ class SandboxSessions:
         idle_ttl: float | None = None,
         factory: Callable[[], Sandbox] | None = None,
         attach_wait: float = 60.0,
+        backend: Backend | None = None,
         **overrides: Any,
     ) -> None:
         if warm < 0:
@@ -66,7 +71,8 @@ class SandboxSessions:
             raise ValueError("idle_ttl must be positive, or None for no limit")
         self.warm = warm
         self.idle_ttl = idle_ttl
-        self._factory = factory or (lambda: Sandbox(config, **overrides))
+        self._backend = backend
+        self._factory = factory or (lambda: Sandbox(config, backend=backend, **overrides))
         self._config = SandboxConfig.model_validate({**(config or SandboxConfig()).model_dump(), **overrides})
         self.attach_wait = attach_wait
         """Seconds a kept-alive session's ``get`` waits for another worker to let go."""
@@ -208,10 +214,11 @@ class SandboxSessions:
             sandbox = self._sessions.get(key)
             if sandbox is not None:
                 return sandbox
-        sandbox_id = registry.session_sandbox_id(key)
-        with registry.creation_lock(sandbox_id, wait=self.attach_wait + self._config.startup_timeout):
+        backend = self._kept_alive_backend()
+        sandbox_id = backend.session_sandbox_id(key)
+        with backend.creation_lock(sandbox_id, wait=self.attach_wait + self._config.startup_timeout):
             try:
-                sandbox = Sandbox.connect(sandbox_id, wait=self.attach_wait)
+                sandbox = Sandbox.connect(sandbox_id, wait=self.attach_wait, backend=backend)
             except SandboxGone:
                 sandbox = self._create(key, sandbox_id)
         with self._wake:
@@ -221,14 +228,22 @@ class SandboxSessions:
             self._sessions[key] = sandbox
         return sandbox
 
+    def _kept_alive_backend(self) -> Backend:
+        if self._backend is None:
+            from enclave_tools.backends.docker import DockerBackend
+
+            self._backend = DockerBackend()
+        return self._backend
+
     def _create(self, key: str, sandbox_id: str) -> Sandbox:
         labels = {**self._config.labels, SESSION: key[:256]}
-        sandbox = Sandbox(self._config.model_copy(update={"labels": labels}))
+        backend = self._kept_alive_backend()
+        sandbox = Sandbox(self._config.model_copy(update={"labels": labels}), backend=backend)
         sandbox.id = sandbox_id
         try:
             return sandbox.start()
-        except SandboxExists:  # made meanwhile by a process that holds no creation lock here
-            return Sandbox.connect(sandbox_id, wait=self.attach_wait)
+        except SandboxExists:  # made meanwhile by another process (another host, on Kubernetes)
+            return Sandbox.connect(sandbox_id, wait=self.attach_wait, backend=backend)
 
     def detach(self, key: str) -> None:
         """Let go of kept-alive session ``key`` in this process (it keeps running; any

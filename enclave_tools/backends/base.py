@@ -10,25 +10,34 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
+from enclave_tools import registry
 from enclave_tools.config import SandboxConfig
-from enclave_tools.errors import SandboxStartFailed
-from enclave_tools.transport import Endpoint
+from enclave_tools.errors import SandboxGone, SandboxStartFailed
+from enclave_tools.transport import Endpoint, GatewayHTTP
 
 if TYPE_CHECKING:
+    from enclave_tools.kernel import KernelClient
     from enclave_tools.registry import Record
 
 __all__ = [
     "GATEWAY_PORT",
+    "IDLE_EXIT",
+    "LIFETIME_EXIT",
     "SANDBOX_UID",
     "SHARED_DIR",
     "SOCKET_NAME",
     "TOKEN_NAME",
+    "AttachHold",
     "Backend",
     "ContainerState",
+    "SandboxExists",
     "SandboxHandle",
+    "ended_because",
+    "lifetime_env",
 ]
 
 GATEWAY_PORT = 8888
@@ -41,6 +50,45 @@ SOCKET_NAME = "gateway.sock"
 """The gateway's unix socket, in SHARED_DIR."""
 TOKEN_NAME = "token"
 """The file in SHARED_DIR the gateway reads its token from (then deletes)."""
+
+
+IDLE_EXIT, LIFETIME_EXIT = 80, 81
+"""The gateway's exit codes when a kept-alive sandbox ended for idleness, or its lifetime."""
+
+
+def ended_because(exit_code: int | None, describe: str) -> str:
+    """Why a kept-alive sandbox's container stopped, in words."""
+    if exit_code == IDLE_EXIT:
+        return "it was not used for longer than its keep_alive limit"
+    if exit_code == LIFETIME_EXIT:
+        return "its lifetime was up"
+    return describe
+
+
+class SandboxExists(SandboxStartFailed):
+    """A kept-alive sandbox of that id already runs (another process created it)."""
+
+
+class AttachHold(Protocol):
+    """One process's hold on a kept-alive sandbox (see :meth:`Backend.take_attach`)."""
+
+    @property
+    def held(self) -> bool:
+        """Whether this process still holds it."""
+        ...
+
+    def release(self) -> None:
+        """Let go (safe to call twice)."""
+        ...
+
+
+def lifetime_env(config: SandboxConfig, lifetime: float | None = None) -> dict[str, str]:
+    """The gateway's limits for a kept-alive sandbox, as its environment (none otherwise);
+    ``lifetime`` overrides the config's (a backend that caps it)."""
+    if config.keep_alive is None:
+        return {}
+    life = config.lifetime_limit if lifetime is None else lifetime
+    return {"ENCLAVE_IDLE_LIMIT": f"{config.keep_alive:g}", "ENCLAVE_LIFETIME": f"{life:g}"}
 
 
 @dataclass
@@ -123,9 +171,82 @@ class Backend(ABC):
         """Remove gateways whose owner is gone; return how many. Default: none to reap."""
         return 0
 
+    # -- kept-alive sandboxes (see enclave_tools.attach) ---------------------------------
+    # Where a kept-alive sandbox's record lives, and how one process at a time is attached
+    # to it. The defaults are this host user's private registry (registry.py: 0600 records,
+    # flocks); a backend whose sandboxes are reachable from other hosts keeps both with
+    # the sandbox instead (the Kubernetes backend: pod labels, annotations and a Secret).
+
     def attach(self, record: Record) -> SandboxHandle:
-        """The handle of the kept-alive sandbox ``record`` describes (see :attr:`can_attach`)."""
+        """The handle of the kept-alive sandbox ``record`` describes (see :attr:`can_attach`);
+        raises :class:`SandboxGone` if it has ended."""
         raise SandboxStartFailed(
-            f"keep_alive and Sandbox.connect are not available for the {self.name} backend yet "
-            "(Docker only); create a new Sandbox there instead"
+            f"keep_alive and Sandbox.connect are not available for the {self.name} backend; "
+            "create a new Sandbox there instead"
         )
+
+    def session_sandbox_id(self, key: str) -> str:
+        """The id of session ``key``'s kept-alive sandbox (the same in every process that
+        may reach it). Default: derived from this host user and the key."""
+        return registry.session_sandbox_id(key)
+
+    def load_record(self, sandbox_id: str) -> Record:
+        """The record of kept-alive sandbox ``sandbox_id``; raises :class:`SandboxGone` if
+        there is none (for this backend)."""
+        record = registry.load(sandbox_id)
+        if record.backend != self.name:
+            raise SandboxGone(
+                f"sandbox {sandbox_id} was made by the {record.backend} backend, not {self.name}"
+            )
+        return record
+
+    def save_record(self, record: Record) -> None:
+        """Write ``record`` where :meth:`load_record` finds it."""
+        registry.save(record)
+
+    def forget_record(self, sandbox_id: str) -> None:
+        """Forget the record of ``sandbox_id`` (its sandbox was removed)."""
+        registry.remove(sandbox_id)
+
+    def take_attach(self, sandbox_id: str, wait: float) -> AttachHold:
+        """Attach this process to ``sandbox_id``, waiting up to ``wait`` seconds for another
+        holder to let go; raises :class:`~enclave_tools.errors.SandboxInUse` if it does not.
+        Default: an exclusive ``flock`` (freed by the kernel when the process dies)."""
+        return registry.attach(sandbox_id, wait)
+
+    def creation_lock(self, sandbox_id: str, wait: float) -> AbstractContextManager[None]:
+        """Held while one process looks for, or creates, ``sandbox_id`` (SandboxSessions);
+        a backend whose create fails on a name clash (:class:`SandboxExists`) needs none."""
+        return registry.creation_lock(sandbox_id, wait)
+
+    def kept_alive_started(self, handle: SandboxHandle, kernel: KernelClient, config: SandboxConfig) -> None:  # noqa: B027
+        """A kept-alive sandbox's kernel has started, no user code has run: set up what ends
+        it with no client left. Default: nothing (the gateway's own deadline does)."""
+
+    def check_attached(self, record: Record, kernel: KernelClient) -> None:  # noqa: B027
+        """Called once a connecting process reaches ``record``'s kernel: raise
+        :class:`SandboxGone` if it turns out to have ended. Default: nothing to check."""
+
+    def remove_expired(self, record: Record) -> None:
+        """``record``'s sandbox turned out to be gone: remove what is left of it (only if it
+        has provably ended) and forget the record."""
+        self.forget_record(record.id)
+
+    def apply_limits(
+        self,
+        handle: SandboxHandle,
+        http: GatewayHTTP,
+        kernel: KernelClient,
+        idle: float | None,
+        lifetime: float | None,
+    ) -> Any:
+        """Give the running sandbox a new idle limit and/or ``lifetime`` more seconds from
+        now; return its limits as the sandbox reports them (untrusted: the caller cleans
+        them). Default: the gateway's ``/api/enclave/lifetime``."""
+        return http.json(
+            "POST", "/api/enclave/lifetime", {"idle_limit": idle, "lifetime": lifetime}, timeout=10
+        )
+
+    def read_limits(self, handle: SandboxHandle, http: GatewayHTTP) -> Any:
+        """The sandbox's limits as it reports them, without counting as use (untrusted)."""
+        return http.json("GET", "/api/enclave/lifetime", timeout=3)

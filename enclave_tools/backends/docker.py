@@ -9,6 +9,7 @@ that right away for good, before any user code runs (see :func:`lock_shared_dir`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -29,13 +30,18 @@ from enclave_tools._docker import docker_client
 from enclave_tools._fs import remove_tree
 from enclave_tools.backends.base import (
     GATEWAY_PORT,
+    IDLE_EXIT,
+    LIFETIME_EXIT,
     SANDBOX_UID,
     SHARED_DIR,
     SOCKET_NAME,
     TOKEN_NAME,
     Backend,
     ContainerState,
+    SandboxExists,
     SandboxHandle,
+    ended_because,
+    lifetime_env,
 )
 from enclave_tools.backends.owner import Owner, OwnerCheck
 from enclave_tools.config import SandboxConfig
@@ -49,7 +55,16 @@ from enclave_tools.errors import (
 from enclave_tools.image.derived import ensure_sandbox_image
 from enclave_tools.transport import Endpoint
 
-__all__ = ["ContainerState", "DockerBackend", "LABEL", "SandboxExists", "SandboxHandle"]
+__all__ = [
+    "IDLE_EXIT",
+    "LIFETIME_EXIT",
+    "ContainerState",
+    "DockerBackend",
+    "LABEL",
+    "SandboxExists",
+    "SandboxHandle",
+    "ended_because",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +80,6 @@ KEEP_ALIVE = "io.enclave-tools.keep-alive"
 (the gateway exits when it is up) rather than by an owner process."""
 SESSION = "io.enclave-tools.session"
 """The session id of a kept-alive sandbox made by SandboxSessions."""
-IDLE_EXIT, LIFETIME_EXIT = 80, 81
-"""The gateway's exit codes when a kept-alive sandbox ended for idleness, or its lifetime."""
 RUN_DIR = "io.enclave-tools.run-dir"
 SHARED_NAME = "gw"
 """The run directory's subdirectory that the container sees at SHARED_DIR."""
@@ -76,6 +89,9 @@ RUN_DIR_GRACE_S = 3600.0
 """How old a run directory without an owner record (an older version's) must be before
 reap_run_dirs may take it: its container was created seconds after it, so by then one of
 this engine's containers names it or none ever will again."""
+DEADLINE_GRACE_S = 60.0
+"""Seconds past a kept-alive sandbox's recorded lifetime before gc removes it while it
+still runs (its gateway should have ended it by then)."""
 CPU_PERIOD_US = 100_000
 """The CFS period of the CPU limit (Docker's default); the quota is cpus times this."""
 
@@ -106,19 +122,6 @@ class SandboxSummary:
             labels=dict(entry.get("Labels") or {}),
             status=str(entry.get("State", "")),
         )
-
-
-class SandboxExists(SandboxStartFailed):
-    """A kept-alive sandbox of that id already runs (another process created it)."""
-
-
-def ended_because(exit_code: int | None, describe: str) -> str:
-    """Why a kept-alive sandbox's container stopped, in words."""
-    if exit_code == IDLE_EXIT:
-        return "it was not used for longer than its keep_alive limit"
-    if exit_code == LIFETIME_EXIT:
-        return "its lifetime was up"
-    return describe
 
 
 def _owner_of(labels: dict[str, str]) -> Owner:
@@ -215,7 +218,7 @@ class DockerBackend(Backend):
             "ENCLAVE_TOKEN_FILE": f"{SHARED_DIR}/{TOKEN_NAME}",
             "ENCLAVE_KERNEL_ENV": ",".join(config.env),
             **config.env,
-            **_lifetime_env(config),
+            **lifetime_env(config),
         }
         tmpfs = {
             "/tmp": f"rw,nosuid,nodev,size={config.tmp_size},mode=1777",
@@ -338,6 +341,16 @@ class DockerBackend(Backend):
             return False
         self.remove_container(attrs["Id"], _safe_run_dir(labels.get(RUN_DIR)))
         return True
+
+    def remove_expired(self, record: Any) -> None:
+        """``record``'s sandbox is gone: if its container has stopped, remove it as gc
+        would, trusting no path or id the record holds (remove_ended takes only a stopped
+        kept-alive sandbox, and only a run directory of ours); forget the record."""
+        # state() reads only the id, the name and run_dir: a handle with no endpoint is enough
+        gone = SandboxHandle(record.container_id, record.name, None, record.run_dir)  # type: ignore[arg-type]
+        if not self.state(gone).running:
+            self.remove_ended(record.container_id)
+            self.forget_record(record.id)
 
     def attach(self, record: Any) -> SandboxHandle:
         """A handle on the running kept-alive sandbox of ``record`` (a registry.Record),
@@ -528,23 +541,38 @@ class DockerBackend(Backend):
         directories left without a container (:meth:`reap_run_dirs`); return how many
         sandboxes were removed."""
         removed = 0
+        gone: set[str] = set()
         check = OwnerCheck()
         listed_at = time.time()
         containers = self.sandbox_summaries()
         for container in containers:
             labels = container.labels or {}
             if labels.get(KEEP_ALIVE) == "1":
-                if container.status not in ("exited", "dead"):
+                if container.status not in ("exited", "dead") and not self._past_deadline(container.id):
                     continue  # judged by its expiry: the gateway ends it when it is up
             elif _owner_alive(labels, check):
                 continue
             self.remove_container(container.id, _safe_run_dir(labels.get(RUN_DIR)))
+            gone.add(container.id)
             removed += 1
             if on_removed:
                 on_removed(container)
         self.reap_run_dirs(on_dir_removed, check, containers)
-        self.reap_records({c.id for c in containers if c.status not in ("exited", "dead")}, listed_at)
+        running = {c.id for c in containers if c.status not in ("exited", "dead") and c.id not in gone}
+        self.reap_records(running, listed_at)
         return removed
+
+    def _past_deadline(self, container_id: str) -> bool:
+        """Whether this user's record of the kept-alive container says its lifetime ended
+        more than DEADLINE_GRACE_S ago: the host's backstop, should its gateway (next to
+        the sandbox's code) not have ended it."""
+        from enclave_tools import registry
+
+        with contextlib.suppress(OSError, EnclaveError):
+            for record in registry.records():
+                if record.backend == self.name and record.container_id == container_id:
+                    return bool(record.expires) and time.time() > record.expires + DEADLINE_GRACE_S
+        return False
 
     def reap_records(self, running: set[str], listed_at: float) -> None:
         """Forget this user's kept-alive records whose container no longer runs (of the
@@ -559,6 +587,7 @@ class DockerBackend(Backend):
                     and record.container_id not in running
                 ):
                     registry.remove(record.id)
+            registry.prune_locks()
         except (OSError, EnclaveError) as exc:
             log.debug("pruning sandbox records failed: %s", exc)
 
@@ -632,13 +661,6 @@ def lock_shared_dir(
             raise SandboxStartFailed(
                 f"{shared}/{SOCKET_NAME} belongs to uid {sock.st_uid}, not the sandbox's uid {SANDBOX_UID}"
             )
-
-
-def _lifetime_env(config: SandboxConfig) -> dict[str, str]:
-    """The gateway's limits for a kept-alive sandbox (none otherwise)."""
-    if config.keep_alive is None:
-        return {}
-    return {"ENCLAVE_IDLE_LIMIT": f"{config.keep_alive:g}", "ENCLAVE_LIFETIME": f"{config.lifetime_limit:g}"}
 
 
 def _port_of(attrs: dict[str, Any]) -> int | None:

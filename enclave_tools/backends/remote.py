@@ -6,6 +6,13 @@ no longer answers. Kernels, results and failures are the same as on Docker::
 
     Sandbox(backend=RemoteGatewayBackend("https://gateway.example:8888", token))
 
+Kept-alive sandboxes (``keep_alive``, ``Sandbox.connect``): the sandbox is a kernel on the
+gateway, which outlives it. Its record is this host user's (``registry.py``) and holds no
+token (the backend has the gateway's); one process at a time is attached (a flock), and
+SandboxSessions' workers must share this host (a gateway offers no compare-and-swap to
+name a kernel atomically, so two hosts racing for one session could make two kernels).
+Its limits are kept by a watchdog inside the kernel (``watchdog.py``) and by ``gc``.
+
 Limits, which belong to whoever runs the gateway: memory, CPUs, network, image and the
 kernel's environment are the gateway's, so those :class:`SandboxConfig` fields are not
 applied. ``write_file``/``read_file`` need the enclave endpoints of this project's image;
@@ -14,16 +21,32 @@ a stock gateway answers 404 and the sandbox raises :class:`FileTransferError`.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
+import os
 import socket
 import ssl
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from enclave_tools import registry
+from enclave_tools.backends import watchdog
 from enclave_tools.backends.base import Backend, ContainerState, SandboxHandle
 from enclave_tools.config import SandboxConfig
-from enclave_tools.errors import GatewayError, SandboxStartFailed
-from enclave_tools.transport import Endpoint, GatewayHTTP
+from enclave_tools.errors import EnclaveError, GatewayError, SandboxGone, SandboxStartFailed
+from enclave_tools.protocol import loads_bounded
+from enclave_tools.transport import Endpoint, GatewayHTTP, quote_path
+
+if TYPE_CHECKING:
+    from enclave_tools.kernel import KernelClient
+    from enclave_tools.registry import Record
+
+log = logging.getLogger(__name__)
 
 __all__ = ["GatewayState", "RemoteGatewayBackend", "TLSEndpoint", "endpoint_from_url"]
 
@@ -103,6 +126,7 @@ class RemoteGatewayBackend(Backend):
     name = "remote"
     owns_gateway = False
     """The gateway outlives the sandbox: the Sandbox should delete its kernel on close."""
+    can_attach = True
 
     def __init__(self, url: str, token: str, *, verify: bool | str = True) -> None:
         self.url = url
@@ -131,6 +155,8 @@ class RemoteGatewayBackend(Backend):
                 f"{self.url} answered {status} to GET /api: is it a Jupyter Kernel Gateway? "
                 f"{data[:200].decode('utf-8', 'replace')}"
             )
+        if config.keep_alive is not None:
+            self.reap_orphans_quietly()
         return SandboxHandle(f"remote-{sandbox_id}", self.url, self._endpoint)
 
     def state(self, handle: SandboxHandle) -> GatewayState:
@@ -157,6 +183,155 @@ class RemoteGatewayBackend(Backend):
         """Nothing to remove: the gateway is not ours (the Sandbox deletes its kernel)."""
 
     def reap_orphans(self) -> int:
-        """Nothing to reap; a gateway culls idle kernels itself
-        (``--MappingKernelManager.cull_idle_timeout``)."""
-        return 0
+        """Delete this user's kept-alive kernels on this gateway that have expired: past
+        their lifetime as recorded on this host, or idle (as the gateway reports their
+        last activity) for longer than their limit, which is also how long a kernel that
+        its watchdog ended sits restarted and empty; forget records of kernels that are
+        gone. Return how many kernels were deleted. (Other kernels are the gateway's to
+        cull: ``--MappingKernelManager.cull_idle_timeout``.)"""
+        removed = 0
+        for record in registry.records():
+            if record.backend != self.name or record.name != self.url or not record.kernel_id:
+                continue
+            try:
+                model = self._kernel_model(record.kernel_id)
+            except (OSError, GatewayError) as exc:
+                log.debug("gc could not reach the gateway at %s: %s", self.url, exc)
+                return removed
+            if model is None:
+                registry.remove(record.id)
+            elif self._expired(record, model):
+                self._delete_kernel(record.kernel_id)
+                registry.remove(record.id)
+                removed += 1
+        return removed
+
+    def reap_orphans_quietly(self) -> None:
+        """:meth:`reap_orphans`, never failing a start because of it."""
+        try:
+            self.reap_orphans()
+        except Exception as exc:  # noqa: BLE001 - cleanup must never break a start
+            log.debug("reaping expired kernels failed: %s", exc)
+
+    # -- kept-alive sandboxes: a kernel on the gateway -------------------------------------
+
+    def session_sandbox_id(self, key: str) -> str:
+        """Session ``key``'s sandbox id for this host user on this gateway."""
+        digest = hashlib.sha256(f"{os.getuid()}\0{self.url}\0{key}".encode()).hexdigest()
+        return f"r{digest[:15]}"
+
+    def load_record(self, sandbox_id: str) -> Record:
+        """This user's record of ``sandbox_id``, which must name this gateway."""
+        record = super().load_record(sandbox_id)
+        if record.name != self.url:
+            raise SandboxGone(
+                f"sandbox {sandbox_id} is a kernel on the gateway at {record.name}, not {self.url}"
+            )
+        return record
+
+    def save_record(self, record: Record) -> None:
+        """Write ``record`` without the token: it is the gateway's, and this backend has it."""
+        registry.save(replace(record, token=""))
+
+    def attach(self, record: Record) -> SandboxHandle:
+        """The gateway's endpoint, once its kernel ``record.kernel_id`` is found there and
+        has not passed its recorded lifetime; SandboxGone otherwise."""
+        try:
+            model = self._kernel_model(record.kernel_id) if record.kernel_id else None
+        except (OSError, GatewayError) as exc:
+            raise SandboxStartFailed(f"the gateway at {self.url} does not answer: {exc}") from exc
+        if model is None:
+            raise SandboxGone(
+                f"sandbox {record.id} is gone: its kernel no longer exists on the gateway (its idle or "
+                "lifetime limit passed, or it was deleted or culled). Create a new Sandbox."
+            )
+        if record.expires and time.time() >= record.expires:
+            raise SandboxGone(f"sandbox {record.id} has ended: its lifetime was up")
+        return SandboxHandle(f"remote-{record.id}", self.url, self._endpoint)
+
+    def kept_alive_started(self, handle: SandboxHandle, kernel: KernelClient, config: SandboxConfig) -> None:
+        """Start the kernel's watchdog (and again whenever the kernel is restarted)."""
+        watchdog.install(kernel, config.keep_alive, config.lifetime_limit)
+        kernel.on_new_kernel = self._rearm(config)
+
+    def check_attached(self, record: Record, kernel: KernelClient) -> None:
+        """The kernel must still run its watchdog: a kernel without one was restarted
+        fresh by the gateway after the watchdog ended it (or after it crashed)."""
+        if not watchdog.alive(kernel):
+            raise SandboxGone(
+                f"sandbox {record.id} has ended: its kernel was restarted with no state (its idle or "
+                "lifetime limit passed while no process was attached, or it crashed)"
+            )
+        kernel.on_new_kernel = self._rearm(SandboxConfig.model_validate(record.config))
+
+    def remove_expired(self, record: Record) -> None:
+        """Delete ``record``'s kernel (it has ended: restarted empty, or past its lifetime)
+        and forget the record."""
+        if record.kernel_id:
+            self._delete_kernel(record.kernel_id)
+        self.forget_record(record.id)
+
+    def apply_limits(
+        self,
+        handle: SandboxHandle,
+        http: GatewayHTTP,
+        kernel: KernelClient,
+        idle: float | None,
+        lifetime: float | None,
+    ) -> Any:
+        """Change the kernel's watchdog (a cell of enclave-tools' own: it waits for a
+        running cell, up to 30 s). /api/enclave/lifetime would be the whole gateway's."""
+        return watchdog.set_limits(kernel, idle, lifetime)
+
+    def read_limits(self, handle: SandboxHandle, http: GatewayHTTP) -> Any:
+        """Not readable without running a cell (which is use): unknown."""
+        return {}
+
+    def _rearm(self, config: SandboxConfig) -> Callable[[KernelClient], None]:
+        def rearm(kernel: KernelClient) -> None:
+            try:
+                watchdog.install(kernel, config.keep_alive, config.lifetime_limit)
+            except EnclaveError as exc:
+                log.warning("could not restart the watchdog of kernel %s: %s", kernel.kernel_id, exc)
+
+        return rearm
+
+    def _kernel_model(self, kernel_id: str) -> dict[str, Any] | None:
+        client = GatewayHTTP(self._endpoint, timeout=10.0)
+        try:
+            status, data = client.request("GET", f"/api/kernels/{quote_path(kernel_id)}")
+        finally:
+            client.close()
+        if status == 404:
+            return None
+        if status != 200:
+            raise GatewayError(f"the gateway answered {status} for kernel {kernel_id}", status)
+        model = loads_bounded(data)
+        if not isinstance(model, dict):
+            raise GatewayError("the gateway's record of a kernel is not a JSON object")
+        return model
+
+    def _delete_kernel(self, kernel_id: str) -> None:
+        client = GatewayHTTP(self._endpoint, timeout=10.0)
+        try:
+            with contextlib.suppress(OSError, GatewayError):
+                client.request("DELETE", f"/api/kernels/{quote_path(kernel_id)}")
+        finally:
+            client.close()
+
+    @staticmethod
+    def _expired(record: Record, model: dict[str, Any]) -> bool:
+        now = time.time()
+        if record.expires and now >= record.expires:
+            return True
+        idle_limit = record.config.get("keep_alive")
+        last = model.get("last_activity")
+        if model.get("execution_state") == "busy":
+            return False  # a running cell is use
+        if not isinstance(idle_limit, (int, float)) or not isinstance(last, str):
+            return False
+        try:
+            seen = datetime.fromisoformat(last[:40].replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return False
+        return now - seen > idle_limit

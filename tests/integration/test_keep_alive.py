@@ -290,3 +290,21 @@ def test_the_record_is_private_and_another_user_is_refused(kept, docker_engine, 
         assert sb.run("secret").text == "1"
     finally:
         sb.close()
+
+
+def test_gc_removes_a_running_sandbox_past_its_recorded_lifetime(kept, docker_engine) -> None:
+    """The host's backstop: a gateway that did not end its sandbox when its lifetime was up."""
+    config, _children = kept
+    sb = Sandbox(config, keep_alive="5m")
+    try:
+        sb.start()
+        sb.detach()
+        record = registry.load(sb.id)
+        record.expires = time.time() - 3600  # as if its lifetime ended an hour ago
+        registry.save(record)
+        assert [c.status for c in containers_of(docker_engine, config)] == ["running"]
+        DockerBackend(docker_engine).reap_orphans()
+        assert containers_of(docker_engine, config) == []
+        assert registry.records() == []
+    finally:
+        sb.close()

@@ -9,7 +9,13 @@ never enforced). Tests inject API errors (any status, on any path) and expired w
 A kubelet hook (see ``fake_kubelet.py``) is told about created, terminating and deleted
 pods and writes their status back with :meth:`FakeAPIServer.set_status`.
 
-As the real one: a pod delete with a grace period (the query, DeleteOptions, or the pod's
+As the real one: a create of a name that exists is 409 AlreadyExists; a patch carrying a
+stale ``metadata.resourceVersion`` is 409 Conflict; a pod's spec may change only in
+``activeDeadlineSeconds``, which may be set if unset or lowered, never raised (422
+Invalid, as ValidatePodUpdate); objects named in a deleted object's ownerReferences go
+later, in the background (the garbage collector is asynchronous); a pod that has ended
+(phase Failed or Succeeded) is deleted at once whatever the grace period. A pod delete
+with a grace period (the query, DeleteOptions, or the pod's
 ``terminationGracePeriodSeconds``, default 30) sets ``deletionTimestamp`` and keeps the
 object until the kubelet has stopped the containers; grace 0 removes the object at once
 and the kubelet stops the containers afterwards. Injected failures can lose the answer
@@ -38,6 +44,9 @@ from aiohttp import WSMsgType, web
 
 KINDS = {"pods": "Pod", "secrets": "Secret", "networkpolicies": "NetworkPolicy"}
 HISTORY = 1000
+GC_DELAY = 0.5
+"""Seconds before the garbage collector deletes what a deleted object owned (it works
+asynchronously, from its own watch of the cluster)."""
 FORCED_DELETE_NOTICE = 1.0
 """Seconds before the kubelet stops the containers of a force-deleted pod (object gone)."""
 
@@ -114,6 +123,45 @@ def _matches_fields(obj: dict[str, Any], selector: str) -> bool:
         if str(current or "") != value:
             return False
     return True
+
+
+POD_SPEC_MUTABLE = ("activeDeadlineSeconds",)
+"""The pod spec fields a patch may change here (a real API server also takes container
+images and added tolerations, which the backend never changes)."""
+
+
+def _pod_spec_update_error(old: dict[str, Any], patch: dict[str, Any]) -> str:
+    """Why the API server refuses this change to a pod's spec ('' if it takes it), as
+    ValidatePodUpdate does: activeDeadlineSeconds may be set if unset, or lowered (to 0 or
+    more), never raised nor removed; other fields may not change."""
+    others = sorted(
+        key for key, value in patch.items() if key not in POD_SPEC_MUTABLE and old.get(key) != value
+    )
+    if others:
+        return (
+            "spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`, "
+            "`spec.initContainers[*].image`, `spec.activeDeadlineSeconds`, `spec.tolerations` "
+            f"(only additions to existing tolerations) (changed: {', '.join(others)})"
+        )
+    if "activeDeadlineSeconds" not in patch:
+        return ""
+    new, before = patch["activeDeadlineSeconds"], old.get("activeDeadlineSeconds")
+    if new is None:
+        if before is None:
+            return ""
+        return (
+            'spec.activeDeadlineSeconds: Invalid value: "null": '
+            "must not update from a positive integer to nil value"
+        )
+    if not isinstance(new, int) or isinstance(new, bool) or not 0 <= new <= 2**31 - 1:
+        return (
+            f"spec.activeDeadlineSeconds: Invalid value: {new}: must be between 0 and 2147483647, inclusive"
+        )
+    if before is not None and new > before:
+        return (
+            f"spec.activeDeadlineSeconds: Invalid value: {new}: must be less than or equal to previous value"
+        )
+    return ""
 
 
 class _Rule:
@@ -267,7 +315,19 @@ class FakeAPIServer:
                 self._loop.call_soon_threadsafe(queue.put_nowait, (rv, kind_event, snapshot))
 
     def _collect_garbage(self, owner: dict[str, Any]) -> None:
-        uid = owner["metadata"].get("uid")
+        """Delete what ``owner`` owned (ownerReferences by uid), later and in the background,
+        as the garbage collector does (background propagation: the owner goes first)."""
+        timer = threading.Timer(GC_DELAY, self._collect_now, args=(owner["metadata"].get("uid"),))
+        timer.daemon = True
+        timer.start()
+
+    def _collect_now(self, uid: str | None) -> None:
+        with self._lock:
+            if self._loop is None:
+                return
+            self._collect_dependents(uid)
+
+    def _collect_dependents(self, uid: str | None) -> None:
         for kind, objects in self.objects.items():
             for key, obj in list(objects.items()):
                 refs = obj["metadata"].get("ownerReferences") or []
@@ -347,6 +407,10 @@ class FakeAPIServer:
                     f'Operation cannot be fulfilled on {kind} "{name}": '
                     "the object has been modified; please apply your changes to the latest version",
                 )
+            if kind == "pods" and "spec" in patch:
+                invalid = _pod_spec_update_error(obj["spec"], patch["spec"])
+                if invalid:
+                    return _error(422, "Invalid", f'Pod "{name}" is invalid: {invalid}')
             _merge_patch(obj, patch)
             self._changed("MODIFIED", kind, obj)
             return web.json_response(copy.deepcopy(obj))
@@ -366,6 +430,8 @@ class FakeAPIServer:
             if kind != "pods":
                 return web.json_response(self.remove(kind, ns, name))
             grace = _grace(request, body, obj)
+            if (obj.get("status") or {}).get("phase") in ("Failed", "Succeeded"):
+                grace = 0  # the API server deletes a pod that has ended at once (CheckGracefulDelete)
             if grace > 0 and self.kubelet is not None:
                 if not obj["metadata"].get("deletionTimestamp"):
                     obj["metadata"].update(deletionTimestamp=_now(), deletionGracePeriodSeconds=grace)

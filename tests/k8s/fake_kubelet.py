@@ -2,7 +2,8 @@
 engine (default bridge network, so the pod IP is the container's bridge IP) and writes the
 pod's status back: Pending with a waiting reason, Running with its podIP, Ready once the
 readiness probe's TCP port accepts, then Failed/Succeeded when the container exits or
-``activeDeadlineSeconds`` passes (reason ``DeadlineExceeded``).
+``activeDeadlineSeconds`` passes (reason ``DeadlineExceeded``; its current value, which a
+patch may have lowered, counted from when the container started).
 
 What it applies from the pod spec: init containers (run to completion, in order; emptyDirs
 they share with the pod are host directories, the others sized tmpfs), the first
@@ -427,7 +428,6 @@ class _PodRunner:
         """Probe readiness, then follow the container until it exits or the deadline passes."""
         container_spec = self.pod["spec"]["containers"][0]
         probe_port = ((container_spec.get("readinessProbe") or {}).get("tcpSocket") or {}).get("port")
-        deadline = self.pod["spec"].get("activeDeadlineSeconds")
         ready = probe_port is None
         if ready:
             self._condition("Ready", True)
@@ -436,6 +436,7 @@ class _PodRunner:
             self._condition("Ready", False, "ContainersNotReady", "containers with unready status: [gateway]")
             self._write()
         while not self._stopped.wait(0.1):
+            deadline = self._deadline()
             if deadline is not None and time.monotonic() - self.started > deadline:
                 self._kill()
                 self._condition("Ready", False, "PodFailed")
@@ -477,6 +478,12 @@ class _PodRunner:
                 self._condition("ContainersReady", True)
                 self._condition("Ready", True)
                 self._write()
+
+    def _deadline(self) -> int | None:
+        """The pod's activeDeadlineSeconds as it is now (a patch may have lowered it)."""
+        pod = self.server.get("pods", *self.key)
+        spec = (pod or self.pod)["spec"]
+        return spec.get("activeDeadlineSeconds")
 
     def _empty_dir_over_limit(self) -> str:
         """The eviction message if a disk emptyDir holds more than its sizeLimit, else ''."""

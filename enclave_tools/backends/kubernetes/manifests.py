@@ -11,6 +11,7 @@ import os
 import socket
 from typing import Any
 
+from enclave_tools.backends.base import lifetime_env
 from enclave_tools.config import SandboxConfig
 
 PREFIX = "io.enclave-tools/"
@@ -26,6 +27,18 @@ OWNER_HOST = PREFIX + "owner-host"
 OWNER_PID = PREFIX + "owner-pid"
 OWNER_START = PREFIX + "owner-start"
 CREATE_ID = PREFIX + "create-id"
+KEEP_ALIVE = PREFIX + "keep-alive"
+"""Label of a kept-alive pod ("1"): it has no owner process; its deadline and expiry end it."""
+SESSION = "io.enclave-tools.session"
+"""Label carrying the session key of a SandboxSessions pod (as Docker's)."""
+KERNEL_ID = PREFIX + "kernel-id"
+"""Annotation: the kept-alive sandbox's kernel on its gateway."""
+CONFIG = PREFIX + "config"
+"""Annotation: the kept-alive sandbox's SandboxConfig (JSON; no secret: env is in the spec)."""
+HOLDER = PREFIX + "attached-by"
+"""Annotation: who is attached to a kept-alive pod (host/pid/nonce)."""
+HELD_UNTIL = PREFIX + "attached-until"
+"""Annotation: until when (epoch seconds) the holder's claim lasts unless renewed."""
 SAFE_TO_EVICT = "cluster-autoscaler.kubernetes.io/safe-to-evict"
 GATEWAY_PORT = 8888
 SANDBOX_UID = 10001
@@ -90,6 +103,7 @@ def pod_manifest(
         {"name": "ENCLAVE_TOKEN_FILE", "value": f"{TOKEN_DIR}/token"},
         {"name": "ENCLAVE_KERNEL_ENV", "value": ",".join(config.env)},
         *({"name": key, "value": value} for key, value in config.env.items()),
+        *({"name": key, "value": value} for key, value in lifetime_env(config).items()),
     ]
 
     def scratch(name: str, size: str) -> dict[str, Any]:

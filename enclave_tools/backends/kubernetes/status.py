@@ -7,7 +7,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from enclave_tools.backends.base import ContainerState
-from enclave_tools.backends.kubernetes.manifests import EXPIRES, OWNER_HOST, OWNER_PID, OWNER_START
+from enclave_tools.backends.kubernetes.manifests import (
+    EXPIRES,
+    KEEP_ALIVE,
+    OWNER_HOST,
+    OWNER_PID,
+    OWNER_START,
+)
 from enclave_tools.backends.owner import owner_alive
 from enclave_tools.errors import SandboxStartFailed
 
@@ -139,13 +145,17 @@ def pod_state(pod: dict[str, Any]) -> PodState:
 
 
 def _orphaned(pod: dict[str, Any]) -> bool:
+    """Whether the reaper takes ``pod``: it ended, passed its expiry, or (unless it is
+    kept alive: no owner process) its owner process on this host is gone."""
     if _terminal(pod):
         return True
     notes = pod["metadata"].get("annotations") or {}
     try:
         if datetime.fromisoformat(notes[EXPIRES]) < datetime.now(UTC):
             return True
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, TypeError):
         pass
+    if (pod["metadata"].get("labels") or {}).get(KEEP_ALIVE) == "1":
+        return False  # judged by its expiry and deadline; its maker is gone by design
     # Another machine's pod is presumed alive: its own reaper, or its deadline, ends it.
     return not owner_alive(notes.get(OWNER_HOST), notes.get(OWNER_PID), notes.get(OWNER_START))
