@@ -47,7 +47,8 @@ class SandboxSessions:
     kernel at once; each one handed out is replaced. Sessions idle for longer than
     ``idle_ttl`` seconds are closed; if such a session comes back, its new sandbox's first
     result says that its state was lost. ``factory`` makes the sandboxes (default:
-    ``Sandbox(config, backend=backend, **overrides)``).
+    ``Sandbox(config, backend=backend, **overrides)``); with a factory, pass the ``config``
+    it uses too, as tools describe the sandboxes from :attr:`config`.
 
     With ``keep_alive``, ``backend`` (default Docker) also says where the sessions'
     sandboxes are found from another worker: this host's registry (Docker, a remote
@@ -103,7 +104,8 @@ class SandboxSessions:
 
     @property
     def config(self) -> SandboxConfig:
-        """The settings every session's sandbox is made with."""
+        """The settings every session's sandbox is made with (with a ``factory``: the
+        settings given here, the defaults if none)."""
         return self._config
 
     def get(self, key: str) -> Sandbox:

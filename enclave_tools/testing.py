@@ -103,7 +103,7 @@ def sandbox(make_sandbox: Callable[..., Sandbox]) -> Sandbox:
 def sessions(request: pytest.FixtureRequest, sandbox_config: SandboxConfig) -> Iterator[SandboxSessions]:
     """Started SandboxSessions of test sandboxes, closed when the test ends."""
     warm = getattr(request, "param", 0)
-    with SandboxSessions(warm=warm, factory=lambda: Sandbox(sandbox_config)) as made:
+    with SandboxSessions(sandbox_config, warm=warm, factory=lambda: Sandbox(sandbox_config)) as made:
         yield made
 
 

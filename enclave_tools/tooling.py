@@ -45,13 +45,22 @@ _DESCRIPTION = (
 )
 
 
+DESCRIPTION_LIMIT = 1024
+"""The most characters a tool's description has: OpenAI refuses a function description
+longer than this, so long package lists are cut (the first names, then how many more)."""
+
+LISTED_CHARS = 120
+"""The most characters of package names one list in the description takes."""
+
+
 def describe_tool(config: SandboxConfig | None = None) -> str:
     """The tool's description for a sandbox of ``config``: what is installed, and whether
-    (and what) the model may install with ``%pip install``."""
+    (and what) the model may install with ``%pip install``; at most
+    :data:`DESCRIPTION_LIMIT` characters."""
     config = config or SandboxConfig()
-    extra = [*config.packages] + (["the packages of its requirements file"] if config.requirements else [])
+    extra = (["the packages of its requirements file"] if config.requirements else []) + [*config.packages]
     installed = "numpy, pandas and matplotlib are installed" + (
-        f", and also {', '.join(extra)}." if extra else "."
+        f", and also {_listed(extra)}." if extra else "."
     )
     if config.install_policy == "none":
         network = (
@@ -60,10 +69,29 @@ def describe_tool(config: SandboxConfig | None = None) -> str:
             else "The sandbox has network access, but pip install is refused."
         )
     else:
-        network = policy_sentence(config.install_policy) + (
-            " There is no other network access." if not config.egress else ""
-        )
-    return _DESCRIPTION.format(installed=installed, network=network)
+        policy = config.install_policy
+        if not isinstance(policy, str) and len(", ".join(policy)) > LISTED_CHARS:
+            network = (
+                f"You may install only these packages with `%pip install NAME`: {_listed(sorted(policy))} "
+                "(a refused install lists them all; the host fetches them, the sandbox stays offline)."
+            )
+        else:
+            network = policy_sentence(policy)
+        network += " There is no other network access." if not config.egress else ""
+    return _DESCRIPTION.format(installed=installed, network=network)[:DESCRIPTION_LIMIT]
+
+
+def _listed(names: list[str]) -> str:
+    """``names`` joined, the first ones within :data:`LISTED_CHARS`, then how many more."""
+    shown: list[str] = []
+    for name in names:
+        if len(", ".join([*shown, name])) > LISTED_CHARS:
+            break
+        shown.append(name)
+    rest = len(names) - len(shown)
+    if not shown:
+        return f"{rest} more package{'s' if rest > 1 else ''}"
+    return ", ".join(shown) + (f" and {rest} more" if rest else "")
 
 
 TOOL_DESCRIPTION = describe_tool()

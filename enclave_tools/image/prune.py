@@ -5,7 +5,8 @@ new kernel image gets new derived images, so old ones pile up (each a few hundre
 :func:`prune_images` removes the tags that no longer serve: kernel images other than the
 current recipe's, and derived images built on one of those. The Debian base
 (``enclave-tools/base:*``) stays, as the next build reuses it; so does a derived image of
-another base (``image build --with PKG --from IMAGE``) while that base exists. An image a
+another base (``image build --with PKG --from IMAGE``) while that base exists, and an old
+kernel image the user also tagged as their own (only our tag goes). An image a
 container still uses (even a stopped one) is kept: Docker refuses to remove it, and we never
 force.
 """
@@ -34,32 +35,37 @@ class Pruned:
 
 def stale_tags(client: DockerClient | None = None) -> list[str]:
     """The tags that no longer serve: ``enclave-tools/kernel`` tags other than the current
-    recipe's, and ``kernel-derived`` tags whose base image is one of those or is gone."""
+    recipe's, and ``kernel-derived`` tags whose base image is one of those, is gone, or is
+    itself a derived image that goes (a chain of ``--from`` builds goes in one prune)."""
     client = client_or_default(client)
     current = default_image()
     images = client.images.list()
-    stale_kernels: set[str] = set()
-    stale = []
+    stale: set[str] = set()
     for image in images:
         for tag in image.tags:
             if tag.rpartition(":")[0] == IMAGE_REPOSITORY and tag != current:
-                stale.append(tag)
-                stale_kernels.add(image.id)
-    for image in images:  # an image with the current tag too is not stale
-        if current in image.tags:
-            stale_kernels.discard(image.id)
+                stale.add(tag)
+    going = {image.id for image in images if image.tags and set(image.tags) <= stale}
     present = {image.id for image in images}
-    for image in images:
-        base = (image.labels or {}).get(LABEL_DERIVED_FROM)
-        for tag in image.tags:
-            if tag.rpartition(":")[0] != DERIVED_REPOSITORY:
-                continue
-            if base is None:  # a kernel image tagged as derived (nothing to add): follows its kernel
-                gone = image.id in stale_kernels
-            else:
-                gone = base in stale_kernels or base not in present
-            if gone:
-                stale.append(tag)
+    changed = True
+    while changed:  # until no image goes because its base goes
+        changed = False
+        for image in images:
+            base = (image.labels or {}).get(LABEL_DERIVED_FROM)
+            for tag in image.tags:
+                if tag in stale or tag.rpartition(":")[0] != DERIVED_REPOSITORY:
+                    continue
+                if base is None:  # another image tagged as derived (nothing to add): follows its tags
+                    others = [t for t in image.tags if t.rpartition(":")[0] != DERIVED_REPOSITORY]
+                    gone = bool(others) and set(others) <= stale
+                else:
+                    gone = base in going or base not in present
+                if gone:
+                    stale.add(tag)
+                    changed = True
+            if image.id not in going and image.tags and set(image.tags) <= stale:
+                going.add(image.id)  # every tag goes: so does the image, and what was built on it
+                changed = True
     return sorted(stale)
 
 

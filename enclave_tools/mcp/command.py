@@ -8,10 +8,14 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from enclave_tools.errors import EnclaveError, InvalidInput
 
-__all__ = ["TOKEN_ENV", "add_arguments", "run"]
+if TYPE_CHECKING:
+    from enclave_tools.sessions import SandboxSessions
+
+__all__ = ["TOKEN_ENV", "add_arguments", "run", "sessions_for"]
 
 TOKEN_ENV = "ENCLAVE_TOOLS_MCP_TOKEN"
 """The environment variable that holds the HTTP bearer token (never on a command line)."""
@@ -75,20 +79,11 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         raise MissingExtra(
             f"the MCP server needs the mcp extra: pip install 'enclave-tools[mcp]' ({exc})"
         ) from exc
-    from enclave_tools import Sandbox, SandboxConfig, SandboxSessions
 
     if args.max_sessions < 1 or args.warm < 0 or args.idle_ttl <= 0:
         raise InvalidInput("--max-sessions must be 1 or more, --warm 0 or more, --idle-ttl positive")
     token = _token(args.token_file)
-    overrides: dict[str, object] = {"network": args.network, "file_limit": args.file_limit}
-    for field in ("timeout", "memory", "image"):
-        if getattr(args, field):
-            overrides[field] = getattr(args, field)
-    overrides["labels"] = dict(_label(text) for text in args.label)
-    config = SandboxConfig(**overrides)
-    sessions = SandboxSessions(
-        warm=args.warm, idle_ttl=args.idle_ttl, factory=lambda: Sandbox(config, progress=say)
-    )
+    sessions = sessions_for(args, say)
     # SIGTERM ends the process through the finally below, so no sandbox is left behind.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
@@ -110,6 +105,22 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the sandboxes' removal finish
         sessions.close()
     return 0
+
+
+def sessions_for(args: argparse.Namespace, say: Callable[[str], None]) -> SandboxSessions:
+    """The sessions the server hands out, made with the command line's settings (its
+    ``config`` is theirs too: the tool's description follows it)."""
+    from enclave_tools import Sandbox, SandboxConfig, SandboxSessions
+
+    overrides: dict[str, object] = {"network": args.network, "file_limit": args.file_limit}
+    for field in ("timeout", "memory", "image"):
+        if getattr(args, field):
+            overrides[field] = getattr(args, field)
+    overrides["labels"] = dict(_label(text) for text in args.label)
+    config = SandboxConfig(**overrides)
+    return SandboxSessions(
+        config, warm=args.warm, idle_ttl=args.idle_ttl, factory=lambda: Sandbox(config, progress=say)
+    )
 
 
 def _label(text: str) -> tuple[str, str]:

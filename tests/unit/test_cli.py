@@ -34,3 +34,17 @@ def test_errors_are_plain_words_with_exit_code_3(monkeypatch, capsys):
     assert main(["gc"]) == 3
     err = capsys.readouterr().err
     assert "Cannot reach the Docker daemon" in err and "Traceback" not in err
+
+
+def test_mcp_sessions_carry_the_command_lines_config_so_the_tool_describes_it():
+    from enclave_tools.cli import _parser
+    from enclave_tools.mcp.command import sessions_for
+    from enclave_tools.tooling import describe_tool
+
+    args = _parser().parse_args(["mcp", "--network", "bridge", "--warm", "0", "--memory", "3g"])
+    sessions = sessions_for(args, lambda _line: None)
+    try:
+        assert sessions.config.network == "bridge" and sessions.config.memory == "3g"
+        assert "has network access" in describe_tool(sessions.config)  # main: "no network access"
+    finally:
+        sessions.close()

@@ -529,3 +529,35 @@ def test_prune_removes_older_recipes_and_what_was_built_on_them(monkeypatch):
         ]
     )
     assert prune.stale_tags(client) == ["enclave-tools/kernel:used"]
+
+
+def test_prune_follows_chains_and_keeps_what_a_users_tag_still_holds(monkeypatch):
+    from enclave_tools.image import prune
+
+    monkeypatch.setattr(prune, "default_image", lambda: "enclave-tools/kernel:new")
+    derived_from = prune.LABEL_DERIVED_FROM
+    images = _PruneImages(
+        [
+            _PruneImage("sha256:new", ["enclave-tools/kernel:new"]),
+            _PruneImage("sha256:old", ["enclave-tools/kernel:old", "enclave-tools/kernel-derived:alias"]),
+            _PruneImage("sha256:a", ["enclave-tools/kernel-derived:a"], {derived_from: "sha256:old"}),
+            # --from kernel-derived:a --with more: its base goes in the same prune
+            _PruneImage("sha256:b", ["enclave-tools/kernel-derived:b"], {derived_from: "sha256:a"}),
+            # an old kernel the user tagged as their own: it stays, and so does what was built on it
+            _PruneImage("sha256:kept", ["enclave-tools/kernel:older", "mine:1"]),
+            _PruneImage("sha256:c", ["enclave-tools/kernel-derived:c"], {derived_from: "sha256:kept"}),
+            # the user's image built on a derived one carries its label (labels are inherited)
+            _PruneImage("sha256:user", ["mine:2"], {derived_from: "sha256:old"}),
+        ],
+        in_use=set(),
+    )
+    client = type("Client", (), {"images": images})()
+    assert prune.stale_tags(client) == [
+        "enclave-tools/kernel-derived:a",
+        "enclave-tools/kernel-derived:alias",
+        "enclave-tools/kernel-derived:b",
+        "enclave-tools/kernel:old",
+        "enclave-tools/kernel:older",
+    ]
+    prune.prune_images(client)
+    assert prune.stale_tags(client) == []  # one prune is enough

@@ -299,3 +299,24 @@ def test_cli_show_prints_cleaned_output(capsys, tmp_path):
     execution = Execution(_transcript=[("stdout", "hi\x9d0;t\x07\x85 there\u2066")])
     cli._show(execution, tmp_path, [0])
     assert capsys.readouterr().out == "hi there\n"
+
+
+# -- the tool's description ------------------------------------------------------------
+
+
+def test_a_long_package_list_keeps_the_description_within_openais_limit():
+    from enclave_tools.config import SandboxConfig
+    from enclave_tools.tooling import DESCRIPTION_LIMIT, describe_tool
+
+    packages = [f"package-number-{i}>=1.{i}" for i in range(50)]
+    allowed = [f"allowed-package-{i}" for i in range(50)]
+    config = SandboxConfig(packages=packages, install_policy=allowed)
+    described = describe_tool(config)
+    assert len(described) <= DESCRIPTION_LIMIT == 1024
+    assert described.endswith("run it again.")  # cut in the lists, not at the end
+    assert "package-number-0>=1.0" in described and "and 4" in described  # "and N more"
+    assert "allowed-package-0" in described and "a refused install lists them all" in described
+    short = describe_tool(SandboxConfig(packages=["polars"], install_policy=["a", "b"]))
+    assert "and also polars." in short and "`%pip install NAME`: a, b (" in short
+    one_long = describe_tool(SandboxConfig(packages=["x" * 200 + "==1"]))
+    assert "and also 1 more package." in one_long

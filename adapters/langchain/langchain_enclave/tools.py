@@ -143,10 +143,13 @@ class EnclaveNotebookTool(BaseTool):
 
     @model_validator(mode="after")
     def _describe_its_sandbox(self) -> EnclaveNotebookTool:
-        """Unless a description is given, say what the tool's sandboxes have installed and
-        whether the model may install more (the sandbox's config, not the defaults)."""
-        if "description" not in self.model_fields_set:
-            self.description = self.sandboxes.describe()
+        """Unless a description is given (here or as a subclass's default), say what the
+        tool's sandboxes have installed and whether the model may install more (the
+        sandbox's config, not the defaults)."""
+        if "description" not in self.model_fields_set and self.description == TOOL_DESCRIPTION:
+            # Not self.sandboxes: that is made on first use, so sandbox/sessions set after
+            # construction (or changed in a model_copy) still count.
+            self.description = ToolSandboxes(self.sandbox, self.sessions, self.sandbox_config).describe()
         return self
 
     def _run(

@@ -53,6 +53,24 @@ def test_description_says_what_its_sandbox_has() -> None:
     assert EnclaveNotebookTool(sandbox_config=config, description="mine").description == "mine"
 
 
+def test_a_subclass_keeps_its_own_description() -> None:
+    class Mine(EnclaveNotebookTool):
+        description: str = "my own words"
+
+    assert Mine(sandbox_config=SandboxConfig(packages=["polars"])).description == "my own words"
+
+
+def test_a_sandbox_set_after_construction_is_the_one_used() -> None:
+    # A sandbox of its own would fail at once (no such image), never start a container.
+    tool = EnclaveNotebookTool(
+        sandbox_config=SandboxConfig(image="enclave-tools/no-such:0", build_image=False)
+    )
+    copy = tool.model_copy(update={"sandbox": FakeSandbox(printed("from the copy's\n"))})
+    tool.sandbox = FakeSandbox(printed("from the one set\n"))
+    assert tool.invoke({"code": "1"}).strip() == "from the one set"
+    assert copy.invoke({"code": "1"}).strip() == "from the copy's"
+
+
 def test_invoke_with_args_returns_text() -> None:
     sandbox = FakeSandbox(printed("42\n"))
     tool = EnclaveNotebookTool(sandbox=sandbox)
