@@ -48,8 +48,8 @@ from enclave_tools.live import (
     LiveFeed,
     LiveStream,
     OutputCallback,
-    ThreadDelivery,
-    deliver_async,
+    arun_delivered,
+    run_delivered,
 )
 from enclave_tools.losses import STATE_LOST, LossLog
 from enclave_tools.packages import LiveInstaller
@@ -263,11 +263,9 @@ class Sandbox:
         seconds = check_timeout(timeout, self.config.timeout)
         if on_output is None:
             return self._run_fed(code, seconds, None)
-        delivery = ThreadDelivery(LiveFeed(), on_output, name=f"enclave-live-{self.id}")
-        try:
-            return self._run_fed(code, seconds, delivery.feed)
-        finally:
-            delivery.finish()
+        return run_delivered(
+            lambda feed: self._run_fed(code, seconds, feed), on_output, name=f"enclave-live-{self.id}"
+        )
 
     async def arun(
         self, code: str, timeout: float | None = None, *, on_output: OutputCallback | None = None
@@ -283,21 +281,7 @@ class Sandbox:
         seconds = check_timeout(timeout, self.config.timeout)
         if on_output is None:
             return await self._arun_fed(code, seconds, None)
-        feed = LiveFeed()
-        delivery = asyncio.ensure_future(deliver_async(feed, on_output))
-        try:
-            execution = await self._arun_fed(code, seconds, feed)
-        except asyncio.CancelledError:
-            feed.close()
-            delivery.cancel()
-            raise
-        except BaseException:
-            feed.close()
-            await delivery  # the events that came before the failure
-            raise
-        feed.close()
-        await delivery  # every event is delivered before the result
-        return execution
+        return await arun_delivered(lambda feed: self._arun_fed(code, seconds, feed), on_output)
 
     def _run_fed(self, code: str, seconds: float, feed: LiveFeed | None) -> Execution:
         """Wait for a turn and run ``code``; its outputs go to ``feed`` too, if given."""

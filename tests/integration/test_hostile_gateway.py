@@ -35,8 +35,7 @@ from typing import Any
 
 import pytest
 
-from enclave_tools import EnclaveError, Execution, Sandbox, SandboxDied
-from enclave_tools import closing
+from enclave_tools import EnclaveError, Execution, Sandbox, SandboxDied, closing
 from enclave_tools.backends.docker import RUN_DIR, DockerBackend
 from enclave_tools.config import SandboxConfig
 from enclave_tools.sandbox import STATE_LOST
