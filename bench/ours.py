@@ -36,6 +36,7 @@ from stats import (  # noqa: E402
 )
 
 import enclave_tools.image  # noqa: E402
+import enclave_tools.lifecycle  # noqa: E402
 from enclave_tools import Sandbox, SandboxSessions  # noqa: E402
 from enclave_tools.backends.docker import DockerBackend  # noqa: E402
 from enclave_tools.kernel import KernelClient  # noqa: E402
@@ -95,7 +96,7 @@ def phase_timer(phases: dict[str, float]):
     wrapped = {
         "docker_client_image_lookup": (enclave_tools.image, "ensure_image"),
         "container_create_start": (DockerBackend, "start"),
-        "gateway_ready": (Sandbox, "_wait_ready"),
+        "gateway_ready": (enclave_tools.lifecycle, "wait_ready"),
         "kernel_create_connect": (KernelClient, "start"),
     }
     originals = {name: getattr(owner, attr) for name, (owner, attr) in wrapped.items()}

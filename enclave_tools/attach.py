@@ -15,28 +15,26 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from enclave_tools import registry
 from enclave_tools.backends.base import AttachHold, Backend, SandboxHandle
+from enclave_tools.backends.docker import SESSION
 from enclave_tools.checks import check_wait
 from enclave_tools.config import SandboxConfig, seconds_in
 from enclave_tools.errors import (
     EnclaveError,
     InvalidInput,
     SandboxClosed,
-    SandboxDied,
     SandboxGone,
     SandboxStartFailed,
 )
 from enclave_tools.kernel import KernelClient
 from enclave_tools.transport import CONNECT_ERRORS, GatewayHTTP
+from enclave_tools.turns import Turn
 
-if TYPE_CHECKING:
-    from enclave_tools.sandbox import Sandbox
-
-__all__ = ["clean_limits", "connect", "detach", "forget", "set_timeout", "started"]
+__all__ = ["Attached", "Kept", "clean_limits", "connect", "detach", "forget", "set_timeout", "started"]
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +57,45 @@ def clean_limits(raw: Any) -> dict[str, float | None]:
     return cleaned
 
 
-def connect(
-    cls: type[Sandbox],
-    sandbox_id: str,
-    wait: float,
-    backend: Backend | None,
-    progress: Callable[[str], None] | None,
-) -> Sandbox:
-    """:meth:`Sandbox.connect`."""
-    from enclave_tools.backends.docker import DockerBackend
+class Kept(Protocol):
+    """What detach and set_timeout need of a kept-alive sandbox (a
+    :class:`~enclave_tools.sandbox.Sandbox`, which owns its own state changes)."""
 
-    backend = backend or DockerBackend()
+    id: str
+    config: SandboxConfig
+    _backend: Backend
+
+    def start(self) -> object: ...
+    def _running(self, when: str) -> tuple[SandboxHandle, GatewayHTTP, KernelClient]: ...
+    def _died_or(self, exc: BaseException, turn: Turn | None = None) -> EnclaveError: ...
+    def _let_go(self, timeout: float | None, why: SandboxClosed) -> None: ...
+
+
+@dataclass
+class Attached:
+    """A kept-alive sandbox this process is now attached to: what
+    :meth:`Sandbox.connect <enclave_tools.sandbox.Sandbox.connect>` makes a sandbox from."""
+
+    id: str
+    config: SandboxConfig
+    backend: Backend
+    handle: SandboxHandle
+    http: GatewayHTTP
+    kernel: KernelClient
+    hold: AttachHold
+    lost: str | None = None
+    """Why the kernel's state is gone, if it is (its kernel was replaced)."""
+
+    def let_go(self) -> None:
+        """Disconnect and let go of the hold (no sandbox was made from it)."""
+        self.kernel.disconnect()
+        self.http.close()
+        self.hold.release()
+
+
+def connect(sandbox_id: str, wait: float, backend: Backend) -> Attached:
+    """Attach to the kept-alive sandbox ``sandbox_id`` (see :meth:`Sandbox.connect
+    <enclave_tools.sandbox.Sandbox.connect>`)."""
     if not backend.can_attach:
         raise SandboxStartFailed(
             f"Sandbox.connect is not available for the {backend.name} backend; "
@@ -78,35 +104,27 @@ def connect(
     wait = check_wait(wait, "wait") or 0.0
     registry.check_id(sandbox_id)
     backend.load_record(sandbox_id)  # SandboxGone at once, before waiting for a holder
-    attached = backend.take_attach(sandbox_id, wait)
+    hold = backend.take_attach(sandbox_id, wait)
     try:
         # Read again now that no one else holds it: the last holder may have changed it.
-        return _attach_to(cls, backend.load_record(sandbox_id), backend, attached, progress)
+        return _attach_to(backend.load_record(sandbox_id), backend, hold)
     except BaseException:
-        attached.release()
+        hold.release()
         raise
 
 
-def _attach_to(
-    cls: type[Sandbox],
-    record: registry.Record,
-    backend: Backend,
-    attached: AttachHold,
-    progress: Callable[[str], None] | None,
-) -> Sandbox:
-    from enclave_tools import sandbox as sandbox_module
-
+def _attach_to(record: registry.Record, backend: Backend, hold: AttachHold) -> Attached:
     try:
         handle = backend.attach(record)
     except SandboxGone:
         backend.remove_expired(record)  # only what provably ended; see each backend
         raise
-    sandbox = cls(SandboxConfig.model_validate(record.config), backend=backend, progress=progress)
-    sandbox.id = record.id
+    config = SandboxConfig.model_validate(record.config)
     http = GatewayHTTP(handle.endpoint)
     kernel = KernelClient(http)
     kernel.kernel_id = record.kernel_id or None
-    timeout = sandbox.config.startup_timeout
+    timeout = config.startup_timeout
+    lost = None
     try:
         if record.kernel_id and kernel.model() is not None:
             kernel.connect(timeout=timeout)
@@ -118,7 +136,7 @@ def _attach_to(
         elif backend.owns_gateway:  # the kernel was replaced (or never recorded): a new one
             kernel.start(timeout=timeout)
             if record.kernel_id:
-                sandbox.mark_state_lost("The sandbox's kernel had ended while no process was attached")
+                lost = "The sandbox's kernel had ended while no process was attached"
             record.kernel_id = kernel.kernel_id or ""
             backend.save_record(record)
         else:  # the kernel is the sandbox
@@ -132,55 +150,30 @@ def _attach_to(
         kernel.disconnect()
         http.close()
         raise
-    sandbox._handle, sandbox._http, sandbox._kernel = handle, http, kernel
-    sandbox._attached = attached
-    sandbox_module._live.add(sandbox)  # at this process's exit it is detached again
-    return sandbox
+    return Attached(record.id, config, backend, handle, http, kernel, hold, lost)
 
 
-def detach(sandbox: Sandbox, timeout: float | None) -> None:
-    """:meth:`Sandbox.detach`."""
-    from enclave_tools import sandbox as sandbox_module
-
+def detach(sandbox: Kept, timeout: float | None) -> None:
+    """:meth:`Sandbox.detach <enclave_tools.sandbox.Sandbox.detach>`."""
     if sandbox.config.keep_alive is None:
         raise InvalidInput(
             "only a sandbox made with keep_alive can be detached, e.g. Sandbox(keep_alive='30m'); "
             "use close() to end this one"
         )
     timeout = check_wait(timeout, "timeout")
-    if sandbox._handle is None and not sandbox._closed:
-        sandbox.start()
-    turn = sandbox._enter()
-    try:
-        if not sandbox._turns.wait(turn, timeout):
-            sandbox._turns.abandon(turn)
-            raise SandboxClosed(f"a call was still running after {timeout:g} s; the sandbox was not detached")
-        with sandbox._lock:
-            kernel, http = sandbox._kernel, sandbox._http
-            sandbox._handle = sandbox._kernel = sandbox._http = None
-            sandbox._closed = sandbox._detached = True
-    finally:
-        sandbox._turns.leave(turn)
-    sandbox._turns.close(
+    sandbox._let_go(
+        timeout,
         SandboxClosed(
             "this sandbox was detached from this process; "
             f"use Sandbox.connect({sandbox.id!r}) to run code in it"
-        )
+        ),
     )
-    if kernel is not None:
-        kernel.disconnect()
-    if http is not None:
-        http.close()
-    attached, sandbox._attached = sandbox._attached, None
-    if attached is not None:
-        attached.release()
-    sandbox_module._live.discard(sandbox)
 
 
 def set_timeout(
-    sandbox: Sandbox, keep_alive: str | float | None, lifetime: str | float | None
+    sandbox: Kept, keep_alive: str | float | None, lifetime: str | float | None
 ) -> dict[str, Any]:
-    """:meth:`Sandbox.set_timeout`."""
+    """:meth:`Sandbox.set_timeout <enclave_tools.sandbox.Sandbox.set_timeout>`."""
     if sandbox.config.keep_alive is None:
         raise InvalidInput("only a sandbox made with keep_alive has limits to change")
     try:
@@ -189,50 +182,63 @@ def set_timeout(
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
     sandbox.start()
-    handle, http, kernel = sandbox._handle, sandbox._http, sandbox._kernel
-    if handle is None or http is None or kernel is None:
-        raise (
-            sandbox._closed_error("before its limits were changed")
-            if sandbox._closed
-            else SandboxDied("the sandbox stopped; the next run starts a new one")
-        )
+    handle, http, kernel = sandbox._running("before its limits were changed")
+    backend = sandbox._backend
     try:
-        limits = clean_limits(sandbox._backend.apply_limits(handle, http, kernel, idle, life))
+        limits = clean_limits(backend.apply_limits(handle, http, kernel, idle, life))
     except CONNECT_ERRORS as exc:
         raise sandbox._died_or(exc) from exc
     update = {k: v for k, v in (("keep_alive", idle), ("lifetime", life)) if v is not None}
     sandbox.config = sandbox.config.model_copy(update=update)
     try:
-        record = sandbox._backend.load_record(sandbox.id)
+        record = backend.load_record(sandbox.id)
         record.config = sandbox.config.model_dump(mode="json")
         if life is not None:
             record.expires = time.time() + life
-        sandbox._backend.save_record(record)
+        backend.save_record(record)
     except EnclaveError as exc:
         log.debug("could not update the record of %s: %s", sandbox.id, exc)
     return limits
 
 
-def started(sandbox: Sandbox, handle: SandboxHandle, kernel: KernelClient) -> None:
-    """A kept-alive sandbox has started (no user code has run yet): attach this process to
-    it and record it."""
-    from enclave_tools.backends.docker import SESSION
-
-    if sandbox.config.keep_alive is None:
-        return
-    backend = sandbox._backend
+def started(
+    sandbox_id: str,
+    config: SandboxConfig,
+    backend: Backend,
+    handle: SandboxHandle,
+    kernel: KernelClient,
+    hold: AttachHold | None,
+) -> AttachHold | None:
+    """A sandbox has started (no user code has run yet); if it is kept alive, attach this
+    process to it and record it. Returns the hold the sandbox keeps from now on (``hold``,
+    the one it had, if still good; None if not kept alive)."""
+    if config.keep_alive is None:
+        return hold
     if not backend.can_attach:
         raise SandboxStartFailed(f"keep_alive is not available for the {backend.name} backend")
-    backend.kept_alive_started(handle, kernel, sandbox.config)
-    if sandbox._attached is not None and not sandbox._attached.held:
-        sandbox._attached.release()  # a hold on the replaced container, lost with it
-        sandbox._attached = None
-    if sandbox._attached is None:
-        sandbox._attached = backend.take_attach(sandbox.id, 0.0)
+    backend.kept_alive_started(handle, kernel, config)
+    if hold is not None and not hold.held:
+        hold.release()  # a hold on the replaced container, lost with it
+        hold = None
+    taken = hold is None
+    if hold is None:
+        hold = backend.take_attach(sandbox_id, 0.0)
+    try:
+        _record_started(sandbox_id, config, backend, handle, kernel)
+    except BaseException:
+        if taken:
+            hold.release()  # the sandbox never learns of it
+        raise
+    return hold
+
+
+def _record_started(
+    sandbox_id: str, config: SandboxConfig, backend: Backend, handle: SandboxHandle, kernel: KernelClient
+) -> None:
     now = time.time()
     backend.save_record(
         registry.Record(
-            id=sandbox.id,
+            id=sandbox_id,
             backend=backend.name,
             container_id=handle.container_id,
             name=handle.name,
@@ -241,24 +247,19 @@ def started(sandbox: Sandbox, handle: SandboxHandle, kernel: KernelClient) -> No
             run_dir=handle.run_dir,
             unix_path=handle.endpoint.unix_path,
             port=handle.host_port,
-            session=sandbox.config.labels.get(SESSION),
+            session=config.labels.get(SESSION),
             created=now,
-            config=sandbox.config.model_dump(mode="json"),
-            expires=now + (sandbox.config.lifetime_limit or 0.0),
+            config=config.model_dump(mode="json"),
+            expires=now + (config.lifetime_limit or 0.0),
         )
     )
 
 
-def forget(sandbox: Sandbox) -> None:
-    """A kept-alive sandbox's container was removed: forget its record and, once the
-    sandbox is closed, let go of it."""
-    if sandbox.config.keep_alive is None:
+def forget(sandbox_id: str, config: SandboxConfig, backend: Backend) -> None:
+    """A sandbox's container was removed: if it was kept alive, forget its record."""
+    if config.keep_alive is None:
         return
     try:
-        sandbox._backend.forget_record(sandbox.id)
+        backend.forget_record(sandbox_id)
     except EnclaveError as exc:
-        log.debug("could not remove the record of %s: %s", sandbox.id, exc)
-    if sandbox._closed:
-        attached, sandbox._attached = sandbox._attached, None
-        if attached is not None:
-            attached.release()
+        log.debug("could not remove the record of %s: %s", sandbox_id, exc)

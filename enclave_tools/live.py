@@ -39,9 +39,11 @@ __all__ = [
     "LiveStream",
     "OutputCallback",
     "OutputEvent",
+    "arun_delivered",
     "deliver_async",
     "events_from_execution",
     "events_from_message",
+    "run_delivered",
 ]
 
 log = logging.getLogger(__name__)
@@ -273,6 +275,41 @@ async def deliver_async(feed: LiveFeed, callback: OutputCallback) -> None:
             except Exception:  # as _call
                 errors[0] += 1
                 log.warning("the on_output callback raised; the run goes on", exc_info=True)
+
+
+def run_delivered(
+    run: Callable[[LiveFeed], Execution], callback: OutputCallback, name: str = "enclave-live"
+) -> Execution:
+    """``run(feed)``, each of its events given to ``callback`` on a delivery thread
+    (:class:`ThreadDelivery`); every event is delivered before this returns."""
+    delivery = ThreadDelivery(LiveFeed(), callback, name=name)
+    try:
+        return run(delivery.feed)
+    finally:
+        delivery.finish()
+
+
+async def arun_delivered(
+    run: Callable[[LiveFeed], Awaitable[Execution]], callback: OutputCallback
+) -> Execution:
+    """Async :func:`run_delivered`: the events go to ``callback`` on this event loop
+    (:func:`deliver_async`). Cancelled, it stops delivering at once; otherwise every event
+    that came (before the result or the failure) is delivered first."""
+    feed = LiveFeed()
+    delivery = asyncio.ensure_future(deliver_async(feed, callback))
+    try:
+        execution = await run(feed)
+    except asyncio.CancelledError:
+        feed.close()
+        delivery.cancel()
+        raise
+    except BaseException:
+        feed.close()
+        await delivery  # the events that came before the failure
+        raise
+    feed.close()
+    await delivery  # every event is delivered before the result
+    return execution
 
 
 async def _events(feed: LiveFeed) -> Any:

@@ -12,22 +12,21 @@ told so on its next result. :meth:`Sandbox.close` ends a running cell and return
 from __future__ import annotations
 
 import asyncio
-import atexit
 import logging
 import os
 import posixpath
 import threading
 import time
 import uuid
-import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from enclave_tools import attach
+from enclave_tools import attach, closing, installs, lifecycle
 from enclave_tools.backends.base import AttachHold, Backend, SandboxHandle
 from enclave_tools.backends.docker import DockerBackend
 from enclave_tools.checks import check_code, check_timeout
+from enclave_tools.closing import CLOSE_GRACE, CLOSE_TIMEOUT, close_sandboxes
 from enclave_tools.config import SandboxConfig, size_in_bytes
 from enclave_tools.errors import (
     EnclaveError,
@@ -38,10 +37,9 @@ from enclave_tools.errors import (
     InvalidInput,
     SandboxClosed,
     SandboxDied,
-    SandboxStartFailed,
 )
-from enclave_tools.escalation import Outcome, run_cell
-from enclave_tools.execution import Execution, for_model
+from enclave_tools.escalation import Outcome
+from enclave_tools.execution import Execution
 from enclave_tools.files import download_to, read_bytes, upload_from
 from enclave_tools.history import RunHistory
 from enclave_tools.kernel import INTERRUPT_TIMEOUT, KernelClient
@@ -50,11 +48,11 @@ from enclave_tools.live import (
     LiveFeed,
     LiveStream,
     OutputCallback,
-    ThreadDelivery,
-    deliver_async,
+    arun_delivered,
+    run_delivered,
 )
 from enclave_tools.losses import STATE_LOST, LossLog
-from enclave_tools.packages import ImageFacts, LiveInstaller, PackageError, split_cell
+from enclave_tools.packages import LiveInstaller
 from enclave_tools.transport import CONNECT_ERRORS, GatewayHTTP
 from enclave_tools.turns import WORKERS, Turn, TurnQueue, async_twin, off_loop
 
@@ -63,18 +61,7 @@ __all__ = ["CLOSE_TIMEOUT", "Sandbox", "close_sandboxes"]
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-_live: weakref.WeakSet[Sandbox] = weakref.WeakSet()
 _CONNECT_ERRORS = CONNECT_ERRORS
-_START_CHECKS_S = (1.0, 2.0, 4.0)
-"""While the gateway starts, the pauses between asking Docker whether its container still
-runs (the last one repeats): an API call each, whose answer only matters for a start that
-fails."""
-
-CLOSE_TIMEOUT = 10.0
-"""Seconds :meth:`Sandbox.close` takes at most (plus the engine's own time to remove the
-container), even with a cell running and a gateway that answers nothing."""
-CLOSE_GRACE = 2.0
-"""Seconds a running cell gets to stop after close's interrupt, before its connection is cut."""
 
 
 class Sandbox:
@@ -102,7 +89,7 @@ class Sandbox:
         self.config = SandboxConfig.model_validate({**base.model_dump(), **overrides}) if overrides else base
         self.id = uuid.uuid4().hex[:12]
         self._backend = backend or DockerBackend()
-        _check_packages_supported(self.config, self._backend)
+        installs.check_supported(self.config, self._backend)
         self._installer = LiveInstaller(
             self.config.install_policy, posixpath.join(self.config.workdir, ".packages")
         )
@@ -218,7 +205,7 @@ class Sandbox:
         try:
             self._end_running(time.monotonic() + CLOSE_TIMEOUT)
         finally:
-            _live.discard(self)
+            closing.untrack(self)
             self._close_done.set()
 
     aclose = async_twin(close)
@@ -276,11 +263,9 @@ class Sandbox:
         seconds = check_timeout(timeout, self.config.timeout)
         if on_output is None:
             return self._run_fed(code, seconds, None)
-        delivery = ThreadDelivery(LiveFeed(), on_output, name=f"enclave-live-{self.id}")
-        try:
-            return self._run_fed(code, seconds, delivery.feed)
-        finally:
-            delivery.finish()
+        return run_delivered(
+            lambda feed: self._run_fed(code, seconds, feed), on_output, name=f"enclave-live-{self.id}"
+        )
 
     async def arun(
         self, code: str, timeout: float | None = None, *, on_output: OutputCallback | None = None
@@ -296,21 +281,7 @@ class Sandbox:
         seconds = check_timeout(timeout, self.config.timeout)
         if on_output is None:
             return await self._arun_fed(code, seconds, None)
-        feed = LiveFeed()
-        delivery = asyncio.ensure_future(deliver_async(feed, on_output))
-        try:
-            execution = await self._arun_fed(code, seconds, feed)
-        except asyncio.CancelledError:
-            feed.close()
-            delivery.cancel()
-            raise
-        except BaseException:
-            feed.close()
-            await delivery  # the events that came before the failure
-            raise
-        feed.close()
-        await delivery  # every event is delivered before the result
-        return execution
+        return await arun_delivered(lambda feed: self._arun_fed(code, seconds, feed), on_output)
 
     def _run_fed(self, code: str, seconds: float, feed: LiveFeed | None) -> Execution:
         """Wait for a turn and run ``code``; its outputs go to ``feed`` too, if given."""
@@ -359,7 +330,7 @@ class Sandbox:
                 return Outcome("cancelled").execution()
             if self._handle is None:
                 self._start_container()
-            execution = self._execute_cell(turn, code, seconds, feed)
+            execution = installs.execute_cell(self, self._installer, turn, code, seconds, feed)
             self._losses.tell(turn, execution, self._turns.oldest_seen())
             self.history.record(code, execution, started, time.monotonic() - clock)
             return execution
@@ -374,18 +345,6 @@ class Sandbox:
         finally:
             self.last_active = time.monotonic()
             self._turns.leave(turn)
-
-    def _execute_cell(self, turn: Turn, code: str, seconds: float, feed: LiveFeed | None) -> Execution:
-        """Run a cell whose ``%pip install`` lines the host does first (see
-        :mod:`enclave_tools.packages`); a cell without any runs as it is."""
-        cell = split_cell(code)
-        if not cell.has_pip:
-            return run_cell(self, turn, code, seconds, feed)
-        target = _InstallTarget(self, turn, seconds)
-        done = self._installer.handle(cell, target, self.config.output_limit)
-        if done is not None:
-            return done
-        return self._installer.note(run_cell(self, turn, cell.rest, seconds, feed))
 
     def interrupt(self) -> None:
         """Interrupt the code running now (as Ctrl-C would); variables are kept. It goes
@@ -560,77 +519,35 @@ class Sandbox:
 
     def _start_container(self) -> None:
         self._check_open()
-        _live.add(self)  # from now on, the interpreter's exit closes it
-        handle = self._backend.start(self.config, self.id, progress=self._progress)
+        closing.track(self)  # from now on, the interpreter's exit closes it
         try:
-            self._check_open()  # closed while the container started
-            http = GatewayHTTP(handle.endpoint)
-            self._wait_ready(handle, http)
-            kernel = KernelClient(http)
-            kernel.start(timeout=self.config.startup_timeout)
-            self._backend.ready(handle, self.config)
-            attach.started(self, handle, kernel)
-            with self._lock:
-                if self._closed:
-                    raise self._closed_error("while it started")
-                self._handle, self._http, self._kernel = handle, http, kernel
+            lifecycle.launch(
+                self._backend, self.config, self.id, self._progress, self._check_open, self._keep
+            )
         except BaseException as exc:
-            self._backend.remove(handle)
             if self._closed and not isinstance(exc, SandboxClosed):
                 raise self._closed_error("while it started") from exc
             raise
         self._oom_kills = 0
 
-    def _wait_ready(self, handle: SandboxHandle, http: GatewayHTTP) -> None:
-        deadline = time.monotonic() + self.config.startup_timeout
-        checks = 0
-        next_check = time.monotonic() + _START_CHECKS_S[0]
-        pause = 0.005
-        while True:
-            self._check_open()
-            try:
-                status, _ = http.request("GET", "/api", timeout=5)
-                if status == 200:
-                    return
-                raise SandboxStartFailed(f"the gateway answered {status} to the readiness check")
-            except (GatewayUnreachable, *_CONNECT_ERRORS):
-                pass
-            now = time.monotonic()
-            if now >= next_check:
-                state = self._backend.state(handle)
-                if not state.running:
-                    raise SandboxStartFailed(
-                        f"the sandbox's gateway did not start: {state.describe()}.\n"
-                        f"Its last output:\n{self._last_output(handle)}"
-                    )
-                checks += 1
-                next_check = now + _START_CHECKS_S[min(checks, len(_START_CHECKS_S) - 1)]
-            if now >= deadline:
-                raise SandboxStartFailed(
-                    f"the gateway did not answer within {self.config.startup_timeout:.0f} s.\n"
-                    f"Its last output:\n{self._last_output(handle)}"
-                )
-            time.sleep(pause)
-            pause = min(pause * 1.5, 0.05)
-
-    def _last_output(self, handle: SandboxHandle, lines: int = 30) -> str:
-        return for_model(self._backend.logs(handle, lines), self.config.output_limit)
+    def _keep(self, handle: SandboxHandle, http: GatewayHTTP, kernel: KernelClient) -> None:
+        """Keep what :func:`lifecycle.launch` brought up (a kept-alive one is recorded)."""
+        self._attached = attach.started(self.id, self.config, self._backend, handle, kernel, self._attached)
+        with self._lock:
+            if self._closed:
+                raise self._closed_error("while it started")
+            self._handle, self._http, self._kernel = handle, http, kernel
 
     def _stop_container(self) -> None:
         """Forget the container and remove it; safe from any thread, at any time."""
         with self._lock:
             handle, kernel, http = self._handle, self._kernel, self._http
             self._handle = self._kernel = self._http = None
-        if kernel is not None:
-            if self._backend.owns_gateway:
-                kernel.disconnect()  # the gateway goes with its container
-            else:
-                kernel.shutdown(timeout=5)  # the gateway outlives us: delete our kernel
-        if http is not None:
-            http.close()
+        lifecycle.take_down(self._backend, handle, http, kernel)
         if handle is not None:
-            self._backend.remove(handle)
-            attach.forget(self)
+            attach.forget(self.id, self.config, self._backend)
+            if self._closed:
+                self._release_hold()
 
     def _replace_container(self) -> None:
         self._stop_container()
@@ -660,7 +577,7 @@ class Sandbox:
     def _died(self, why: str) -> SandboxDied:
         """Forget the dead container and say so; the next run starts a fresh one."""
         handle = self._handle
-        logs = self._last_output(handle, 10) if handle else ""
+        logs = lifecycle.last_output(self._backend, handle, self.config, 10) if handle else ""
         self._stop_container()
         # Told on the next result too, whoever's it is: the error may not reach a model as is.
         self._losses.record(f"The previous sandbox died ({why}); this is a new one. {STATE_LOST}.")
@@ -706,7 +623,6 @@ class Sandbox:
     # enclave_tools.attach; where records live and what "attached" means is the backend's.
 
     _attached: AttachHold | None = None
-    _detached = False
 
     @classmethod
     def connect(
@@ -727,7 +643,14 @@ class Sandbox:
         Raises :class:`~enclave_tools.errors.SandboxGone` if the sandbox has ended (its
         idle limit or lifetime passed, or it was stopped) and
         :class:`~enclave_tools.errors.SandboxAccessDenied` if it is another user's."""
-        return attach.connect(cls, sandbox_id, wait, backend, progress)
+        found = attach.connect(sandbox_id, wait, backend or DockerBackend())
+        try:
+            sandbox = cls(found.config, backend=found.backend, progress=progress)
+        except BaseException:
+            found.let_go()
+            raise
+        sandbox._adopt(found)
+        return sandbox
 
     @classmethod
     async def aconnect(
@@ -762,88 +685,56 @@ class Sandbox:
 
     aset_timeout = async_twin(set_timeout)
 
+    def _adopt(self, found: attach.Attached) -> None:
+        """Become the kept-alive sandbox this process has attached to (:meth:`connect`)."""
+        self.id = found.id
+        with self._lock:
+            self._handle, self._http, self._kernel = found.handle, found.http, found.kernel
+        self._attached = found.hold
+        if found.lost:
+            self.mark_state_lost(found.lost)
+        closing.track(self)  # at this process's exit it is detached again
 
-class _InstallTarget:
-    """A running sandbox as :class:`~enclave_tools.packages.LiveInstaller` uses it, within
-    the turn of the cell being run."""
-
-    def __init__(self, sandbox: Sandbox, turn: Turn, seconds: float) -> None:
-        self.sandbox, self.turn, self.seconds = sandbox, turn, seconds
-
-    def image_facts(self) -> ImageFacts:
-        """The facts of the image the sandbox's container runs."""
-        from enclave_tools.image.derived import image_facts
-
-        client, handle = getattr(self.sandbox._backend, "client", None), self.sandbox._handle
-        if client is None or handle is None:
-            raise PackageError("installing packages needs the Docker backend")
+    def _let_go(self, timeout: float | None, why: SandboxClosed) -> None:
+        """Detach (:meth:`detach`): once no call runs (waiting up to ``timeout`` s), refuse
+        new work with ``why`` and let go of the container and the hold, leaving it running."""
+        if self._handle is None and not self._closed:
+            self.start()
+        turn = self._enter()
         try:
-            image = client.api.inspect_container(handle.container_id)["Image"]
-            return image_facts(client, image)
-        except EnclaveError:
-            raise
-        except Exception as exc:
-            raise PackageError(f"cannot inspect the sandbox's image: {exc}") from exc
+            if not self._turns.wait(turn, timeout):
+                self._turns.abandon(turn)
+                raise SandboxClosed(
+                    f"a call was still running after {timeout:g} s; the sandbox was not detached"
+                )
+            with self._lock:
+                kernel, http = self._kernel, self._http
+                self._handle = self._kernel = self._http = None
+                self._closed = True
+        finally:
+            self._turns.leave(turn)
+        self._turns.close(why)
+        if kernel is not None:
+            kernel.disconnect()
+        if http is not None:
+            http.close()
+        self._release_hold()
+        closing.untrack(self)
 
-    def upload(self, local: Path, remote: str) -> None:
-        """Copy a host file into the sandbox."""
-        http = self.sandbox._http
-        if http is None:
-            raise SandboxDied("the sandbox stopped before the packages were copied")
-        with local.open("rb") as handle:
-            upload_from(http, remote, handle, local.stat().st_size, self.sandbox._file_timeout)
+    def _release_hold(self) -> None:
+        attached, self._attached = self._attached, None
+        if attached is not None:
+            attached.release()
 
-    def run(self, code: str) -> Execution:
-        """Run ``code`` in the kernel, in this turn."""
-        return run_cell(self.sandbox, self.turn, code, self.seconds)
-
-
-def _check_packages_supported(config: SandboxConfig, backend: Backend) -> None:
-    """InvalidInput if ``config`` asks for packages a backend other than Docker cannot give."""
-    wants = config.packages or config.requirements or config.install_policy != "none"
-    if wants and not isinstance(backend, DockerBackend):
-        raise InvalidInput(
-            f"packages, requirements and install_policy need the Docker backend, not "
-            f"{getattr(backend, 'name', type(backend).__name__)}: build an image with the "
-            "packages (`enclave-tools image build --with PKG`) and give it as `image`."
-        )
-
-
-def close_sandboxes(sandboxes: Iterable[Sandbox], timeout: float = CLOSE_TIMEOUT) -> None:
-    """Close many sandboxes at once: first refuse new work in every one, then end what
-    runs in all of them in parallel. Returns within about ``timeout`` seconds (plus the
-    engine's time to remove the containers)."""
-    todo = list(sandboxes)
-    for sandbox in todo:
-        sandbox._refuse_new_work()
-    done: list[threading.Event] = []
-    for sandbox in todo:
-        finished = threading.Event()
-
-        def close(sandbox: Sandbox = sandbox, finished: threading.Event = finished) -> None:
-            try:
-                sandbox.close()
-            except Exception as exc:  # noqa: BLE001 - one failure must not stop the others
-                log.warning("closing sandbox %s failed: %s", sandbox.id, exc)
-            finally:
-                finished.set()
-
-        WORKERS.submit(close)
-        done.append(finished)
-    deadline = time.monotonic() + timeout + 5.0  # + the engine's removal
-    for finished in done:
-        finished.wait(max(deadline - time.monotonic(), 0.0))
-
-
-@atexit.register
-def _close_all() -> None:
-    """At interpreter exit, close every sandbox still open, within :data:`CLOSE_TIMEOUT`;
-    kept-alive ones are detached instead (they outlive this process by design)."""
-    live = list(_live)
-    for sandbox in live:
-        if sandbox.config.keep_alive is not None:
-            try:
-                sandbox.detach(timeout=CLOSE_TIMEOUT)
-            except EnclaveError as exc:
-                log.debug("detaching sandbox %s at exit failed: %s", sandbox.id, exc)
-    close_sandboxes([sb for sb in live if sb.config.keep_alive is None])
+    def _running(self, when: str) -> tuple[SandboxHandle, GatewayHTTP, KernelClient]:
+        """The running container's handle, connection and kernel; SandboxClosed or
+        SandboxDied, saying ``when``, if it is not running."""
+        with self._lock:
+            handle, http, kernel = self._handle, self._http, self._kernel
+        if handle is None or http is None or kernel is None:
+            raise (
+                self._closed_error(when)
+                if self._closed
+                else SandboxDied("the sandbox stopped; the next run starts a new one")
+            )
+        return handle, http, kernel

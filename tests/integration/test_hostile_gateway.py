@@ -35,8 +35,7 @@ from typing import Any
 
 import pytest
 
-from enclave_tools import EnclaveError, Execution, Sandbox, SandboxDied
-from enclave_tools import sandbox as sandbox_module
+from enclave_tools import EnclaveError, Execution, Sandbox, SandboxDied, closing
 from enclave_tools.backends.docker import RUN_DIR, DockerBackend
 from enclave_tools.config import SandboxConfig
 from enclave_tools.sandbox import STATE_LOST
@@ -168,7 +167,7 @@ class Sandboxes:
         """Force-remove the containers of ``sb`` and give up on the object (a thread of
         it may be stuck holding its lock)."""
         self.abandoned.add(id(sb))
-        sandbox_module._live.discard(sb)  # its atexit close would wait for the stuck thread
+        closing.untrack(sb)  # its atexit close would wait for the stuck thread
         backend = DockerBackend(self.docker)
         for container in self.containers(sb):
             backend.remove_container(container.id, container.labels.get(RUN_DIR) or None)
