@@ -16,6 +16,7 @@ Additions to the stock gateway, all behind the same token:
   the first ``POST /api/kernels``: the two boots overlap instead of adding up;
 * every kernel starts through ``enclave_kernel_launcher`` (ipykernel_launcher with its
   boot's modules served from the image's bytecode bundle).
+* what of Jupyter Server it imports but never uses is a lazy stand-in (enclave_lazy).
 
 This file runs inside the container only; the host never imports it.
 """
@@ -155,6 +156,19 @@ GATEWAY_SKIPS = (
 )
 for _name in GATEWAY_SKIPS:
     sys.modules.setdefault(_name, None)
+
+# Modules the gateway imports but, serving kernels over websockets, never uses: each is a
+# stand-in until something asks it for a name (enclave_lazy). jupyter_server.serverapp
+# (imported by Kernel Gateway for random_ports) would import all of Jupyter Server: the
+# contents managers, nbformat and jsonschema; nbformat is for the notebook-http mode.
+import enclave_lazy  # noqa: E402
+
+GATEWAY_STAND_INS: dict[str, enclave_lazy.Eager] = {
+    "jupyter_server.serverapp": {"random_ports": enclave_lazy.forward("random_ports")},
+    "nbformat": {},
+}
+if not any(isinstance(f, enclave_lazy.StandInFinder) for f in sys.meta_path):
+    enclave_lazy.install(GATEWAY_STAND_INS)
 
 import hmac  # noqa: E402 - the kernel above starts before these heavy imports
 import tempfile  # noqa: E402
