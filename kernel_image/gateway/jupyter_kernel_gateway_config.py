@@ -26,5 +26,6 @@ from enclave_gateway import kernel_env_names  # noqa: E402
 
 c.KernelGatewayApp.env_process_whitelist = kernel_env_names()
 c.KernelGatewayApp.kernel_manager_class = "enclave_gateway.QuietActivityKernelManager"
+c.KernelGatewayApp.kernel_spec_manager_class = "enclave_gateway.EnclaveKernelSpecManager"
 c.SeedingMappingKernelManager.kernel_manager_class = "enclave_gateway.PrestartedKernelManager"
 c.KernelGatewayApp.kernel_websocket_connection_class = "enclave_gateway.NoDelayChannelsConnection"

@@ -1,0 +1,71 @@
+"""The gateway's lazy stand-ins (kernel_image/gateway/enclave_lazy.py), in a child
+interpreter: a stand-in runs none of its module's code until a name it lacks is asked
+for; then it becomes the real module (the same object); an eager name answers without
+loading; submodules of a stand-in package import without loading the package."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+GATEWAY_DIR = Path(__file__).resolve().parents[2] / "kernel_image" / "gateway"
+
+PROBE = """
+import json, sys, enclave_lazy
+enclave_lazy.install({"heavy": {"double": enclave_lazy.forward("double")}, "pkg": {}})
+import heavy, pkg.sub
+from heavy import double  # an eager name: still not loaded
+seen = {"after_import": "heavy_ran" in sys.modules, "pkg_ran": "pkg_ran" in sys.modules,
+        "sub_value": pkg.sub.VALUE, "is_package": hasattr(heavy, "__path__")}
+seen["double"] = double(21)  # loads heavy, calls the real function
+seen["after_call"] = "heavy_ran" in sys.modules
+seen["same_object"] = sys.modules["heavy"] is heavy
+seen["other_name"] = heavy.OTHER
+seen["file"] = heavy.__file__
+from pkg import VALUE  # a name the package lacks: loads it
+seen["pkg_value"], seen["pkg_ran_after"] = VALUE, "pkg_ran" in sys.modules
+try:
+    heavy.missing
+except AttributeError:
+    seen["missing"] = "AttributeError"
+print(json.dumps(seen))
+"""
+
+
+def test_stand_ins_load_on_first_use_and_become_the_real_module(tmp_path: Path) -> None:
+    (tmp_path / "heavy.py").write_text(
+        "import sys\nsys.modules['heavy_ran'] = sys\nOTHER = 'other'\ndef double(x):\n    return 2 * x\n"
+    )
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("import sys\nsys.modules['pkg_ran'] = sys\nVALUE = 'pkg'\n")
+    (tmp_path / "pkg" / "sub.py").write_text("VALUE = 'sub'\n")
+    env = {**os.environ, "PYTHONPATH": f"{GATEWAY_DIR}{os.pathsep}{tmp_path}", "PYTHONDONTWRITEBYTECODE": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+    seen = json.loads(out.stdout)
+
+    assert seen == {
+        "after_import": False,
+        "pkg_ran": False,
+        "sub_value": "sub",
+        "is_package": False,
+        "double": 42,
+        "after_call": True,
+        "same_object": True,
+        "other_name": "other",
+        "file": str(tmp_path / "heavy.py"),
+        "pkg_value": "pkg",
+        "pkg_ran_after": True,
+        "missing": "AttributeError",
+    }
