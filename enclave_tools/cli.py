@@ -202,7 +202,7 @@ def _image_prune(args: argparse.Namespace) -> int:
         print(f"{verb} {safe(tag)}")
     for tag in pruned.in_use:
         print(f"kept {safe(tag)}: a container uses it")
-    print(f"{len(pruned.removed)} image tag(s) {verb}")
+    print(f"{verb} {len(pruned.removed)} image tag(s)")
     return EXIT_OK
 
 
