@@ -43,6 +43,8 @@ FULL = {
     "start_rate": {"sandboxes": 12, "parallel": 4},
     "refill": {"sessions": 8, "warm": 2},
     "warm": {"reps": 5},
+    # A worker's turn on a kept-alive sandbox: Sandbox.connect(id) to the first result.
+    "connect": {"reps": 5},
     "roundtrip": {"batches": 5, "calls": 200},
     "output": {"reps": 5},
     "plot": {"reps": 10},
@@ -62,6 +64,7 @@ QUICK = {
     "start_rate": {"sandboxes": 4, "parallel": 2},
     "refill": {"sessions": 3, "warm": 1},
     "warm": {"reps": 2},
+    "connect": {"reps": 2},
     "roundtrip": {"batches": 2, "calls": 40},
     "output": {"reps": 2},
     "plot": {"reps": 3},
@@ -111,8 +114,9 @@ def run_driver(python: str, script: str, op: str, args: dict, timeout: float = 9
     return {"error": f"{script} {op} failed (exit {done.returncode}):\n" + "\n".join(tail)}
 
 
-OURS_ONLY = {"runtimes"}
-"""Operations of enclave-tools alone (the peer has no OCI runtime option)."""
+OURS_ONLY = {"runtimes", "connect"}
+"""Operations of enclave-tools alone (the peer has no OCI runtime option and cannot
+reconnect to a sandbox from another process)."""
 
 INTERLEAVED = {"concurrency", "equal_load"}
 """Operations run one repetition at a time, the two sides taking turns, so that a slow
@@ -343,6 +347,16 @@ def start_figures(ours: dict, peer: dict) -> list[Figure]:
                 target=50,
                 target_text="<= 50 ms",
                 note=(peer.get("warm") or {}).get("note", ""),
+            )
+        )
+    if ok(ours.get("connect")):
+        rows.append(
+            Figure(
+                "reconnect: Sandbox.connect(id) to first result",
+                "ms",
+                scaled(summarize(ours["connect"]["connect_first_result_s"]), 1000),
+                None,
+                "no reconnect from another process",
             )
         )
     return rows
