@@ -29,7 +29,14 @@ from enclave_tools.backends.kubernetes.api import (
     connection_errors,
     k8s,
 )
-from enclave_tools.backends.kubernetes.keepalive import LEASE_S, holder_identity, is_kept_alive, pod_name
+from enclave_tools.backends.kubernetes.keepalive import (
+    LEASE_S,
+    MAX_LEASE_S,
+    check_lease,
+    holder_identity,
+    is_kept_alive,
+    pod_name,
+)
 from enclave_tools.backends.kubernetes.manifests import (
     CONFIG,
     CREATE_ID,
@@ -124,7 +131,8 @@ class KubernetesBackend(Backend):
 
     Kept-alive sandboxes (``keep_alive``; ``Sandbox.connect``, ``SandboxSessions``) live
     in the cluster, not on this host: see :mod:`.keepalive`. ``attach_lease`` is how many
-    seconds an attached process's claim lasts unless it renews it (every third).
+    seconds an attached process's claim lasts unless it renews it (every third; at most
+    600 s).
     """
 
     name = "kubernetes"
@@ -165,7 +173,7 @@ class KubernetesBackend(Backend):
         self.pool = WarmPool(self.kube, namespace, self.owner, pool_size)
         self._egress = EgressGuard(self.kube, namespace, self.network_policy)
         self._connect = connect
-        self.attach_lease = attach_lease
+        self.attach_lease = check_lease(attach_lease)
         self.holder = holder_identity()
         """Who this process is in the ``attached-by`` annotation of a kept-alive pod."""
 
@@ -518,7 +526,8 @@ class KubernetesBackend(Backend):
             SAFE_TO_EVICT: "true" if idle else "false",
         }
         if kept:  # its maker holds it from the start (see keepalive.py); its config is its own
-            claim = time.time() + config.startup_timeout + self.attach_lease
+            # Held while it starts; never longer than any claim may last (see keepalive.py).
+            claim = time.time() + min(config.startup_timeout + self.attach_lease, MAX_LEASE_S)
             annotations.update(
                 {
                     HOLDER: self.holder,
