@@ -16,6 +16,7 @@ from conftest import NAMESPACE
 from fake_apiserver import FakeAPIServer
 from kubernetes import client
 
+from enclave_tools import attach
 from enclave_tools.backends.kubernetes import KubernetesBackend
 from enclave_tools.backends.kubernetes.keepalive import MAX_LEASE_S
 from enclave_tools.backends.kubernetes.manifests import (
@@ -26,7 +27,7 @@ from enclave_tools.backends.kubernetes.manifests import (
     MANAGER,
     SANDBOX,
 )
-from enclave_tools.errors import SandboxInUse
+from enclave_tools.errors import SandboxGone, SandboxInUse
 
 TOKEN = "the-secret-token-0123456789"
 
@@ -130,3 +131,19 @@ def test_exactly_one_of_racing_processes_wins_the_claim(server: FakeAPIServer) -
 def test_attach_lease_must_be_a_sane_number_of_seconds(server: FakeAPIServer, lease: Any) -> None:
     with pytest.raises(ValueError, match="attach_lease"):
         backend(server, attach_lease=lease)
+
+
+def test_a_missing_secret_says_the_sandbox_cannot_be_reached(server: FakeAPIServer) -> None:
+    kept_pod(server, "5ec0e0000001", with_secret=False)
+    with pytest.raises(SandboxGone, match="is gone"):
+        attach.connect("5ec0e0000001", 0, backend(server))
+
+
+@pytest.mark.parametrize(
+    "labels", [{}, {MANAGED_BY: MANAGER, SANDBOX: "0therbox0001"}], ids=["unlabelled", "another sandbox's"]
+)
+def test_a_secret_that_is_not_the_pods_is_refused(server: FakeAPIServer, labels: dict[str, str]) -> None:
+    kept_pod(server, "5ec0e0000002", secret_labels=labels)
+    with pytest.raises(SandboxGone, match="not that sandbox's") as refused:
+        attach.connect("5ec0e0000002", 0, backend(server))
+    assert TOKEN not in str(refused.value)
