@@ -6,6 +6,7 @@ sandbox for ever, garbage fails clearly, a Secret that is not the pod's is refus
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -20,9 +21,11 @@ from enclave_tools import attach
 from enclave_tools.backends.kubernetes import KubernetesBackend
 from enclave_tools.backends.kubernetes.keepalive import MAX_LEASE_S
 from enclave_tools.backends.kubernetes.manifests import (
+    CONFIG,
     HELD_UNTIL,
     HOLDER,
     KEEP_ALIVE,
+    KERNEL_ID,
     MANAGED_BY,
     MANAGER,
     SANDBOX,
@@ -68,7 +71,7 @@ def kept_pod(
             "metadata": {
                 "name": name,
                 "labels": {MANAGED_BY: MANAGER, SANDBOX: sandbox_id, KEEP_ALIVE: "1"},
-                "annotations": annotations or {},
+                "annotations": {CONFIG: json.dumps({"keep_alive": 600}), **(annotations or {})},
             },
             "spec": {
                 "containers": [{"name": "gateway", "image": "enclave"}],
@@ -147,3 +150,21 @@ def test_a_secret_that_is_not_the_pods_is_refused(server: FakeAPIServer, labels:
     with pytest.raises(SandboxGone, match="not that sandbox's") as refused:
         attach.connect("5ec0e0000002", 0, backend(server))
     assert TOKEN not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "annotations",
+    [
+        {CONFIG: json.dumps({"memory": "lots", "timeout": -3})},
+        {CONFIG: "[1, 2]"},
+        {CONFIG: "{}"},
+        {KERNEL_ID: "../../api/enclave/lifetime?x="},
+    ],
+    ids=["bad config", "config not an object", "config without keep_alive", "kernel id with a path"],
+)
+def test_a_damaged_record_fails_clearly_before_any_request(
+    server: FakeAPIServer, annotations: dict[str, str]
+) -> None:
+    kept_pod(server, "dama9ed00001", annotations)
+    with pytest.raises(SandboxGone, match="is damaged"):
+        attach.connect("dama9ed00001", 0, backend(server))
