@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
 from enclave_tools import registry
 from enclave_tools.backends.base import AttachHold, Backend, SandboxHandle
 from enclave_tools.backends.docker import SESSION
@@ -30,7 +32,7 @@ from enclave_tools.errors import (
     SandboxGone,
     SandboxStartFailed,
 )
-from enclave_tools.kernel import KernelClient
+from enclave_tools.kernel import KernelClient, is_kernel_id
 from enclave_tools.transport import CONNECT_ERRORS, GatewayHTTP
 from enclave_tools.turns import Turn
 
@@ -114,12 +116,12 @@ def connect(sandbox_id: str, wait: float, backend: Backend) -> Attached:
 
 
 def _attach_to(record: registry.Record, backend: Backend, hold: AttachHold) -> Attached:
+    config = _checked(record)
     try:
         handle = backend.attach(record)
     except SandboxGone:
         backend.remove_expired(record)  # only what provably ended; see each backend
         raise
-    config = SandboxConfig.model_validate(record.config)
     http = GatewayHTTP(handle.endpoint)
     kernel = KernelClient(http)
     kernel.kernel_id = record.kernel_id or None
@@ -151,6 +153,22 @@ def _attach_to(record: registry.Record, backend: Backend, hold: AttachHold) -> A
         http.close()
         raise
     return Attached(record.id, config, backend, handle, http, kernel, hold, lost)
+
+
+def _checked(record: registry.Record) -> SandboxConfig:
+    """The config of ``record``, once its kernel id and config are well-formed (a pod's
+    annotations may have been written by anyone who may patch it); SandboxGone otherwise."""
+    damaged = f"the record of sandbox {record.id} is damaged"
+    if record.kernel_id and not is_kernel_id(record.kernel_id):
+        raise SandboxGone(f"{damaged} (its kernel id is not one); the sandbox cannot be reached")
+    try:
+        config = SandboxConfig.model_validate(record.config)
+    except ValidationError as exc:
+        fields = ", ".join(sorted({".".join(map(str, e["loc"])) or "config" for e in exc.errors()}))
+        raise SandboxGone(f"{damaged} (its config: {fields[:200]}); the sandbox cannot be reached") from None
+    if config.keep_alive is None:  # else this process's exit would end it
+        raise SandboxGone(f"{damaged} (its config has no keep_alive); the sandbox cannot be reached")
+    return config
 
 
 def detach(sandbox: Kept, timeout: float | None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["SandboxConfig", "seconds_in", "size_in_bytes"]
 
@@ -169,6 +169,15 @@ class SandboxConfig(BaseModel):
     @classmethod
     def _durations(cls, value: object) -> float | None:
         return None if value is None else seconds_in(value)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _lifetime_needs_keep_alive(self) -> SandboxConfig:
+        if self.lifetime is not None and self.keep_alive is None:
+            raise ValueError(
+                "lifetime applies only to a sandbox made with keep_alive (e.g. keep_alive='30m', "
+                "lifetime='8h'); a sandbox without keep_alive ends with its owner (close())"
+            )
+        return self
 
     @property
     def lifetime_limit(self) -> float | None:

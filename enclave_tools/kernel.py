@@ -52,6 +52,12 @@ MAX_CODE_BYTES = 8 * 2**20
 
 _KERNEL_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
+
+def is_kernel_id(text: object) -> bool:
+    """Whether ``text`` may be a kernel id (safe to put in a URL path as it is)."""
+    return isinstance(text, str) and _KERNEL_ID.fullmatch(text) is not None
+
+
 REPLY_GRACE = 1.0
 """Seconds a call whose ``idle`` status came waits for its reply before it counts as done:
 the protocol does not order the output and reply channels, and a reply can be lost when
@@ -124,7 +130,7 @@ class KernelClient:
             "POST", "/api/kernels", {"name": "python3", "env": {}}, expect=(201,), timeout=timeout
         )
         kernel_id = model.get("id") if isinstance(model, dict) else None
-        if not isinstance(kernel_id, str) or not _KERNEL_ID.fullmatch(kernel_id):
+        if not is_kernel_id(kernel_id):
             raise GatewayMisbehaved("the gateway's answer to creating a kernel lacks a valid id")
         self.kernel_id = model["id"]
         self.kernel_lost = None

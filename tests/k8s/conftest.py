@@ -24,7 +24,7 @@ try:
     import aiohttp  # noqa: F401 - the fake API server
     import kubernetes  # noqa: F401 - the backend's extra
 except ImportError:  # without the test extras, only the remote-gateway tests run
-    collect_ignore = ["test_kubernetes_backend.py", "test_real_cluster.py"]
+    collect_ignore = ["test_kubernetes_backend.py", "test_real_cluster.py", "test_keep_alive_claims.py"]
 
 
 def pytest_configure(config):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from enclave_tools import registry
+from enclave_tools import Sandbox, registry
 from enclave_tools.attach import MAX_REPORTED_S, clean_limits
 from enclave_tools.cli import _duration
 
@@ -46,3 +46,9 @@ def test_stale_lock_files_are_pruned_and_held_ones_kept(
     again = registry.attach("f6e5d4c3b2a1")  # a pruned lock is made again
     assert again.held
     again.release()
+
+
+def test_a_lifetime_without_keep_alive_is_refused_not_ignored() -> None:
+    with pytest.raises(ValueError, match="lifetime applies only to a sandbox made with keep_alive"):
+        Sandbox(lifetime="1h")
+    assert Sandbox(keep_alive="30m", lifetime="1h").config.lifetime_limit == 3600

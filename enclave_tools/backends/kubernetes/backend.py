@@ -29,7 +29,14 @@ from enclave_tools.backends.kubernetes.api import (
     connection_errors,
     k8s,
 )
-from enclave_tools.backends.kubernetes.keepalive import LEASE_S, holder_identity, is_kept_alive, pod_name
+from enclave_tools.backends.kubernetes.keepalive import (
+    LEASE_S,
+    MAX_LEASE_S,
+    check_lease,
+    holder_identity,
+    is_kept_alive,
+    pod_name,
+)
 from enclave_tools.backends.kubernetes.manifests import (
     CONFIG,
     CREATE_ID,
@@ -124,7 +131,8 @@ class KubernetesBackend(Backend):
 
     Kept-alive sandboxes (``keep_alive``; ``Sandbox.connect``, ``SandboxSessions``) live
     in the cluster, not on this host: see :mod:`.keepalive`. ``attach_lease`` is how many
-    seconds an attached process's claim lasts unless it renews it (every third).
+    seconds an attached process's claim lasts unless it renews it (every third; at most
+    600 s).
     """
 
     name = "kubernetes"
@@ -165,7 +173,7 @@ class KubernetesBackend(Backend):
         self.pool = WarmPool(self.kube, namespace, self.owner, pool_size)
         self._egress = EgressGuard(self.kube, namespace, self.network_policy)
         self._connect = connect
-        self.attach_lease = attach_lease
+        self.attach_lease = check_lease(attach_lease)
         self.holder = holder_identity()
         """Who this process is in the ``attached-by`` annotation of a kept-alive pod."""
 
@@ -369,7 +377,7 @@ class KubernetesBackend(Backend):
             )
         if not _ready(pod):
             pod = self._wait_ready(name, float(record.config.get("startup_timeout") or 60))
-        token = self._token(pod)
+        token = self._token(pod, record.id)
         return SandboxHandle(name, f"{self.namespace}/{name}", self._endpoint(pod, token, record.id))
 
     def remove_expired(self, record: Record) -> None:
@@ -518,7 +526,8 @@ class KubernetesBackend(Backend):
             SAFE_TO_EVICT: "true" if idle else "false",
         }
         if kept:  # its maker holds it from the start (see keepalive.py); its config is its own
-            claim = time.time() + config.startup_timeout + self.attach_lease
+            # Held while it starts; never longer than any claim may last (see keepalive.py).
+            claim = time.time() + min(config.startup_timeout + self.attach_lease, MAX_LEASE_S)
             annotations.update(
                 {
                     HOLDER: self.holder,
@@ -663,12 +672,52 @@ class KubernetesBackend(Backend):
         except Exception as exc:
             raise SandboxStartFailed(f"reading pod {self.namespace}/{name} failed: {exc}") from exc
 
-    def _token(self, pod: dict[str, Any]) -> str:
+    def _token(self, pod: dict[str, Any], sandbox_id: str | None = None) -> str:
+        """The gateway's token, from the Secret the pod mounts; SandboxGone if that Secret is
+        gone or is not this pod's (made for another sandbox: ``sandbox_id``'s labels, or
+        owned by another pod)."""
+        ApiException = api_exception()
+        name = pod["metadata"]["name"]
         secret_name = next(
-            v["secret"]["secretName"] for v in pod["spec"]["volumes"] if v["name"] == "token-secret"
+            (
+                (v.get("secret") or {}).get("secretName")
+                for v in pod["spec"].get("volumes") or []
+                if v.get("name") == "token-secret"
+            ),
+            None,
         )
-        secret = self.kube.call(self.api.read_namespaced_secret, secret_name, self.namespace)
-        return base64.b64decode(secret["data"]["token"]).decode()
+        if not isinstance(secret_name, str):
+            raise SandboxGone(
+                f"pod {self.namespace}/{name} mounts no token Secret: it is not a sandbox of ours"
+            )
+        try:
+            secret = self.kube.call(self.api.read_namespaced_secret, secret_name, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise SandboxGone(
+                    f"the token Secret {self.namespace}/{secret_name} of pod {name} is gone: the "
+                    "sandbox cannot be reached"
+                ) from None
+            raise SandboxStartFailed(
+                f"reading the token Secret of pod {name} failed: {api_reason(exc)}"
+            ) from exc
+        except connection_errors() as exc:
+            raise SandboxStartFailed(f"the Kubernetes API did not answer: {exc}") from exc
+        meta = secret.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        owners = [ref.get("uid") for ref in meta.get("ownerReferences") or []]
+        foreign = labels.get(MANAGED_BY) != MANAGER or (
+            sandbox_id is not None and labels.get(SANDBOX) != sandbox_id
+        )
+        if foreign or (owners and pod["metadata"].get("uid") not in owners):
+            raise SandboxGone(
+                f"the Secret {self.namespace}/{secret_name} that pod {name} mounts is not that "
+                "sandbox's; refusing to use it"
+            )
+        try:
+            return base64.b64decode(secret["data"]["token"], validate=True).decode()
+        except (KeyError, TypeError, ValueError):
+            raise SandboxGone(f"the token Secret of pod {self.namespace}/{name} holds no token") from None
 
     def _endpoint(self, pod: dict[str, Any], token: str, sandbox_id: str) -> Endpoint:
         name, pod_ip = pod["metadata"]["name"], pod["status"].get("podIP", "")

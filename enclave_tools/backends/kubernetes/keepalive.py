@@ -15,7 +15,10 @@ read). The holder renews its claim every third of :data:`LEASE_S` from a daemon 
 holder that dies stops renewing and its claim lapses after at most :data:`LEASE_S`
 seconds (plus :data:`CLOCK_SKEW_S`: claims are judged by the wall clocks of the hosts,
 which must agree to within that). Another process's connect waits up to ``wait`` for the
-claim to be released or to lapse, then raises :class:`SandboxInUse`.
+claim to be released or to lapse, then raises :class:`SandboxInUse`. A claim that says it
+lasts longer than :data:`MAX_LEASE_S` (plus the skew) from now was not written by an
+honest holder with a good clock: it is judged lapsed, so no ``attached-until`` can lock
+a sandbox for longer than that.
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ LEASE_S = 30.0
 """Seconds an attached process's claim lasts without renewal (it renews every third)."""
 CLOCK_SKEW_S = 5.0
 """How far the clocks of two hosts may disagree before a claim could be judged lapsed early."""
+MAX_LEASE_S = 600.0
+"""The longest claim a holder may write (``attach_lease``); a longer one is judged lapsed."""
+_HOST_SHOWN = 64
 _POLL = 0.5
 _CONFIG_LIMIT = 64 * 1024
 
@@ -234,7 +240,7 @@ def take(
         other = notes.get(HOLDER)
         if other and other != holder and _until(notes) + CLOCK_SKEW_S > time.time():
             if time.monotonic() >= deadline:
-                host = other.split("/", 1)[0]
+                host = _printable(other.split("/", 1)[0])
                 raise SandboxInUse(
                     f"sandbox {sandbox_id} is in use by another process (on {host}): one process at a "
                     "time may be attached. It lets go on detach(), close() or exit (or its claim lapses "
@@ -254,9 +260,28 @@ def take(
         return PodHold(kube, namespace, name, holder, lease)
 
 
+def check_lease(lease: float) -> float:
+    """``lease`` if it is a number of seconds in (0, :data:`MAX_LEASE_S`]; ValueError otherwise."""
+    if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not 0 < lease <= MAX_LEASE_S:
+        raise ValueError(
+            f"attach_lease must be a number of seconds above 0 and at most {MAX_LEASE_S:g}, not {lease!r}"
+        )
+    return float(lease)
+
+
 def _until(notes: dict[str, str]) -> float:
+    """When the claim in ``notes`` lapses (0: already). One that says it lasts past the
+    longest lease any holder may write is not to be believed: lapsed."""
     try:
-        until = float(notes.get(HELD_UNTIL, "0"))
+        until = float(notes.get(HELD_UNTIL, "0")[:64])
     except ValueError:
         return 0.0
-    return until if math.isfinite(until) else 0.0
+    if not math.isfinite(until) or until > time.time() + MAX_LEASE_S + CLOCK_SKEW_S:
+        return 0.0
+    return until
+
+
+def _printable(text: str) -> str:
+    """An annotation's text (anyone who may patch the pod wrote it) fit for a message."""
+    shown = "".join(c if c.isprintable() else "?" for c in text[:_HOST_SHOWN])
+    return shown + ("..." if len(text) > _HOST_SHOWN else "")
