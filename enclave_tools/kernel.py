@@ -81,8 +81,8 @@ later one waits twice as long, up to 2 s)."""
 class Caller(Protocol):
     """The caller's side of one run (a :class:`~enclave_tools.turns.Turn` is one)."""
 
-    sent: bool
-    """Set once the code has gone to the kernel."""
+    call: ExecuteCall | None
+    """The call, set once its code has gone to the kernel."""
     cancelled: bool
     """Set by the caller when it gives up; looked at every :data:`CANCEL_POLL` seconds."""
 
@@ -193,6 +193,15 @@ class KernelClient:
         """Send SIGINT to the kernel."""
         self.http.json("POST", f"/api/kernels/{self.kernel_id}/interrupt", expect=(204,), timeout=timeout)
 
+    def interrupt_call(self, call: ExecuteCall, begin_wait: float = INTERRUPT_TIMEOUT) -> None:
+        """Interrupt ``call``'s code, once it has begun. ipykernel ignores a SIGINT that
+        lands before the code begins, or drops the request with no reply, so this waits up
+        to ``begin_wait`` seconds for the kernel to say it began, then interrupts anyway.
+        A call already over is not interrupted: the signal would hit whatever runs next."""
+        call.began.wait(begin_wait)
+        if not (call.done or call.idle):
+            self.interrupt(timeout=INTERRUPT_TIMEOUT)
+
     def restart(self, timeout: float = 30.0) -> None:
         """Restart the kernel (its state is lost), end the processes it left behind,
         and reconnect."""
@@ -301,13 +310,13 @@ class KernelClient:
             rich_limit=rich_limit,
             listener=listener,
         )
-        caller.sent = True
+        caller.call = call
         try:
             if self._ends_in_time(call, timeout, caller):
                 return Run(call)
             cancelled = caller.cancelled
             try:
-                self.interrupt(timeout=INTERRUPT_TIMEOUT)
+                self.interrupt_call(call, begin_wait=interrupt_grace)
                 answered = True
             except CONNECT_ERRORS as exc:
                 log.debug("interrupt failed: %s", exc)

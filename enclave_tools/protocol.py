@@ -17,6 +17,7 @@ import itertools
 import json
 import re
 import struct
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -215,6 +216,9 @@ class ExecuteCall:
         self.execution_count: int | None = None
         self.ended: str | None = None  # why it ended early: "kernel_died", "disconnected", ...
         self.released_at: float | None = None  # time.monotonic() when the client let go of it
+        self.code_began = False  # the kernel said the code began (its execute_input)
+        self.began = threading.Event()
+        """Set when the code began (see :attr:`code_began`), or the call is over."""
 
     @property
     def done(self) -> bool:
@@ -258,6 +262,8 @@ class ExecuteCall:
         elif kind == "error":
             self.error_content = content
         elif kind == "execute_input":
+            self.code_began = True
+            self.began.set()
             if isinstance(content.get("execution_count"), int):
                 self.execution_count = content["execution_count"]
         elif kind.endswith("_reply"):
@@ -266,6 +272,8 @@ class ExecuteCall:
                 self.execution_count = content["execution_count"]
         if self.listener is not None:
             self._tell_listener(msg)
+        if self.idle or self.done:
+            self.began.set()  # wakes anyone waiting to interrupt it: there is nothing to interrupt
         return self.done
 
     def _tell_listener(self, msg: dict[str, Any]) -> None:
@@ -278,6 +286,7 @@ class ExecuteCall:
         """End the call early (the kernel died, the connection dropped, ...)."""
         if not self.done:
             self.ended = reason
+        self.began.set()
 
     def execution(
         self,
@@ -322,5 +331,10 @@ class ExecuteCall:
         if reply.get("status") == "aborted":
             return "error", error_from_content(
                 {"ename": "Aborted", "evalue": "the kernel skipped this code after an earlier error"}
+            )
+        if self.reply is None and self.idle and not self.code_began:
+            # ipykernel drops a request, with no reply, when an interrupt lands before its code
+            return "error", error_from_content(
+                {"ename": "NotRun", "evalue": "the kernel dropped this code before it began: it did not run"}
             )
         return "ok", None

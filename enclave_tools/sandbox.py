@@ -348,12 +348,18 @@ class Sandbox:
 
     def interrupt(self) -> None:
         """Interrupt the code running now (as Ctrl-C would); variables are kept. It goes
-        straight to the gateway: it never waits for a turn."""
+        straight to the gateway: it never waits for a turn. Code just sent is interrupted
+        once the kernel has begun it (at most 5 s later): a signal before that is lost."""
         kernel = self._kernel
         if kernel is None:
             return
+        running = self._turns.current
+        call = None if running is None else running.call
         try:
-            kernel.interrupt(timeout=INTERRUPT_TIMEOUT)
+            if call is None:
+                kernel.interrupt(timeout=INTERRUPT_TIMEOUT)
+            else:
+                kernel.interrupt_call(call)
         except (GatewayError, *_CONNECT_ERRORS) as exc:
             raise self._died_or(exc) from exc
 

@@ -22,7 +22,10 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+
+if TYPE_CHECKING:
+    from enclave_tools.protocol import ExecuteCall
 
 __all__ = ["WORKERS", "Turn", "TurnQueue", "Workers", "async_twin", "off_loop", "run_job"]
 
@@ -43,8 +46,8 @@ class Turn:
         """The sandbox's loss generation when the call arrived (see ``LossLog``)."""
         self.cancelled = False
         """Set when the caller gave up: code not yet sent is never sent."""
-        self.sent = False
-        """Whether the call's code has gone to the kernel."""
+        self.call: ExecuteCall | None = None
+        """The kernel call, once the code has gone to the kernel."""
         self.witnessed: list[Any] = []
         """State losses that happened during this call and that its own result tells."""
         self.carried: list[Any] = []
@@ -54,6 +57,11 @@ class Turn:
         self._event: threading.Event | None = None
         self._future: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def sent(self) -> bool:
+        """Whether the call's code has gone to the kernel."""
+        return self.call is not None
 
     @property
     def current(self) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import faulthandler
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -53,13 +54,15 @@ def joined(thread: threading.Thread, outcome: dict[str, Any], seconds: float = H
     return outcome["value"]
 
 
-def wait_until(predicate: Callable[[], bool], seconds: float = HANG) -> None:
-    """Wait for an effect of another thread; fail after ``seconds``."""
+def wait_until(predicate: Callable[[], bool], seconds: float = HANG, poll: float = 0.05) -> None:
+    """Wait for an effect of another thread, looking every ``poll`` seconds; fail after
+    ``seconds``."""
     done = threading.Event()
-    for _ in range(int(seconds / 0.05)):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
         if predicate():
             return
-        done.wait(0.05)
+        done.wait(poll)
     pytest.fail(f"still not true after {seconds:g} s")
 
 
@@ -85,6 +88,19 @@ def test_interrupt_from_another_thread_stops_the_cell_and_keeps_state(sandbox):
     assert not execution.state_lost
     after = sandbox.run("kept")
     assert after.text == "'yes'" and not after.state_lost
+
+
+def test_an_interrupt_sent_as_the_code_goes_out_still_stops_it(sandbox):
+    """ipykernel ignores a SIGINT that lands before the code begins, or drops the request
+    with no reply: an interrupt the moment the code is sent must still stop the cell."""
+    sandbox.run("kept = 'yes'")
+    for _ in range(5):
+        cell = in_background(sandbox.run, "import time; time.sleep(600)", 86400)
+        wait_until(lambda: running(sandbox), poll=0)  # no pause: the interrupt races the code
+        sandbox.interrupt()
+        execution = joined(*cell)
+        assert execution.status == "error" and execution.error.name == "KeyboardInterrupt"
+    assert sandbox.run("kept").text == "'yes'"
 
 
 def test_interrupt_ignored_by_the_cell_escalates_at_the_deadline_and_tells_the_queue(make_sandbox):

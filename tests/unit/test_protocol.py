@@ -55,6 +55,33 @@ def test_done_when_idle_arrives_before_reply():
     assert call.execution().text == "1"
 
 
+def test_a_request_dropped_before_its_code_began_did_not_run():
+    """ipykernel drops a request, with no reply, when an interrupt lands before its code
+    begins: busy, then idle, no execute_input. That run is not "ok"."""
+    call = new_call()
+    feed_all(call, [BUSY, IDLE])
+    assert call.began.is_set()  # over: nothing left to interrupt
+    execution = call.execution()
+    assert execution.status == "error" and execution.error.name == "NotRun"
+
+
+def test_a_reply_lost_after_the_code_began_keeps_the_output_as_ok():
+    call = new_call()
+    feed_all(call, [BUSY, INPUT, OUT, IDLE])
+    assert call.execution().status == "ok" and call.execution().text == "1"
+
+
+def test_began_is_set_by_execute_input_and_by_the_end():
+    call = new_call()
+    call.feed(BUSY)
+    assert not call.began.is_set()
+    call.feed(INPUT)
+    assert call.began.is_set() and call.code_began
+    ended = new_call()
+    ended.end("kernel_died")
+    assert ended.began.is_set() and not ended.code_began
+
+
 def test_error_is_reported_once_without_ansi():
     error = {
         "ename": "ZeroDivisionError",

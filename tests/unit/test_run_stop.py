@@ -39,6 +39,8 @@ class FakeKernel(KernelClient):
     def execute(self, code: str, **limits: Any) -> ExecuteCall:
         limits.pop("listener", None)
         self.call = ExecuteCall("m1", **limits)
+        self.call.code_began = True  # its execute_input came
+        self.call.began.set()
         if self.idle_on == "start":
             self._idle()
         return self.call
@@ -102,6 +104,58 @@ def test_cancelling_a_running_call_interrupts_it_at_once():
     execution = run_cell(sb, turn, "while True: pass", 30)  # ends at the cancel, not at 30 s
     assert kernel.interrupts == 1 and kernel.restarts == 0
     assert execution.status == "error" and execution.error.name == "Cancelled"
+
+
+class WatchedEvent(threading.Event):
+    """An event that says when someone waits on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited_on = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waited_on.set()
+        return super().wait(timeout)
+
+
+def _unbegun_call() -> ExecuteCall:
+    call = ExecuteCall("m1", capture_limit=100, output_limit=100)
+    call.began = WatchedEvent()
+    return call
+
+
+def _fed(call: ExecuteCall, kind: str, content: dict[str, Any]) -> None:
+    call.feed({"header": {"msg_type": kind}, "parent_header": {"msg_id": "m1"}, "content": content})
+
+
+def test_an_interrupt_waits_until_the_code_began():
+    """ipykernel ignores a SIGINT that lands before the code begins: the interrupt waits
+    for the kernel's execute_input, then goes."""
+    kernel = FakeKernel(idle_on="never")
+    call = _unbegun_call()
+    sender = threading.Thread(target=kernel.interrupt_call, args=(call, 30.0))
+    sender.start()
+    assert call.began.waited_on.wait(30)  # type: ignore[attr-defined]
+    assert kernel.interrupts == 0
+    _fed(call, "execute_input", {"code": "x", "execution_count": 1})
+    sender.join(30)
+    assert not sender.is_alive() and kernel.interrupts == 1
+
+
+def test_an_interrupt_goes_anyway_when_the_code_never_begins():
+    kernel = FakeKernel(idle_on="never")
+    kernel.interrupt_call(_unbegun_call(), begin_wait=0)
+    assert kernel.interrupts == 1
+
+
+def test_a_call_already_over_is_not_interrupted():
+    """The signal would hit whatever runs next."""
+    kernel = FakeKernel(idle_on="never")
+    call = _unbegun_call()
+    _fed(call, "execute_input", {"code": "x", "execution_count": 1})
+    _fed(call, "status", {"execution_state": "idle"})
+    kernel.interrupt_call(call, begin_wait=30)
+    assert kernel.interrupts == 0
 
 
 class RunningBackend(Backend):
