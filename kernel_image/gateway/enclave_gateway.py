@@ -162,11 +162,43 @@ for _name in GATEWAY_SKIPS:
 # stand-in until something asks it for a name (enclave_lazy). jupyter_server.serverapp
 # (imported by Kernel Gateway for random_ports) would import all of Jupyter Server: the
 # contents managers, nbformat and jsonschema; nbformat is for the notebook-http mode.
+# jinja2 is imported for one exception class (jupyter_server's HTML error pages, which the
+# gateway's JSON handlers never render): that class comes from its own small module.
+# jupyter_events (jsonschema, YAML, and a schema validated at the first kernel start) is
+# there to emit kernel actions to event listeners; a gateway has none (the events API is
+# Jupyter Server's, not the gateway's), so its kernel managers get a logger that drops them.
 import enclave_lazy  # noqa: E402
+from traitlets.config import LoggingConfigurable  # noqa: E402
+
+
+class QuietEventLogger(LoggingConfigurable):
+    """jupyter_events' ``EventLogger`` where nothing listens: schemas are not loaded and
+    events go nowhere."""
+
+    def register_event_schema(self, schema) -> None:
+        """Accept a schema without reading it."""
+
+    def emit(self, *, schema_id, data, timestamp_override=None) -> None:
+        """Drop an event: no handler or listener is registered in the gateway."""
+
+
+class QuietSchemaError(Exception):
+    """Stands for ``jupyter_events.schema_registry.SchemaRegistryException``, which the
+    quiet logger never raises."""
+
+
+def _jinja2_template_not_found(_module):
+    import importlib
+
+    return importlib.import_module("jinja2.exceptions").TemplateNotFound
+
 
 GATEWAY_STAND_INS: dict[str, enclave_lazy.Eager] = {
     "jupyter_server.serverapp": {"random_ports": enclave_lazy.forward("random_ports")},
     "nbformat": {},
+    "jinja2": {"TemplateNotFound": _jinja2_template_not_found},
+    "jupyter_events": {"EventLogger": lambda _module: QuietEventLogger},
+    "jupyter_events.schema_registry": {"SchemaRegistryException": lambda _module: QuietSchemaError},
 }
 if not any(isinstance(f, enclave_lazy.StandInFinder) for f in sys.meta_path):
     enclave_lazy.install(GATEWAY_STAND_INS)
@@ -175,7 +207,6 @@ import hmac  # noqa: E402 - the kernel above starts before these heavy imports
 import tempfile  # noqa: E402
 
 from jupyter_client.kernelspec import KernelSpecManager  # noqa: E402
-from jupyter_core.paths import jupyter_path  # noqa: E402
 from jupyter_server._tz import utcnow  # noqa: E402
 from jupyter_server.services.kernels.connection.channels import (  # noqa: E402
     ZMQChannelsWebsocketConnection,
@@ -186,6 +217,9 @@ from kernel_gateway.services.kernels.manager import (  # noqa: E402
     SeedingMappingKernelManager,
 )
 from tornado import httpserver, netutil, web  # noqa: E402
+
+IMAGE_KERNEL_SPECS = os.path.join(sys.prefix, "share", "jupyter", "kernels")
+"""Where the image installed its kernel spec (ipykernel's ``python3``); root's, read-only."""
 
 MAX_UPLOAD_BYTES = 4 * 2**30
 CHUNK = 1 << 20
@@ -523,13 +557,16 @@ class PrestartedKernelManager(KernelGatewayIOLoopKernelManager):
 
 
 class EnclaveKernelSpecManager(KernelSpecManager):
-    """The stock kernel spec manager, with the same kernel directories found without
-    importing IPython: the stock one imports it (a tenth of a second of the gateway's
-    CPU, at the first kernel start) only to name ``$IPYTHONDIR/kernels``."""
+    """The stock kernel spec manager, reading the image's kernel specs only.
+
+    Every other place Jupyter looks (``$JUPYTER_DATA_DIR``, ``~/.local/share/jupyter``,
+    ``~/.ipython``) is writable by the sandbox's code, and a spec there would choose the
+    next kernel's command and environment: ``${KG_AUTH_TOKEN}`` in its ``env`` is filled
+    in from the gateway's own environment, token included. Not looking there also spares
+    the stock manager's import of IPython (a tenth of a second of the gateway's CPU)."""
 
     def _kernel_dirs_default(self) -> list[str]:
-        ipython_dir = os.environ.get("IPYTHONDIR") or os.path.join(os.path.expanduser("~"), ".ipython")
-        return [*jupyter_path("kernels"), os.path.join(os.path.expanduser(ipython_dir), "kernels")]
+        return [IMAGE_KERNEL_SPECS]
 
 
 class QuietActivityKernelManager(SeedingMappingKernelManager):

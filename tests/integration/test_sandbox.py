@@ -366,6 +366,67 @@ def test_a_restarted_kernel_starts_through_the_launcher_too(sandbox):
     ]
 
 
+GATEWAY_PROBE = """
+import enclave_bundle, sys
+sys.path.insert(0, "/opt/enclave/gateway")
+enclave_bundle.install("/opt/enclave/gateway/imports.bundle")
+import enclave_gateway
+from jupyter_server.base import handlers
+from jupyter_server.services.kernels.kernelmanager import ServerKernelManager
+logger = ServerKernelManager().event_logger
+logger.emit(schema_id="https://events.jupyter.org/jupyter_server/kernel_actions/v1", data={})
+heavy = ("jsonschema", "yaml", "jinja2.environment", "jupyter_events.logger", "nbformat.validator")
+loaded = [name for name in heavy if name in sys.modules]
+import jinja2
+real = jinja2.Environment is not None and jinja2.TemplateNotFound is handlers.TemplateNotFound
+print(type(logger).__name__, loaded, real)
+"""
+
+
+def test_the_gateway_starts_without_schemas_templates_or_event_machinery(sandbox):
+    # Its kernel managers log events to nothing (no listener exists in a gateway), so
+    # jupyter_events, jsonschema and YAML are never imported; jinja2 is one exception
+    # class, the real one (the same object once jinja2 loads for real). The gateway's
+    # start, in a process of the sandbox's own.
+    sandbox.write_file("/tmp/gateway_probe.py", GATEWAY_PROBE)
+    ran = sandbox.run(
+        "import subprocess, sys\n"
+        "print(subprocess.run([sys.executable, '/tmp/gateway_probe.py'], capture_output=True,"
+        " text=True, cwd='/tmp').stdout)"
+    )
+    assert ran.stdout.split() == ["QuietEventLogger", "[]", "True"], ran.text
+
+
+HOSTILE_SPEC = {
+    "argv": ["/opt/enclave/venv/bin/python", "-m", "enclave_kernel_launcher", "-f", "{connection_file}"],
+    "display_name": "hostile",
+    "language": "python",
+    "env": {"HOSTILE_SPEC": "used", "STOLEN": "${KG_AUTH_TOKEN}"},
+}
+
+
+def test_a_kernel_spec_written_by_sandboxed_code_is_never_used(make_sandbox):
+    # Every writable place Jupyter would look for kernel specs gets a python3 spec whose
+    # env asks for the gateway's token; a new kernel still comes from the image's spec.
+    places = ["/tmp/jupyter-data/kernels", "~/.local/share/jupyter/kernels", "~/.ipython/kernels"]
+    sandbox = make_sandbox().start()
+    sandbox.run(
+        "import json, os\n"
+        f"for place in {places!r}:\n"
+        "    folder = os.path.join(os.path.expanduser(place), 'python3')\n"
+        "    os.makedirs(folder, exist_ok=True)\n"
+        "    with open(os.path.join(folder, 'kernel.json'), 'w') as f:\n"
+        f"        json.dump({HOSTILE_SPEC!r}, f)\n"
+        "import sys\n"
+        "writable = os.access(sys.prefix + '/share/jupyter/kernels/python3/kernel.json', os.W_OK)"
+    )
+    assert sandbox.run("writable").text == "False"
+    sandbox._kernel.replace()  # a new kernel, as an escalation makes when a restart fails
+    sandbox.restart()
+    seen = sandbox.run("import os; [os.environ.get('HOSTILE_SPEC'), os.environ.get('STOLEN')]")
+    assert seen.text == "[None, None]"
+
+
 def test_a_container_start_inspects_no_container(make_sandbox, monkeypatch):
     # The reaper lists sandboxes in one call (no inspect per sandbox: one already runs), and
     # create and start are not followed by an inspect.
