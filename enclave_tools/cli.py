@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import argparse
 import codeop
-import math
 import signal
 import sys
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
 
 from enclave_tools import __version__
@@ -40,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.func(args)
+    except _UsageError as exc:
+        print(f"enclave-tools: {safe(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     except EnclaveError as exc:
         print(f"enclave-tools: {safe(exc)}", file=sys.stderr)
         return EXIT_ENCLAVE
@@ -101,17 +102,27 @@ def _parser() -> argparse.ArgumentParser:
 
     image.set_defaults(func=image_usage)
 
-    ps = commands.add_parser("ps", help="list running sandboxes")
+    from enclave_tools.backends import options as backend_options
+
+    ps = commands.add_parser(
+        "ps", help="list sandboxes (Docker's, a namespace's pods, or a gateway's kept-alive kernels)"
+    )
     ps.set_defaults(func=_ps)
-    stop = commands.add_parser("stop", help="remove a sandbox (a detached one too) by id or name")
-    stop.add_argument("id", help="sandbox id (the name without 'enclave-'), container id (prefix) or name")
+    stop = commands.add_parser("stop", help="end a sandbox (a detached one too) by id or name")
+    stop.add_argument(
+        "id",
+        help="sandbox id (the name without 'enclave-'), name, "
+        "or a prefix of the container id, pod name or kernel id",
+    )
     stop.set_defaults(func=_stop)
     gc = commands.add_parser(
         "gc",
-        help="remove sandboxes (and leftover run directories) whose owner process is provably gone, "
-        "and detached ones that have expired",
+        help="remove sandboxes whose owner process is provably gone, and kept-alive ones that "
+        "ended or expired (Docker: also leftover run directories)",
     )
     gc.set_defaults(func=_gc)
+    for sub in (ps, stop, gc):
+        backend_options.add_arguments(sub)
 
     from enclave_tools.mcp import command as mcp_command
 
@@ -188,7 +199,9 @@ def _image_ls(_args: argparse.Namespace) -> int:
     from enclave_tools.image import list_images
 
     rows = list_images(docker_client())
-    _table(["TAG", "ID", "SIZE", "CREATED"], [[r["tag"], r["id"], r["size"], r["created"]] for r in rows])
+    _print_table(
+        ["TAG", "ID", "SIZE", "CREATED"], [[r["tag"], r["id"], r["size"], r["created"]] for r in rows]
+    )
     return EXIT_OK
 
 
@@ -206,117 +219,50 @@ def _image_prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _ps(_args: argparse.Namespace) -> int:
-    from enclave_tools.backends.docker import (
-        CREATED,
-        KEEP_ALIVE,
-        OWNER_PID,
-        SESSION,
-        DockerBackend,
-        _owner_alive,
-    )
-
-    backend = DockerBackend()
-    rows = []
-    for container in backend.list_sandboxes():
-        labels = container.labels or {}
-        ports = (container.attrs.get("NetworkSettings", {}).get("Ports") or {}).get("8888/tcp") or []
-        where = f"127.0.0.1:{ports[0]['HostPort']}" if ports else "unix socket"
-        memory = "-"
-        if container.status == "running":
-            try:
-                stats = container.stats(stream=False, one_shot=True)
-                memory = f"{stats['memory_stats'].get('usage', 0) / 2**20:.0f} MiB"
-            except Exception:  # noqa: BLE001 - informational column
-                pass
-        kept = labels.get(KEEP_ALIVE) == "1"
-        if kept:
-            owner = "detached"
-            idle, expires = (
-                _kept_alive_times(backend, container) if container.status == "running" else ("-", "ended")
-            )
-        else:
-            owner = labels.get(OWNER_PID, "?") + ("" if _owner_alive(labels) else " (gone)")
-            idle = expires = "-"
-        rows.append(
-            [
-                container.name,
-                labels.get(SESSION, "-") if kept else "-",
-                owner,
-                _age(labels.get(CREATED)),
-                idle,
-                expires,
-                where,
-                memory,
-                container.status,
-            ]
-        )
-    _table(["NAME", "SESSION", "OWNER PID", "AGE", "IDLE", "EXPIRES IN", "GATEWAY", "MEMORY", "STATUS"], rows)
-    return EXIT_OK
-
-
-def _kept_alive_times(backend, container) -> tuple[str, str]:
-    """A kept-alive sandbox's idle time and time left, from its gateway (reading them is
-    not use); '?' if this user holds no record of it or it does not answer."""
-    from enclave_tools import registry
-    from enclave_tools.attach import clean_limits
-    from enclave_tools.transport import GatewayHTTP
+def _backend(args: argparse.Namespace):
+    """The backend ``--backend`` and its options chose (Docker by default)."""
+    from enclave_tools.backends.options import from_args
+    from enclave_tools.errors import InvalidInput
 
     try:
-        record = registry.load(container.name.removeprefix("enclave-"))
-        handle = backend.attach(record)
-        http = GatewayHTTP(handle.endpoint)
-        try:
-            limits = clean_limits(backend.read_limits(handle, http))  # the gateway's word: bounded
-        finally:
-            http.close()
-        return _duration(limits["idle"]), _duration(limits["expires_in"])
-    except (EnclaveError, OSError, AttributeError, TypeError, ValueError):
-        return "?", "?"
+        return from_args(args)
+    except InvalidInput as exc:
+        raise _UsageError(str(exc)) from None
 
 
-def _duration(seconds: object) -> str:
-    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not math.isfinite(seconds):
-        return "-"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit}"
-    return f"{max(seconds, 0):.0f}s"
+class _UsageError(EnclaveError):
+    """The command line asked for something impossible (exit code 2)."""
+
+
+def _ps(args: argparse.Namespace) -> int:
+    from enclave_tools import ps
+
+    _print_table(ps.HEADER, ps.rows(_backend(args).describe_sandboxes()))
+    return EXIT_OK
 
 
 def _stop(args: argparse.Namespace) -> int:
-    from enclave_tools import registry
-    from enclave_tools.backends.docker import RUN_DIR, DockerBackend, _safe_run_dir
+    from enclave_tools import ps
 
-    backend = DockerBackend()
-    matches = [
-        c
-        for c in backend.list_sandboxes()
-        if args.id in (c.name, c.name.removeprefix("enclave-")) or c.id.startswith(args.id)
-    ]
+    backend = _backend(args)
+    matches = ps.matching(backend.describe_sandboxes(), args.id)
     if len(matches) != 1:
         what = "no sandbox" if not matches else f"{len(matches)} sandboxes"
-        print(f"enclave-tools: {what} match {args.id!r}; see `enclave-tools ps`", file=sys.stderr)
+        print(
+            f"enclave-tools: {what} match {safe(repr(args.id))} on the {backend.name} backend; "
+            "see `enclave-tools ps`",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
-    container = matches[0]
-    backend.remove_container(container.id, _safe_run_dir((container.labels or {}).get(RUN_DIR)))
-    try:
-        registry.remove(container.name.removeprefix("enclave-"))
-    except EnclaveError:
-        pass  # not a sandbox id: nothing recorded
-    print(f"removed {safe(container.name)}")
+    backend.stop_sandbox(matches[0])
+    print(f"removed {ps.cell(matches[0].name, 256)}")
     return EXIT_OK
 
 
-def _gc(_args: argparse.Namespace) -> int:
-    from enclave_tools.backends.docker import DockerBackend
+def _gc(args: argparse.Namespace) -> int:
+    from enclave_tools import ps
 
-    dirs: list[str] = []
-    removed = DockerBackend().reap_orphans(
-        on_removed=lambda c: print(f"removed {safe(c.name)}"), on_dir_removed=dirs.append
-    )
-    for path in dirs:
-        print(f"removed run directory {safe(path)}")
+    removed = _backend(args).reap_orphans(on_removed=lambda what: print(f"removed {ps.cell(what, 256)}"))
     print(f"{removed} orphaned sandbox(es) removed")
     return EXIT_OK
 
@@ -430,23 +376,11 @@ def _run_cell(sandbox, source: str):
         signal.signal(signal.SIGINT, previous)
 
 
-def _age(created: str | None) -> str:
-    if not created:
-        return "?"
-    try:
-        seconds = (datetime.now(UTC) - datetime.fromisoformat(created)).total_seconds()
-    except ValueError:
-        return "?"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit}"
-    return f"{seconds:.0f}s"
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    from enclave_tools.ps import table
 
-
-def _table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
-    for row in [header, *rows]:
-        print(safe("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip()))
+    for line in table(header, rows):
+        print(safe(line))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,6 +17,7 @@ __all__ = [
     "clean_text",
     "cut_middle",
     "for_model",
+    "one_line",
 ]
 
 Status = Literal["ok", "error", "timeout", "kernel_died"]
@@ -61,6 +62,15 @@ def for_model(text: str, limit: int) -> str:
     """``text`` as a model (or a terminal) may read it: cleaned (see :func:`clean_text`)
     and cut to about ``limit`` characters, head and tail, with a note of the cut."""
     return cut_middle(clean_text(text), limit)
+
+
+def one_line(text: str, limit: int = 64) -> str:
+    """``text`` that anyone may have written (a pod's annotation, a gateway's answer) fit
+    for one line of a message or one cell of a table: every character that is not
+    printable (controls, escapes, newlines, bidi overrides) shown as '?', cut to ``limit``
+    characters with '...'."""
+    shown = "".join(c if c.isprintable() else "?" for c in text[:limit])
+    return shown + ("..." if len(text) > limit else "")
 
 
 def _last_state(line: str) -> str:

@@ -8,6 +8,7 @@ whatever the backend.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from enclave_tools import registry
 from enclave_tools.config import SandboxConfig
-from enclave_tools.errors import SandboxGone, SandboxStartFailed
+from enclave_tools.errors import InvalidInput, SandboxGone, SandboxStartFailed
 from enclave_tools.transport import Endpoint, GatewayHTTP
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ __all__ = [
     "ContainerState",
     "SandboxExists",
     "SandboxHandle",
+    "SandboxInfo",
     "ended_because",
     "lifetime_env",
 ]
@@ -103,6 +105,30 @@ class SandboxHandle:
 
 
 @dataclass
+class SandboxInfo:
+    """One sandbox as ``enclave-tools ps`` lists it. None where a field does not apply
+    (shown '-'); the durations may also be a word ('?': unknown, 'ended'). What a backend
+    read from a cluster or a gateway is untrusted: the listing bounds and cleans it."""
+
+    name: str
+    sandbox_id: str = ""
+    """The sandbox's id (``stop`` takes it), if it has one."""
+    container_id: str = ""
+    """The backend's id (container id, pod name, kernel id): ``stop`` takes a prefix."""
+    session: str | None = None
+    owner: str | None = None
+    """The owner process, the attached holder, or "detached"."""
+    created: float | None = None
+    """Epoch seconds; None: unknown."""
+    idle: float | str | None = None
+    expires_in: float | str | None = None
+    where: str | None = None
+    """How the gateway is reached."""
+    memory: str | None = None
+    status: str = "?"
+
+
+@dataclass
 class ContainerState:
     """Whether the gateway's container (or pod) runs, and why it stopped."""
 
@@ -167,9 +193,46 @@ class Backend(ABC):
     def remove(self, handle: SandboxHandle) -> None:
         """Remove the gateway and everything the backend made for it."""
 
-    def reap_orphans(self) -> int:
-        """Remove gateways whose owner is gone; return how many. Default: none to reap."""
+    def reap_orphans(self, on_removed: Callable[[str], None] | None = None) -> int:
+        """Remove gateways whose owner is gone (and kept-alive sandboxes that expired);
+        return how many. ``on_removed`` is told what each removal was, in a few words (a
+        name). Default: none to reap."""
         return 0
+
+    # -- enclave-tools ps / stop ---------------------------------------------------------
+
+    def describe_sandboxes(self) -> list[SandboxInfo]:
+        """The sandboxes this backend can see, for ``enclave-tools ps``. Default: the
+        kept-alive sandboxes this host user's registry records for this backend (the
+        default record store), their state unknown."""
+        now = time.time()
+        return [
+            SandboxInfo(
+                name=record.id,
+                sandbox_id=record.id,
+                container_id=record.container_id,
+                session=record.session,
+                owner="detached",
+                created=record.created or None,
+                idle="?",
+                expires_in=record.expires - now if record.expires else "?",
+            )
+            for record in registry.records()
+            if record.backend == self.name
+        ]
+
+    def stop_sandbox(self, info: SandboxInfo) -> None:
+        """End the sandbox ``info`` describes (one :meth:`describe_sandboxes` listed), whoever
+        is attached to it, and forget its record. Default: reach it through its record and
+        :meth:`remove` it."""
+        if not info.sandbox_id:
+            raise InvalidInput(f"{info.name} has no sandbox id: the {self.name} backend cannot stop it")
+        record = self.load_record(info.sandbox_id)
+        try:
+            self.remove(self.attach(record))
+        except SandboxGone:
+            pass  # ended already: only its record is left
+        self.forget_record(record.id)
 
     # -- kept-alive sandboxes (see enclave_tools.attach) ---------------------------------
     # Where a kept-alive sandbox's record lives, and how one process at a time is attached

@@ -40,6 +40,7 @@ from enclave_tools.backends.base import (
     ContainerState,
     SandboxExists,
     SandboxHandle,
+    SandboxInfo,
     ended_because,
     lifetime_env,
 )
@@ -519,6 +520,77 @@ class DockerBackend(Backend):
         """Every container enclave-tools created on this engine."""
         return self.client.containers.list(all=True, filters={"label": f"{LABEL}=1"}, ignore_removed=True)
 
+    def describe_sandboxes(self) -> list[SandboxInfo]:
+        """Every container enclave-tools created on this engine, whoever owns it, running
+        or stopped: its owner pid (or "detached"), how the host reaches it, its memory in
+        use, and, for a running kept-alive one, its idle time and time left as its
+        gateway reports them (reading them is not use)."""
+        infos = []
+        for container in self.list_sandboxes():
+            labels = container.labels or {}
+            port = _port_of(container.attrs)
+            info = SandboxInfo(
+                name=container.name,
+                sandbox_id=container.name.removeprefix("enclave-"),
+                container_id=container.id,
+                created=_epoch(labels.get(CREATED)),
+                where=f"127.0.0.1:{port}" if port else "unix socket",
+                memory=self._memory(container) if container.status == "running" else None,
+                status=container.status,
+            )
+            if labels.get(KEEP_ALIVE) == "1":
+                info.session = labels.get(SESSION)
+                info.owner = "detached"
+                if container.status == "running":
+                    info.idle, info.expires_in = self._kept_alive_times(container.name)
+                else:
+                    info.expires_in = "ended"
+            else:
+                info.owner = labels.get(OWNER_PID, "?") + ("" if _owner_alive(labels) else " (gone)")
+            infos.append(info)
+        return infos
+
+    @staticmethod
+    def _memory(container: Any) -> str | None:
+        try:
+            stats = container.stats(stream=False, one_shot=True)
+            return f"{stats['memory_stats'].get('usage', 0) / 2**20:.0f} MiB"
+        except Exception:  # noqa: BLE001 - informational column
+            return None
+
+    def _kept_alive_times(self, name: str) -> tuple[float | str | None, float | str | None]:
+        """A kept-alive sandbox's idle time and time left, from its gateway; '?' if this
+        user holds no record of it or it does not answer."""
+        from enclave_tools import registry
+        from enclave_tools.attach import clean_limits
+        from enclave_tools.transport import GatewayHTTP
+
+        try:
+            handle = self.attach(registry.load(name.removeprefix("enclave-")))
+            http = GatewayHTTP(handle.endpoint)
+            try:
+                limits = clean_limits(self.read_limits(handle, http))  # the gateway's word: bounded
+            finally:
+                http.close()
+            return limits["idle"], limits["expires_in"]
+        except (EnclaveError, OSError, AttributeError, TypeError, ValueError):
+            return "?", "?"
+
+    def stop_sandbox(self, info: SandboxInfo) -> None:
+        """Remove the container (kept alive or not, whoever owns it), its run directory,
+        and this user's record of it."""
+        from enclave_tools import registry
+
+        try:
+            labels = (
+                self.client.api.inspect_container(info.container_id).get("Config", {}).get("Labels") or {}
+            )
+        except NotFound:
+            labels = {}
+        self.remove_container(info.container_id, _safe_run_dir(labels.get(RUN_DIR)))
+        with contextlib.suppress(EnclaveError):  # not a sandbox id: nothing recorded
+            registry.remove(info.name.removeprefix("enclave-"))
+
     def sandbox_summaries(self) -> list[SandboxSummary]:
         """Every container enclave-tools created on this engine, in one API call."""
         entries = self.client.api.containers(all=True, filters={"label": f"{LABEL}=1"})
@@ -533,13 +605,15 @@ class DockerBackend(Backend):
 
     def reap_orphans(
         self,
-        on_removed: Callable[[Any], None] | None = None,
+        on_removed: Callable[[str], None] | None = None,
         on_dir_removed: Callable[[str], None] | None = None,
     ) -> int:
         """Remove sandboxes whose owner is provably gone (see owner.py: an owner in
-        another PID namespace, or on another machine, is presumed alive), then run
-        directories left without a container (:meth:`reap_run_dirs`); return how many
-        sandboxes were removed."""
+        another PID namespace, or on another machine, is presumed alive), and kept-alive
+        ones that ended or are past their recorded lifetime, then run directories left
+        without a container (:meth:`reap_run_dirs`; ``on_dir_removed`` is told of each,
+        else ``on_removed``); return how many sandboxes were removed. ``on_removed`` gets
+        each removed container's name."""
         removed = 0
         gone: set[str] = set()
         check = OwnerCheck()
@@ -556,7 +630,10 @@ class DockerBackend(Backend):
             gone.add(container.id)
             removed += 1
             if on_removed:
-                on_removed(container)
+                on_removed(container.name)
+        if on_dir_removed is None and on_removed is not None:
+            tell = on_removed
+            on_dir_removed = lambda path: tell(f"run directory {path}")  # noqa: E731
         self.reap_run_dirs(on_dir_removed, check, containers)
         running = {c.id for c in containers if c.status not in ("exited", "dead") and c.id not in gone}
         self.reap_records(running, listed_at)
@@ -669,6 +746,13 @@ def _port_of(attrs: dict[str, Any]) -> int | None:
         if binding.get("HostIp") in ("127.0.0.1", "") and binding.get("HostPort"):
             return int(binding["HostPort"])
     return None
+
+
+def _epoch(text: str | None) -> float | None:
+    try:
+        return datetime.fromisoformat(text).timestamp() if text else None
+    except ValueError:
+        return None
 
 
 def _safe_run_dir(path: str | None) -> str | None:

@@ -21,7 +21,6 @@ a stock gateway answers 404 and the sandbox raises :class:`FileTransferError`.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -36,7 +35,7 @@ from urllib.parse import urlsplit
 
 from enclave_tools import registry
 from enclave_tools.backends import watchdog
-from enclave_tools.backends.base import Backend, ContainerState, SandboxHandle
+from enclave_tools.backends.base import Backend, ContainerState, SandboxHandle, SandboxInfo
 from enclave_tools.config import SandboxConfig
 from enclave_tools.errors import EnclaveError, GatewayError, SandboxGone, SandboxStartFailed
 from enclave_tools.protocol import loads_bounded
@@ -48,7 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GatewayState", "RemoteGatewayBackend", "TLSEndpoint", "endpoint_from_url"]
+__all__ = ["GatewayState", "RemoteGatewayBackend", "TLSEndpoint", "endpoint_from_url", "kernel_info"]
 
 
 @dataclass(frozen=True)
@@ -182,29 +181,59 @@ class RemoteGatewayBackend(Backend):
     def remove(self, handle: SandboxHandle) -> None:
         """Nothing to remove: the gateway is not ours (the Sandbox deletes its kernel)."""
 
-    def reap_orphans(self) -> int:
+    def reap_orphans(self, on_removed: Callable[[str], None] | None = None) -> int:
         """Delete this user's kept-alive kernels on this gateway that have expired: past
         their lifetime as recorded on this host, or idle (as the gateway reports their
         last activity) for longer than their limit, which is also how long a kernel that
         its watchdog ended sits restarted and empty; forget records of kernels that are
-        gone. Return how many kernels were deleted. (Other kernels are the gateway's to
-        cull: ``--MappingKernelManager.cull_idle_timeout``.)"""
+        gone. Return how many kernels were deleted (``on_removed`` is told of each, and of
+        each record forgotten). Raises SandboxStartFailed if the gateway does not answer.
+        (Other kernels are the gateway's to cull: ``--MappingKernelManager.cull_idle_timeout``.)"""
         removed = 0
-        for record in registry.records():
-            if record.backend != self.name or record.name != self.url or not record.kernel_id:
+        for record in self._records():
+            if not record.kernel_id:
                 continue
             try:
                 model = self._kernel_model(record.kernel_id)
             except (OSError, GatewayError) as exc:
-                log.debug("gc could not reach the gateway at %s: %s", self.url, exc)
-                return removed
+                raise SandboxStartFailed(f"the gateway at {self.url} does not answer: {exc}") from exc
             if model is None:
                 registry.remove(record.id)
+                if on_removed:
+                    on_removed(f"the record of {record.id} (its kernel no longer exists)")
             elif self._expired(record, model):
                 self._delete_kernel(record.kernel_id)
                 registry.remove(record.id)
                 removed += 1
+                if on_removed:
+                    on_removed(record.id)
         return removed
+
+    def describe_sandboxes(self) -> list[SandboxInfo]:
+        """This user's kept-alive sandboxes on this gateway (its records on this host), with
+        what the gateway says of each kernel: its state and last activity."""
+        now = time.time()
+        infos = []
+        for record in self._records():
+            try:
+                model: dict[str, Any] | None | str = (
+                    self._kernel_model(record.kernel_id) if record.kernel_id else None
+                )
+            except (OSError, GatewayError):
+                model = "?"  # not answering: unknown
+            infos.append(kernel_info(record, model, now))
+        return infos
+
+    def stop_sandbox(self, info: SandboxInfo) -> None:
+        """Delete the sandbox's kernel on the gateway and forget its record."""
+        record = self.load_record(info.sandbox_id)
+        if record.kernel_id:
+            self._delete_kernel(record.kernel_id, strict=True)
+        self.forget_record(record.id)
+
+    def _records(self) -> list[Record]:
+        """This user's records of kept-alive sandboxes on this gateway."""
+        return [r for r in registry.records() if r.backend == self.name and r.name == self.url]
 
     def reap_orphans_quietly(self) -> None:
         """:meth:`reap_orphans`, never failing a start because of it."""
@@ -311,13 +340,22 @@ class RemoteGatewayBackend(Backend):
             raise GatewayError("the gateway's record of a kernel is not a JSON object")
         return model
 
-    def _delete_kernel(self, kernel_id: str) -> None:
+    def _delete_kernel(self, kernel_id: str, *, strict: bool = False) -> None:
+        """Delete a kernel (one already gone is fine); a failure is ignored, or with
+        ``strict`` raised."""
         client = GatewayHTTP(self._endpoint, timeout=10.0)
         try:
-            with contextlib.suppress(OSError, GatewayError):
-                client.request("DELETE", f"/api/kernels/{quote_path(kernel_id)}")
+            status, _ = client.request("DELETE", f"/api/kernels/{quote_path(kernel_id)}")
+        except (OSError, GatewayError) as exc:
+            if strict:
+                raise SandboxStartFailed(f"the gateway at {self.url} does not answer: {exc}") from exc
+            return
         finally:
             client.close()
+        if strict and status not in (200, 204, 404):
+            raise GatewayError(
+                f"the gateway at {self.url} answered {status} to deleting kernel {kernel_id}", status
+            )
 
     @staticmethod
     def _expired(record: Record, model: dict[str, Any]) -> bool:
@@ -325,13 +363,55 @@ class RemoteGatewayBackend(Backend):
         if record.expires and now >= record.expires:
             return True
         idle_limit = record.config.get("keep_alive")
-        last = model.get("last_activity")
-        if model.get("execution_state") == "busy":
-            return False  # a running cell is use
-        if not isinstance(idle_limit, (int, float)) or not isinstance(last, str):
+        idle = _idle(model, now)
+        if not isinstance(idle_limit, (int, float)) or idle is None:
             return False
-        try:
-            seen = datetime.fromisoformat(last[:40].replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            return False
-        return now - seen > idle_limit
+        return idle > idle_limit
+
+
+def _idle(model: dict[str, Any], now: float) -> float | None:
+    """Seconds since the kernel's last activity as the gateway reports it (0 while a cell
+    runs: that is use); None if it does not say."""
+    if model.get("execution_state") == "busy":
+        return 0.0
+    last = model.get("last_activity")
+    if not isinstance(last, str):
+        return None
+    try:
+        seen = datetime.fromisoformat(last[:40].replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+    return now - seen
+
+
+def kernel_info(record: Record, model: dict[str, Any] | None | str, now: float) -> SandboxInfo:
+    """What ``enclave-tools ps`` shows of ``record``'s sandbox, given the gateway's model of
+    its kernel (untrusted), None if the gateway has no such kernel, or "?" if it did not
+    answer."""
+    lifetime_left = record.expires - now if record.expires else None
+    info = SandboxInfo(
+        name=record.id,
+        sandbox_id=record.id,
+        container_id=record.kernel_id,
+        session=record.session,
+        owner="detached",
+        created=record.created or None,
+        where=record.name,
+        idle="?",
+        expires_in="?" if lifetime_left is None else lifetime_left,
+    )
+    if model is None:
+        info.idle, info.expires_in, info.status = None, "ended", "gone"
+    elif isinstance(model, dict):
+        state = model.get("execution_state")
+        info.status = state if isinstance(state, str) and state else "?"
+        idle = _idle(model, now)
+        limit = record.config.get("keep_alive")
+        if idle is not None:
+            info.idle = idle
+            if isinstance(limit, (int, float)) and not isinstance(limit, bool):
+                idle_left = limit - idle
+                info.expires_in = idle_left if lifetime_left is None else min(idle_left, lifetime_left)
+    if isinstance(info.expires_in, float) and info.expires_in <= 0:
+        info.expires_in = "expired"
+    return info

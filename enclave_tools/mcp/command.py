@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from enclave_tools.backends.options import read_token
 from enclave_tools.errors import EnclaveError, InvalidInput
 
 if TYPE_CHECKING:
@@ -82,7 +81,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
 
     if args.max_sessions < 1 or args.warm < 0 or args.idle_ttl <= 0:
         raise InvalidInput("--max-sessions must be 1 or more, --warm 0 or more, --idle-ttl positive")
-    token = _token(args.token_file)
+    token = read_token(args.token_file, TOKEN_ENV)
     sessions = sessions_for(args, say)
     # SIGTERM ends the process through the finally below, so no sandbox is left behind.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
@@ -128,12 +127,3 @@ def _label(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise InvalidInput(f"--label takes KEY=VALUE, not {text!r}")
     return key, value
-
-
-def _token(path: str | None) -> str | None:
-    if path is not None:
-        try:
-            return Path(path).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise InvalidInput(f"cannot read the token file {path}: {exc.strerror}") from exc
-    return os.environ.get(TOKEN_ENV) or None

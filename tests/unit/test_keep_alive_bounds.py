@@ -10,7 +10,7 @@ import pytest
 
 from enclave_tools import Sandbox, registry
 from enclave_tools.attach import MAX_REPORTED_S, clean_limits
-from enclave_tools.cli import _duration
+from enclave_tools.ps import duration as _duration
 
 
 def test_reported_limits_are_finite_and_clamped() -> None:

@@ -105,7 +105,13 @@ class KubeApi:
                     self.in_cluster = True
                     self._client = kubernetes.client.ApiClient()
                 except kubernetes.config.ConfigException:
-                    self._client = kubernetes.config.new_client_from_config(context=self._context)
+                    try:
+                        self._client = kubernetes.config.new_client_from_config(context=self._context)
+                    except kubernetes.config.ConfigException as exc:
+                        raise SandboxStartFailed(
+                            f"no Kubernetes cluster to talk to: not in a cluster, and the kubeconfig "
+                            f"(KUBECONFIG or ~/.kube/config) gave none ({exc})"
+                        ) from None
         return self._client
 
     @property

@@ -18,7 +18,14 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from enclave_tools.backends.base import AttachHold, Backend, SandboxExists, SandboxHandle, ended_because
+from enclave_tools.backends.base import (
+    AttachHold,
+    Backend,
+    SandboxExists,
+    SandboxHandle,
+    SandboxInfo,
+    ended_because,
+)
 from enclave_tools.backends.kubernetes import keepalive
 from enclave_tools.backends.kubernetes.api import (
     RETRYABLE,
@@ -37,6 +44,7 @@ from enclave_tools.backends.kubernetes.keepalive import (
     is_kept_alive,
     pod_name,
 )
+from enclave_tools.backends.kubernetes.listing import pod_info
 from enclave_tools.backends.kubernetes.manifests import (
     CONFIG,
     CREATE_ID,
@@ -283,18 +291,45 @@ class KubernetesBackend(Backend):
         """Delete the pod (with a short grace period) and its Secret."""
         self._delete(handle.container_id)
 
-    def reap_orphans(self) -> int:
+    def reap_orphans(self, on_removed: Callable[[str], None] | None = None) -> int:
         """Delete this backend's pods that ended (deadline, crash), passed their expiry, or
-        whose owner process on this host is gone; return how many."""
+        whose owner process on this host is gone; return how many (``on_removed`` gets
+        each pod's name)."""
         removed = 0
-        listing = self.kube.call(
-            self.api.list_namespaced_pod, self.namespace, label_selector=f"{MANAGED_BY}={MANAGER}"
-        )
-        for pod in listing.get("items", []):
+        for pod in self._managed_pods():
             if _orphaned(pod) and not terminating(pod):
                 self._delete(pod["metadata"]["name"])
                 removed += 1
+                if on_removed:
+                    on_removed(pod["metadata"]["name"])
         return removed
+
+    def describe_sandboxes(self) -> list[SandboxInfo]:
+        """Every sandbox pod in the namespace, whoever made it, read from its labels,
+        annotations and status (see listing.py)."""
+        now = time.time()
+        return [pod_info(pod, now) for pod in self._managed_pods()]
+
+    def stop_sandbox(self, info: SandboxInfo) -> None:
+        """Delete the pod (whoever is attached) and its Secret; the pod is the record."""
+        self._delete(info.container_id, strict=True)
+
+    def _managed_pods(self) -> list[dict[str, Any]]:
+        """The pods of enclave-tools in the namespace; SandboxStartFailed if the API refuses
+        or does not answer."""
+        ApiException = api_exception()
+        try:
+            listing = self.kube.call(
+                self.api.list_namespaced_pod, self.namespace, label_selector=f"{MANAGED_BY}={MANAGER}"
+            )
+        except ApiException as exc:
+            raise SandboxStartFailed(
+                f"listing the pods of namespace {self.namespace} failed: {api_reason(exc)}"
+            ) from exc
+        except connection_errors() as exc:
+            raise SandboxStartFailed(f"the Kubernetes API did not answer: {exc}") from exc
+        items = listing.get("items") if isinstance(listing, dict) else None
+        return [pod for pod in items or [] if isinstance(pod, dict)]
 
     def reap_orphans_quietly(self) -> None:
         """:meth:`reap_orphans`, never failing a start because of it."""
@@ -734,10 +769,11 @@ class KubernetesBackend(Backend):
         )
         return endpoint_from_url(url, token, self.verify)
 
-    def _delete(self, name: str) -> None:
+    def _delete(self, name: str, *, strict: bool = False) -> None:
         """Delete a pod with a short grace period: the kubelet stops its containers before
         the object goes (grace 0 would remove the object first, containers still running);
-        then its Secret (the garbage collector would too, later)."""
+        then its Secret (the garbage collector would too, later). A pod already gone is
+        fine; another failure is logged, or with ``strict`` raised (SandboxStartFailed)."""
         secret = self._secret_of(name)
         try:
             self.kube.call(
@@ -745,6 +781,10 @@ class KubernetesBackend(Backend):
             )
         except Exception as exc:  # noqa: BLE001 - the reaper and the deadline remain
             if getattr(exc, "status", None) != 404:
+                if strict:
+                    raise SandboxStartFailed(
+                        f"deleting pod {self.namespace}/{name} failed: {_describe(exc)}"
+                    ) from exc
                 log.warning("could not delete pod %s: %s", name, _describe(exc))
         self._delete_secret(secret)
 

@@ -50,6 +50,7 @@ from enclave_tools.backends.kubernetes.manifests import (
 )
 from enclave_tools.backends.kubernetes.status import _terminal, terminating
 from enclave_tools.errors import SandboxGone, SandboxInUse
+from enclave_tools.execution import one_line
 from enclave_tools.registry import Record, check_id
 
 log = logging.getLogger(__name__)
@@ -240,7 +241,7 @@ def take(
         other = notes.get(HOLDER)
         if other and other != holder and _until(notes) + CLOCK_SKEW_S > time.time():
             if time.monotonic() >= deadline:
-                host = _printable(other.split("/", 1)[0])
+                host = one_line(other.split("/", 1)[0], _HOST_SHOWN)
                 raise SandboxInUse(
                     f"sandbox {sandbox_id} is in use by another process (on {host}): one process at a "
                     "time may be attached. It lets go on detach(), close() or exit (or its claim lapses "
@@ -279,9 +280,3 @@ def _until(notes: dict[str, str]) -> float:
     if not math.isfinite(until) or until > time.time() + MAX_LEASE_S + CLOCK_SKEW_S:
         return 0.0
     return until
-
-
-def _printable(text: str) -> str:
-    """An annotation's text (anyone who may patch the pod wrote it) fit for a message."""
-    shown = "".join(c if c.isprintable() else "?" for c in text[:_HOST_SHOWN])
-    return shown + ("..." if len(text) > _HOST_SHOWN else "")
