@@ -253,3 +253,25 @@ def test_the_base_backend_lists_and_stops_its_registry_records(tmp_path, monkeyp
     backend.stop_sandbox(info)
     assert removed == ["c-1"]
     assert [r.id for r in registry.records()] == ["other"]
+
+
+def test_a_gateway_that_does_not_answer_is_said_so_and_its_records_are_kept(tmp_path, monkeypatch, capsys):
+    import socket
+
+    from enclave_tools import registry
+
+    with socket.socket() as free:  # a port nothing listens on: connections are refused
+        free.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{free.getsockname()[1]}"
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv(GATEWAY_TOKEN_ENV, "s3cr3t-token")
+    registry.save(record(name=url, expires=time.time() + 600))
+    remote = ["--backend", "remote", "--url", url]
+    assert main(["ps", *remote]) == 0
+    [row] = capsys.readouterr().out.splitlines()[1:]
+    assert row.split()[4] == "?" and row.split()[-1] == "?"  # IDLE, STATUS: unknown
+    assert main(["gc", *remote]) == 3  # not "0 removed"
+    assert main(["stop", "r0123456789abcde", *remote]) == 3
+    err = capsys.readouterr().err
+    assert err.count(f"the gateway at {url} does not answer") == 2 and "s3cr3t" not in err
+    assert [r.id for r in registry.records()] == ["r0123456789abcde"]
