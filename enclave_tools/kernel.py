@@ -197,10 +197,13 @@ class KernelClient:
         """Interrupt ``call``'s code, once it has begun. ipykernel ignores a SIGINT that
         lands before the code begins, or drops the request with no reply, so this waits up
         to ``begin_wait`` seconds for the kernel to say it began, then interrupts anyway.
-        A call already over is not interrupted: the signal would hit whatever runs next."""
+        A call already over, or let go of by its run, is not interrupted: the signal would
+        hit whatever runs next."""
         call.began.wait(begin_wait)
-        if not (call.done or call.idle):
-            self.interrupt(timeout=INTERRUPT_TIMEOUT)
+        if call.done or call.idle or call.released_at is not None:
+            return
+        call.interrupted = True  # a request dropped with no reply is then no "ok"
+        self.interrupt(timeout=INTERRUPT_TIMEOUT)
 
     def restart(self, timeout: float = 30.0) -> None:
         """Restart the kernel (its state is lost), end the processes it left behind,
@@ -264,11 +267,13 @@ class KernelClient:
         output_limit: int,
         rich_limit: int | None = None,
         listener: Callable[[dict[str, Any]], None] | None = None,
+        caller: Caller | None = None,
     ) -> ExecuteCall:
         """Send ``code`` to run; return the call, which the reader thread fills in.
         ``rich_limit`` (bytes of rich outputs kept) is passed on when given; ``listener``
         sees each of the call's messages on the reader thread (live output; it must not
-        block)."""
+        block). ``caller.call`` is set before the code goes out (an interrupt from another
+        thread finds the call through it)."""
         if len(code.encode("utf-8", "surrogatepass")) > MAX_CODE_BYTES:
             raise InvalidInput(
                 f"the code is {len(code):,} characters; the limit is {MAX_CODE_BYTES // 2**20} MiB. "
@@ -284,7 +289,13 @@ class KernelClient:
         }
         limits = {} if rich_limit is None else {"rich_limit": rich_limit}
         return self._request(
-            "execute_request", content, capture_limit, output_limit, listener=listener, **limits
+            "execute_request",
+            content,
+            capture_limit,
+            output_limit,
+            listener=listener,
+            caller=caller,
+            **limits,
         )
 
     def run(
@@ -309,8 +320,9 @@ class KernelClient:
             output_limit=output_limit,
             rich_limit=rich_limit,
             listener=listener,
+            caller=caller,
         )
-        caller.call = call
+        caller.call = call  # set before the send already; a test double's execute may not
         try:
             if self._ends_in_time(call, timeout, caller):
                 return Run(call)
@@ -325,7 +337,7 @@ class KernelClient:
             return Run(call, overran=True, cancelled=cancelled, answered=answered, stopped=stopped)
         finally:
             self.forget(call)
-            call.released_at = time.monotonic()
+            call.release()
 
     def _ends_in_time(self, call: ExecuteCall, timeout: float, caller: Caller) -> bool:
         """Whether ``call`` ends before ``timeout`` seconds pass or ``caller`` cancels."""
@@ -358,10 +370,13 @@ class KernelClient:
         capture_limit: int = 100_000,
         output_limit: int = 8000,
         listener: Callable[[dict[str, Any]], None] | None = None,
+        caller: Caller | None = None,
         **limits: int,
     ) -> ExecuteCall:
         msg = new_message(kind, content, self.session)
         call = ExecuteCall(msg["msg_id"], capture_limit, output_limit, listener=listener, **limits)
+        if caller is not None:
+            caller.call = call
         event = threading.Event()
         with self._lock:
             self._calls[call.msg_id] = call

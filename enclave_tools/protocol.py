@@ -218,7 +218,8 @@ class ExecuteCall:
         self.released_at: float | None = None  # time.monotonic() when the client let go of it
         self.code_began = False  # the kernel said the code began (its execute_input)
         self.began = threading.Event()
-        """Set when the code began (see :attr:`code_began`), or the call is over."""
+        """Set when the code began (see :attr:`code_began`), or the call is over or let go of."""
+        self.interrupted = False  # an interrupt was sent to the kernel while this call ran
 
     @property
     def done(self) -> bool:
@@ -288,6 +289,12 @@ class ExecuteCall:
             self.ended = reason
         self.began.set()
 
+    def release(self) -> None:
+        """The client let go of the call: nothing more is routed to it, and nobody may
+        interrupt it any more (the signal would hit whatever the kernel runs next)."""
+        self.released_at = time.monotonic()
+        self.began.set()
+
     def execution(
         self,
         status: Status | None = None,
@@ -336,5 +343,15 @@ class ExecuteCall:
             # ipykernel drops a request, with no reply, when an interrupt lands before its code
             return "error", error_from_content(
                 {"ename": "NotRun", "evalue": "the kernel dropped this code before it began: it did not run"}
+            )
+        if self.reply is None and self.idle and self.interrupted:
+            # ipykernel also drops it when the interrupt lands after execute_input but before
+            # the code runs (IPython still preparing the cell), or as it ends: no reply either way
+            return "error", error_from_content(
+                {
+                    "ename": "KeyboardInterrupt",
+                    "evalue": "interrupted as the code began or ended, before the kernel replied: "
+                    "it may not have run, or not in full",
+                }
             )
         return "ok", None

@@ -103,6 +103,19 @@ def test_an_interrupt_sent_as_the_code_goes_out_still_stops_it(sandbox):
     assert sandbox.run("kept").text == "'yes'"
 
 
+def test_an_interrupt_as_the_code_begins_never_reads_as_ok(sandbox):
+    """The interrupt waits for the code's execute_input and goes at once; a long cell is
+    still being prepared then (IPython transforms it before it runs), and ipykernel drops
+    the request with no reply. The code did not run: the result must not say "ok"."""
+    code = "x = 1\n" * 300_000 + "import time; time.sleep(600)"
+    cell = in_background(sandbox.run, code, 86400)
+    wait_until(lambda: running(sandbox) and sandbox._turns.current.call.code_began, poll=0)
+    sandbox.interrupt()
+    execution = joined(*cell)
+    assert execution.status == "error" and execution.error.name == "KeyboardInterrupt", execution.text
+    assert sandbox.run("1 + 1").text == "2"
+
+
 def test_interrupt_ignored_by_the_cell_escalates_at_the_deadline_and_tells_the_queue(make_sandbox):
     sb = make_sandbox(interrupt_grace=1).start()
     sb.run("kept = 1")
@@ -153,10 +166,12 @@ async def test_a_cancelled_run_on_a_frozen_gateway_tells_the_next_caller(make_sa
 def test_a_kernel_that_exits_tells_the_queued_caller(sandbox):
     sandbox.run("kept = 1")
     dies_at_interrupt = (
-        "import os, time\ntry:\n    time.sleep(600)\nexcept KeyboardInterrupt:\n    os._exit(1)"
+        "import os, time\ntry:\n    print('waiting', flush=True)\n    time.sleep(600)\n"
+        "except KeyboardInterrupt:\n    os._exit(1)"
     )
-    cell = in_background(sandbox.run, dies_at_interrupt, 86400)
-    wait_until(lambda: running(sandbox))
+    waiting = threading.Event()  # inside the try: an interrupt sooner would not end the kernel
+    cell = in_background(lambda: sandbox.run(dies_at_interrupt, 86400, on_output=lambda _: waiting.set()))
+    assert waiting.wait(HANG)
     queued = queue_one(sandbox, "'kept' in dir()")
     sandbox.interrupt()
     execution = joined(*cell)

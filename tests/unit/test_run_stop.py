@@ -38,6 +38,7 @@ class FakeKernel(KernelClient):
 
     def execute(self, code: str, **limits: Any) -> ExecuteCall:
         limits.pop("listener", None)
+        limits.pop("caller", None)
         self.call = ExecuteCall("m1", **limits)
         self.call.code_began = True  # its execute_input came
         self.call.began.set()
@@ -156,6 +157,89 @@ def test_a_call_already_over_is_not_interrupted():
     _fed(call, "status", {"execution_state": "idle"})
     kernel.interrupt_call(call, begin_wait=30)
     assert kernel.interrupts == 0
+
+
+def test_an_interrupted_call_with_no_reply_after_its_code_began_is_not_ok():
+    """An interrupt that lands after execute_input but before the code runs (IPython is
+    still preparing the cell) makes ipykernel drop the request with no reply: the code may
+    not have run, so the result is the interrupt, never "ok"."""
+    kernel = FakeKernel(idle_on="never")
+    call = _unbegun_call()
+    _fed(call, "execute_input", {"code": "x", "execution_count": 1})
+    kernel.interrupt_call(call, begin_wait=30)
+    _fed(call, "status", {"execution_state": "idle"})
+    execution = call.execution()
+    assert kernel.interrupts == 1
+    assert execution.status == "error" and execution.error.name == "KeyboardInterrupt"
+
+
+class UnbegunKernel(FakeKernel):
+    """Its calls never say that their code began (no execute_input)."""
+
+    def __init__(self, idle_on: str) -> None:
+        super().__init__(idle_on)
+        self.sent = threading.Event()
+
+    def execute(self, code: str, **limits: Any) -> ExecuteCall:
+        self.call = _unbegun_call()
+        self.sent.set()
+        return self.call
+
+
+def test_an_interrupt_waiting_on_a_call_that_was_let_go_of_sends_nothing():
+    """Sandbox.interrupt waits for the running call's code to begin. If the run lets go of
+    the call first (it ignored the run's own interrupt; a restart and the next cell come
+    next), the waiting interrupt must not go: it would hit the next cell."""
+    kernel = UnbegunKernel(idle_on="never")
+    turn = Turn()
+    runner = threading.Thread(
+        target=kernel.run,
+        args=("x", 86400, turn),
+        kwargs={"interrupt_grace": 0.1, "capture_limit": 100, "output_limit": 100},
+    )
+    runner.start()
+    assert kernel.sent.wait(30)
+    call = turn.call
+    assert call is not None
+    other = threading.Thread(target=kernel.interrupt_call, args=(call, 20.0))  # Sandbox.interrupt
+    other.start()
+    assert call.began.waited_on.wait(30)  # type: ignore[attr-defined]
+    turn.cancelled = True  # the run interrupts once, then lets go of the call
+    runner.join(30)
+    assert not runner.is_alive() and kernel.interrupts == 1
+    other.join(30)
+    assert not other.is_alive() and kernel.interrupts == 1
+
+
+class SendingKernel(KernelClient):
+    """A kernel client whose websocket only records what the caller knew at each send."""
+
+    def __init__(self, caller: Turn) -> None:
+        super().__init__(http=None)  # type: ignore[arg-type]
+        self.connected = True
+        self.known_at_send: list[ExecuteCall | None] = []
+        self.interrupts = 0
+        kernel = self
+
+        class Socket:
+            def send(self, data: bytes, timeout: float) -> None:
+                kernel.known_at_send.append(caller.call)
+                caller.cancelled = True  # end the run at once
+
+        self._ws = Socket()  # type: ignore[assignment]
+
+    def interrupt(self, timeout: float = 10.0) -> None:
+        self.interrupts += 1
+
+
+def test_the_caller_knows_its_call_before_the_code_goes_out():
+    """Sandbox.interrupt finds the running call through the turn: were the call set only
+    after the send, an interrupt in between would go at once, before the code began (and
+    be ignored, or drop the code)."""
+    turn = Turn()
+    kernel = SendingKernel(turn)
+    kernel.run("x", 86400, turn, interrupt_grace=0.01, capture_limit=100, output_limit=100)
+    assert len(kernel.known_at_send) == 1 and kernel.known_at_send[0] is turn.call is not None
 
 
 class RunningBackend(Backend):

@@ -42,7 +42,14 @@ class ReplayKernel(KernelClient):
         self.connected = True
 
     def execute(
-        self, code: str, *, capture_limit: int, output_limit: int, rich_limit: int, listener: Any = None
+        self,
+        code: str,
+        *,
+        capture_limit: int,
+        output_limit: int,
+        rich_limit: int,
+        listener: Any = None,
+        caller: Any = None,
     ) -> ExecuteCall:
         call = ExecuteCall("m1", capture_limit, output_limit, rich_limit=rich_limit, listener=listener)
         self._done = threading.Event()
