@@ -19,4 +19,6 @@ c.InlineBackend.rc = {"figure.dpi": 100}
 # half-millisecond sleep before each reply (it only helped clients that stop reading at the
 # reply; enclave-tools waits for the reply and the idle status that follows all output).
 c.IPKernelApp.outstream_class = "enclave_kernel.QuickFlushOutStream"
+# An interrupt that lands as a cell begins ends that cell, never swallowed by IPython.
+c.IPKernelApp.kernel_class = "enclave_kernel.EnclaveKernel"
 c.IPythonKernel._execute_sleep = 0.0

@@ -116,6 +116,32 @@ def test_an_interrupt_as_the_code_begins_never_reads_as_ok(sandbox):
     assert sandbox.run("1 + 1").text == "2"
 
 
+def test_an_interrupt_while_ipython_prepares_the_cell_ends_it(sandbox):
+    """IPython swallows a KeyboardInterrupt raised in the callbacks it runs before a cell's
+    code; the image's kernel lets it end the cell. A slow callback holds that moment open."""
+    sandbox.run(
+        "import time\n"
+        "def _slow(*_):\n"
+        "    print('preparing', flush=True)\n"
+        "    time.sleep(3)\n"
+        "get_ipython().events.register('pre_run_cell', _slow)\n"
+        "kept = 'yes'"
+    )
+    preparing = threading.Event()
+
+    def seen(event: Any) -> None:
+        if "preparing" in event.text:
+            preparing.set()
+
+    cell = in_background(lambda: sandbox.run("time.sleep(600)", 86400, on_output=seen))
+    assert preparing.wait(HANG)
+    sandbox.interrupt()  # lands in the callback's sleep
+    execution = joined(*cell)
+    assert execution.status == "error" and execution.error.name == "KeyboardInterrupt", execution.text
+    sandbox.run("get_ipython().events.unregister('pre_run_cell', _slow)")
+    assert sandbox.run("kept").text == "'yes'"
+
+
 def test_interrupt_ignored_by_the_cell_escalates_at_the_deadline_and_tells_the_queue(make_sandbox):
     sb = make_sandbox(interrupt_grace=1).start()
     sb.run("kept = 1")
