@@ -69,6 +69,9 @@ SEND_TIMEOUT = 10.0
 INTERRUPT_TIMEOUT = 5.0
 """Seconds an interrupt request may take."""
 
+INTERRUPT_AGAIN_AFTER = 1.0
+"""Seconds after an interrupt when code still running is interrupted once more."""
+
 CANCEL_POLL = 0.1
 """How often a running call looks whether its caller cancelled it."""
 
@@ -200,10 +203,14 @@ class KernelClient:
         A call already over, or let go of by its run, is not interrupted: the signal would
         hit whatever runs next."""
         call.began.wait(begin_wait)
-        if call.done or call.idle or call.released_at is not None:
+        if _over(call):
             return
         call.interrupted = True  # a request dropped with no reply is then no "ok"
         self.interrupt(timeout=INTERRUPT_TIMEOUT)
+        # Nothing says the signal arrived, and a few windows of ipykernel's and IPython's
+        # lose it; code still running a moment later gets it once more, as a second Ctrl-C.
+        if not _ends_within(call, INTERRUPT_AGAIN_AFTER):
+            self.interrupt(timeout=INTERRUPT_TIMEOUT)
 
     def restart(self, timeout: float = 30.0) -> None:
         """Restart the kernel (its state is lost), end the processes it left behind,
@@ -512,3 +519,20 @@ class KernelClient:
             ids = list(self._calls)
         for msg_id in ids:
             self._finish(msg_id, reason)
+
+
+def _over(call: ExecuteCall) -> bool:
+    """Whether ``call`` has nothing left to interrupt: done, idle, or let go of."""
+    return call.done or call.idle or call.released_at is not None
+
+
+def _ends_within(call: ExecuteCall, seconds: float) -> bool:
+    """Whether ``call`` is over within ``seconds`` (looked at every 50 ms; the call's own
+    wake-up event belongs to its run)."""
+    deadline = time.monotonic() + seconds
+    pause = threading.Event()
+    while not _over(call):
+        if time.monotonic() >= deadline:
+            return False
+        pause.wait(0.05)
+    return True

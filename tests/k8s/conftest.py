@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 
 import pytest
 
@@ -51,8 +53,22 @@ def deny_egress_network(docker_engine):
 
     network = create_deny_egress_network(docker_engine, {RUN_LABEL: RUN_ID})
     yield network.name
-    for container in docker_engine.containers.list(all=True, filters={"network": network.name}):
-        container.remove(force=True)
+    import docker
+
+    def left() -> list:
+        return docker_engine.containers.list(all=True, filters={"network": network.name})
+
+    for container in left():
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass  # its pod's own cleanup removed it first
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: that removal is already in progress
+                raise
+    deadline = time.monotonic() + 60
+    while left() and time.monotonic() < deadline:
+        threading.Event().wait(0.2)  # a removal in progress finishes
     network.remove()
 
 

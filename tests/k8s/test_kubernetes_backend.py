@@ -240,6 +240,25 @@ def test_pool_claim_race(fake_cluster, make_backend, k8s_config):
     assert len(winners) == 1 and winners[0]["metadata"]["name"] == idle[1]["metadata"]["name"]
 
 
+def test_a_pool_pod_whose_status_changed_since_it_was_listed_is_still_claimed(
+    fake_cluster, make_backend, k8s_config
+):
+    """The kubelet writes an idle pod's status (a new resourceVersion) while a client holds
+    the listing: that 409 is not another claim, so the pod is read again and claimed."""
+    backend = make_backend(pool_size=1)
+    backend.fill_pool(k8s_config)
+    listed = _pods(fake_cluster, f"{POOL}=idle")[0]
+    name = listed["metadata"]["name"]
+    status = fake_cluster.get("pods", NAMESPACE, name)["status"]
+    fake_cluster.set_status(NAMESPACE, name, {**status, "message": "kubelet was here"})
+    assert (
+        fake_cluster.get("pods", NAMESPACE, name)["metadata"]["resourceVersion"]
+        != (listed["metadata"]["resourceVersion"])
+    )
+    claimed = backend.try_claim(listed, "s1")
+    assert claimed is not None and claimed["metadata"]["labels"][POOL] == "claimed"
+
+
 def test_warm_pool_start_claims_a_ready_pod(fake_cluster, make_backend, make_pod_sandbox, k8s_config):
     backend = make_backend(pool_size=1)
     backend.fill_pool(k8s_config)
@@ -251,10 +270,8 @@ def test_warm_pool_start_claims_a_ready_pod(fake_cluster, make_backend, make_pod
         )
     )
     sb = make_pod_sandbox(backend)
-    started = time.monotonic()
     assert sb.run("'warm'").text == "'warm'"
-    assert sb.container_id == warm
-    assert time.monotonic() - started < 5
+    assert sb.container_id == warm  # the warm pod, not a new one
     assert _pods(fake_cluster, f"{POOL}=idle")  # refilled
     backend.drain_pool()
 

@@ -27,6 +27,9 @@ from enclave_tools.backends.kubernetes.status import _ready, _terminal, terminat
 
 log = logging.getLogger(__name__)
 
+CLAIM_ATTEMPTS = 3
+"""Claims of one pod that may meet a 409 from a change other than another claim."""
+
 
 def claimable(pod: dict[str, Any]) -> bool:
     """Whether an idle pod may be claimed: not ended, and not being deleted (a node drain
@@ -77,23 +80,47 @@ class WarmPool:
         self, pod: dict[str, Any], sandbox_id: str, annotations: dict[str, str]
     ) -> dict[str, Any] | None:
         """Claim ``pod`` as its ``resourceVersion`` says it was; None if another client won,
-        or if the pod turns out to be on its way out."""
+        or if the pod turns out to be on its way out. A pod changed meanwhile by something
+        other than a claim (the kubelet writing its status) is read again and claimed if it
+        is still idle, a few times at most."""
         ApiException = api_exception()
-        meta = pod["metadata"]
-        patch = {
-            "metadata": {
-                "resourceVersion": meta["resourceVersion"],
-                "labels": {POOL: "claimed", SANDBOX: sandbox_id, OWNER: self.owner},
-                "annotations": {**annotations, SAFE_TO_EVICT: "false"},
+        for _ in range(CLAIM_ATTEMPTS):
+            meta = pod["metadata"]
+            patch = {
+                "metadata": {
+                    "resourceVersion": meta["resourceVersion"],
+                    "labels": {POOL: "claimed", SANDBOX: sandbox_id, OWNER: self.owner},
+                    "annotations": {**annotations, SAFE_TO_EVICT: "false"},
+                }
             }
-        }
+            try:
+                claimed = self.api.call(
+                    self.api.core.patch_namespaced_pod, meta["name"], self.namespace, patch
+                )
+            except ApiException as exc:
+                if exc.status != 409:
+                    if exc.status == 404:
+                        return None
+                    raise
+                again = self._still_idle(meta["name"])
+                if again is None:
+                    return None  # another client claimed it, or it is going
+                pod = again
+                continue
+            if not claimable(claimed):
+                log.debug("claimed pod %s is being deleted; trying another", meta["name"])
+                return None
+            return claimed
+        return None
+
+    def _still_idle(self, name: str) -> dict[str, Any] | None:
+        """The pod ``name`` as it is now, if it is still idle and claimable."""
+        ApiException = api_exception()
         try:
-            claimed = self.api.call(self.api.core.patch_namespaced_pod, meta["name"], self.namespace, patch)
+            pod = self.api.call(self.api.core.read_namespaced_pod, name, self.namespace)
         except ApiException as exc:
-            if exc.status in (404, 409):
+            if exc.status == 404:
                 return None
             raise
-        if not claimable(claimed):
-            log.debug("claimed pod %s is being deleted; trying another", meta["name"])
-            return None
-        return claimed
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        return pod if labels.get(POOL) == "idle" and claimable(pod) else None
