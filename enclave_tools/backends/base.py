@@ -127,6 +127,22 @@ class SandboxInfo:
     memory: str | None = None
     status: str = "?"
 
+    @classmethod
+    def of_record(cls, record: Record, now: float, **fields: Any) -> SandboxInfo:
+        """A kept-alive sandbox as this host's record of it says, its state unknown;
+        ``fields`` are what the backend knows besides."""
+        known: dict[str, Any] = {
+            "name": record.id,
+            "sandbox_id": record.id,
+            "container_id": record.container_id,
+            "session": record.session,
+            "owner": "detached",
+            "created": record.created or None,
+            "idle": "?",
+            "expires_in": record.expires - now if record.expires else "?",
+        }
+        return cls(**{**known, **fields})
+
 
 @dataclass
 class ContainerState:
@@ -207,18 +223,7 @@ class Backend(ABC):
         default record store), their state unknown."""
         now = time.time()
         return [
-            SandboxInfo(
-                name=record.id,
-                sandbox_id=record.id,
-                container_id=record.container_id,
-                session=record.session,
-                owner="detached",
-                created=record.created or None,
-                idle="?",
-                expires_in=record.expires - now if record.expires else "?",
-            )
-            for record in registry.records()
-            if record.backend == self.name
+            SandboxInfo.of_record(record, now) for record in registry.records() if record.backend == self.name
         ]
 
     def stop_sandbox(self, info: SandboxInfo) -> None:

@@ -389,17 +389,7 @@ def kernel_info(record: Record, model: dict[str, Any] | None | str, now: float) 
     its kernel (untrusted), None if the gateway has no such kernel, or "?" if it did not
     answer."""
     lifetime_left = record.expires - now if record.expires else None
-    info = SandboxInfo(
-        name=record.id,
-        sandbox_id=record.id,
-        container_id=record.kernel_id,
-        session=record.session,
-        owner="detached",
-        created=record.created or None,
-        where=record.name,
-        idle="?",
-        expires_in="?" if lifetime_left is None else lifetime_left,
-    )
+    info = SandboxInfo.of_record(record, now, container_id=record.kernel_id, where=record.name)
     if model is None:
         info.idle, info.expires_in, info.status = None, "ended", "gone"
     elif isinstance(model, dict):
