@@ -138,8 +138,16 @@ def pair(sandbox_config) -> Iterator[tuple[Sandbox, Sandbox]]:
 async def test_cancelled_runaway_cell_tells_the_next_caller(pair):
     sb = pair[0]
     await sb.arun("kept = 1")
-    task = asyncio.create_task(sb.arun(IGNORE_SIGINT + "while True: time.sleep(0.01)"))
-    await wait_running(sb)
+    ignoring = threading.Event()
+
+    def seen(event: Any) -> None:
+        if "ignoring" in event.text:
+            ignoring.set()
+
+    code = IGNORE_SIGINT + "print('ignoring', flush=True)\nwhile True: time.sleep(0.01)"
+    task = asyncio.create_task(sb.arun(code, on_output=seen))
+    # a cancel before the cell ignores SIGINT would simply interrupt it
+    assert await asyncio.to_thread(ignoring.wait, HANG)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -145,9 +145,18 @@ def test_an_interrupt_while_ipython_prepares_the_cell_ends_it(sandbox):
 def test_interrupt_ignored_by_the_cell_escalates_at_the_deadline_and_tells_the_queue(make_sandbox):
     sb = make_sandbox(interrupt_grace=1).start()
     sb.run("kept = 1")
-    ignoring = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(600)"
-    cell = in_background(sb.run, ignoring, 10)
-    wait_until(lambda: running(sb))
+    ignoring = (
+        "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "print('ignoring', flush=True)\ntime.sleep(600)"
+    )
+    ignored = threading.Event()
+
+    def seen(event: Any) -> None:
+        if "ignoring" in event.text:
+            ignored.set()
+
+    cell = in_background(lambda: sb.run(ignoring, 10, on_output=seen))
+    assert ignored.wait(HANG)  # an interrupt before the cell ignores SIGINT would end it
     queued = queue_one(sb, "'kept' in dir()")
     sb.interrupt()  # ignored: the run goes on to its time limit
     execution = joined(*cell)
