@@ -123,27 +123,61 @@ INTERLEAVED = {"concurrency", "equal_load"}
 spell of a shared machine falls on both rather than on one side's whole series."""
 
 
-def measure(plan: dict, image: str, peer: bool) -> dict:
-    """Every operation, ours then the peer's; the raw answers."""
+def measure(plan: dict, image: str, peer: bool, baseline: str | None = None) -> dict:
+    """Every operation, ours then the peer's (and, for the start figures, ours again on
+    the ``baseline`` image); the raw answers."""
     raw: dict[str, dict] = {"ours": {}, "peer": {}}
-    sides = [("ours", sys.executable, "ours.py")]
+    sides = [("ours", sys.executable, "ours.py", image)]
     if peer:
-        sides.append(("peer", PEER_PYTHON, "peer.py"))
+        sides.append(("peer", PEER_PYTHON, "peer.py", image))
+    if baseline:
+        raw["baseline"] = {}
     for op, args in plan.items():
         driver_op, args = driver_args(op, args, raw)
         if driver_op is None:
             print(f"  {op}: skipped ({args['why']})", flush=True)
             continue
         turns = [{**args, "reps": 1}] * args["reps"] if op in INTERLEAVED else [args]
+        op_sides = sides[:1] if op in OURS_ONLY else sides
+        if baseline and op in BASELINE_OPS:
+            op_sides = [*op_sides, ("baseline", sys.executable, "ours.py", baseline)]
         for n, turn in enumerate(turns):
-            for side, python, script in sides[:1] if op in OURS_ONLY else sides:
+            for side, python, script, side_image in op_sides:
                 label = "ms-enclave" if side == "peer" else side
                 count = f" {n + 1}/{len(turns)}" if len(turns) > 1 else ""
                 print(f"  {op}: {label}{count}", end="", flush=True)
-                answer = run_driver(python, script, driver_op, {"image": image, **turn})
+                answer = run_driver(python, script, driver_op, {"image": side_image, **turn})
                 report_progress(answer)
                 raw[side][op] = merge_reps(raw[side].get(op), answer)
     return raw
+
+
+BASELINE_OPS = ("cold", "start_cost")
+"""What ``--baseline IMAGE`` measures on that image too: the start's time and CPU."""
+
+
+def baseline_lines(raw: dict, baseline: str) -> list[str]:
+    """The start figures on this image against the same on the ``--baseline`` image,
+    measured in the same run by the same client."""
+    ours, base = raw["ours"], raw.get("baseline", {})
+    picks = {
+        "cold": ("cold start, Sandbox() to first result", "s", lambda a: a["first_result_s"]),
+        "start_cost": (
+            "CPU per sandbox start (host process + container)",
+            "s",
+            lambda a: [h + (c or 0.0) for h, c in zip(a["host_cpu_s"], a["container_cpu_s"], strict=True)],
+        ),
+    }
+    lines = [f"against the baseline image {baseline} (same client, same run):"]
+    for op, (name, unit, pick) in picks.items():
+        if not (ok(ours.get(op)) and ok(base.get(op))):
+            continue
+        mine, theirs = summarize(pick(ours[op])), summarize(pick(base[op]))
+        lines.append(
+            f"- {name}: {fmt(mine)} {unit} against {fmt(theirs)} {unit}: "
+            f"{mine['median'] / theirs['median']:.2f}x"
+        )
+    return lines
 
 
 def merge_reps(earlier: dict | None, answer: dict) -> dict:
@@ -809,6 +843,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions: a fast smoke run")
     parser.add_argument("--no-peer", action="store_true", help="measure enclave-tools only")
     parser.add_argument("--only", nargs="+", choices=list(FULL), help="run only these operations")
+    parser.add_argument(
+        "--baseline",
+        metavar="IMAGE",
+        help="also measure the start figures (cold, start_cost) on this kernel image, such as "
+        "one built from an older commit by bench/build_baseline.sh",
+    )
     args = parser.parse_args()
 
     plan = QUICK if args.quick else FULL
@@ -822,17 +862,21 @@ def main() -> int:
     image = resolve_image()
     env = environment(image, peer)
     print(f"benchmark on {image} ({env['cpus']} CPUs, load {env['load_average'][0]:.2f})", flush=True)
-    raw = measure(plan, image, peer)
+    raw = measure(plan, image, peer, args.baseline)
     rows = figures(raw)
     print()
     print(table(rows))
     print()
     print(notes(rows))
+    if args.baseline:
+        print()
+        print("\n".join(baseline_lines(raw, args.baseline)))
     env["load_average_after"] = os.getloadavg()
     report = {
         "started": started,
         "seconds": time.monotonic() - clock,
         "quick": args.quick,
+        "baseline": args.baseline,
         "plan": plan,
         "environment": env,
         "figures": [row.to_json() for row in rows],

@@ -24,11 +24,20 @@ This file runs inside the container only; the host never imports it.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
-import uuid
+
+if __name__ == "__main__":
+    # Before any other import: from here on the gateway's modules come from its bundle.
+    import enclave_bundle
+
+    enclave_bundle.install(
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), enclave_bundle.BUNDLE_NAME)
+    )
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import uuid  # noqa: E402
 
 KERNEL_ENV_NAMES = [
     "HOME",
@@ -132,11 +141,6 @@ if __name__ == "__main__":
     sys.modules.setdefault("enclave_gateway", sys.modules[__name__])
     if os.environ.get("ENCLAVE_PRESTART_KERNEL", "1") == "1":
         prestart_kernel()
-    import enclave_bundle
-
-    enclave_bundle.install(
-        os.path.join(os.path.dirname(os.path.abspath(__file__)), enclave_bundle.BUNDLE_NAME)
-    )
 
 # jsonschema's optional format checkers: jsonschema imports each if it is installed and
 # checks that format if it is; the gateway never validates a format that needs one.
@@ -154,6 +158,11 @@ GATEWAY_SKIPS = (
     "uri_template",
     "isoduration",
     "arrow",
+    # shutil imports these at start to learn which archive formats it can make (the gateway
+    # makes none); tornado's logger, curses to colour a terminal (its stderr is none).
+    "bz2",
+    "lzma",
+    "curses",
 )
 for _name in GATEWAY_SKIPS:
     sys.modules.setdefault(_name, None)
@@ -167,6 +176,8 @@ for _name in GATEWAY_SKIPS:
 # jupyter_events (jsonschema, YAML, and a schema validated at the first kernel start) is
 # there to emit kernel actions to event listeners; a gateway has none (the events API is
 # Jupyter Server's, not the gateway's), so its kernel managers get a logger that drops them.
+# Prometheus metrics are recorded for an endpoint Kernel Gateway does not serve: they go
+# to metrics that record nothing.
 import enclave_lazy  # noqa: E402
 from traitlets.config import LoggingConfigurable  # noqa: E402
 
@@ -187,6 +198,32 @@ class QuietSchemaError(Exception):
     quiet logger never raises."""
 
 
+class QuietMetric:
+    """A Prometheus metric that records nothing: Kernel Gateway serves no metrics."""
+
+    def labels(self, *_args, **_kwargs) -> QuietMetric:
+        """The same metric, whatever the labels."""
+        return self
+
+    def inc(self, *_args, **_kwargs) -> None:
+        """Record nothing."""
+
+    dec = set = observe = info = set_to_current_time = inc
+
+
+PROMETHEUS_METRICS = (
+    "HTTP_REQUEST_DURATION_SECONDS",
+    "KERNEL_CURRENTLY_RUNNING_TOTAL",
+    "TERMINAL_CURRENTLY_RUNNING_TOTAL",
+    "SERVER_INFO",
+    "SERVER_EXTENSION_INFO",
+    "LAST_ACTIVITY",
+    "SERVER_STARTED",
+    "ACTIVE_DURATION",
+)
+"""The metrics ``jupyter_server.prometheus.metrics`` defines, each a ``QuietMetric`` here."""
+
+
 def _jinja2_template_not_found(_module):
     import importlib
 
@@ -199,6 +236,8 @@ GATEWAY_STAND_INS: dict[str, enclave_lazy.Eager] = {
     "jinja2": {"TemplateNotFound": _jinja2_template_not_found},
     "jupyter_events": {"EventLogger": lambda _module: QuietEventLogger},
     "jupyter_events.schema_registry": {"SchemaRegistryException": lambda _module: QuietSchemaError},
+    "prometheus_client": {},
+    "jupyter_server.prometheus.metrics": {name: lambda _module: QuietMetric() for name in PROMETHEUS_METRICS},
 }
 if not any(isinstance(f, enclave_lazy.StandInFinder) for f in sys.meta_path):
     enclave_lazy.install(GATEWAY_STAND_INS)
@@ -207,6 +246,7 @@ import hmac  # noqa: E402 - the kernel above starts before these heavy imports
 import tempfile  # noqa: E402
 
 from jupyter_client.kernelspec import KernelSpecManager  # noqa: E402
+from jupyter_client.provisioning.factory import EntryPoint, KernelProvisionerFactory  # noqa: E402
 from jupyter_server._tz import utcnow  # noqa: E402
 from jupyter_server.services.kernels.connection.channels import (  # noqa: E402
     ZMQChannelsWebsocketConnection,
@@ -567,6 +607,56 @@ class EnclaveKernelSpecManager(KernelSpecManager):
 
     def _kernel_dirs_default(self) -> list[str]:
         return [IMAGE_KERNEL_SPECS]
+
+
+IMAGE_PROVISIONERS = [
+    EntryPoint(
+        name="local-provisioner",
+        value="jupyter_client.provisioning:LocalProvisioner",
+        group=KernelProvisionerFactory.GROUP_NAME,
+    )
+]
+"""The kernel provisioners installed in the image (jupyter_client's own): the ones the
+image's kernel specs use."""
+
+
+def image_provisioners() -> list[EntryPoint]:
+    """The provisioners the gateway offers: the image's, named here instead of found by
+    reading the entry points of every installed distribution (about 90 files) at the first
+    kernel start."""
+    return list(IMAGE_PROVISIONERS)
+
+
+KernelProvisionerFactory._get_all_provisioners = staticmethod(image_provisioners)
+
+
+SERVING_IMPORTS = (
+    "ctypes",
+    "decimal",
+    "dateutil.parser",
+    "dateutil.tz",
+    "ipykernel.kernelspec",
+    "jupyter_client.provisioning.local_provisioner",
+    "jupyter_server.auth.login",
+    "jupyter_server.auth.logout",
+    "psutil",
+    "sysconfig",
+    "tornado.options",
+    "tornado.platform.asyncio",
+    "zoneinfo",
+)
+"""Modules the gateway loads once it runs (starting a kernel, serving its first
+requests) rather than at import: the bundle holds them too."""
+
+
+def bundle_serving() -> None:
+    """What the image build runs to write the gateway's bundle: the gateway's imports, then
+    the modules it loads while serving (``python -m enclave_bundle build PATH
+    enclave_gateway:bundle_serving``)."""
+    import importlib
+
+    for name in SERVING_IMPORTS:
+        importlib.import_module(name)
 
 
 class QuietActivityKernelManager(SeedingMappingKernelManager):

@@ -357,6 +357,30 @@ def test_the_kernel_boots_from_its_bundle_and_imports_the_ordinary_way_after(san
     assert sandbox.run("import fresh_module; fresh_module.VALUE").text == "42"
 
 
+JUPYTER_CLIENT_PROBE = """
+import sys
+package = sys.modules['jupyter_client']
+before = [type(package.__spec__.loader).__name__, 'jupyter_client.manager' in sys.modules]
+from jupyter_client import BlockingKernelClient, KernelManager
+from jupyter_client.blocking import BlockingKernelClient as blocking
+print(*before, KernelManager.__module__, BlockingKernelClient is blocking,
+      type(package.__spec__.loader).__name__, 'StandInFinder' in [type(f).__name__ for f in sys.meta_path])
+"""
+
+
+def test_the_kernel_boots_without_jupyter_clients_managers_and_a_cell_still_has_them(sandbox):
+    # The boot takes the jupyter_client package as a stand-in (it needs two of its
+    # modules); a cell that asks the package for a name gets the real one.
+    assert sandbox.run(JUPYTER_CLIENT_PROBE).text.split() == [
+        "StandInLoader",
+        "False",
+        "jupyter_client.manager",
+        "True",
+        "SourceFileLoader",
+        "False",
+    ]
+
+
 def test_a_restarted_kernel_starts_through_the_launcher_too(sandbox):
     sandbox.restart()
     assert sandbox.run(KERNEL_BOOT_PROBE).text.split() == [
@@ -375,26 +399,33 @@ from jupyter_server.base import handlers
 from jupyter_server.services.kernels.kernelmanager import ServerKernelManager
 logger = ServerKernelManager().event_logger
 logger.emit(schema_id="https://events.jupyter.org/jupyter_server/kernel_actions/v1", data={})
-heavy = ("jsonschema", "yaml", "jinja2.environment", "jupyter_events.logger", "nbformat.validator")
-loaded = [name for name in heavy if name in sys.modules]
+from jupyter_server.prometheus.metrics import KERNEL_CURRENTLY_RUNNING_TOTAL as running
+running.labels(type="python3").inc()
+heavy = ("jsonschema", "yaml", "jinja2.environment", "jupyter_events.logger", "nbformat.validator",
+         "prometheus_client.metrics", "bz2", "curses")
+loaded = [name for name in heavy if sys.modules.get(name) is not None]
 import jinja2
 real = jinja2.Environment is not None and jinja2.TemplateNotFound is handlers.TemplateNotFound
-print(type(logger).__name__, loaded, real)
+from importlib.metadata import entry_points
+from jupyter_client.provisioning.factory import KernelProvisionerFactory as factory
+named = factory._get_all_provisioners() == list(entry_points(group=factory.GROUP_NAME))
+print(type(logger).__name__, type(running).__name__, loaded, real, named)
 """
 
 
 def test_the_gateway_starts_without_schemas_templates_or_event_machinery(sandbox):
     # Its kernel managers log events to nothing (no listener exists in a gateway), so
     # jupyter_events, jsonschema and YAML are never imported; jinja2 is one exception
-    # class, the real one (the same object once jinja2 loads for real). The gateway's
-    # start, in a process of the sandbox's own.
+    # class, the real one (the same object once jinja2 loads for real); Prometheus metrics
+    # record nothing (no endpoint serves them); the kernel provisioners it names are the
+    # image's entry points. The gateway's start, in a process of the sandbox's own.
     sandbox.write_file("/tmp/gateway_probe.py", GATEWAY_PROBE)
     ran = sandbox.run(
         "import subprocess, sys\n"
         "print(subprocess.run([sys.executable, '/tmp/gateway_probe.py'], capture_output=True,"
         " text=True, cwd='/tmp').stdout)"
     )
-    assert ran.stdout.split() == ["QuietEventLogger", "[]", "True"], ran.text
+    assert ran.stdout.split() == ["QuietEventLogger", "QuietMetric", "[]", "True", "True"], ran.text
 
 
 HOSTILE_SPEC = {

@@ -1,7 +1,8 @@
-"""The gateway's lazy stand-ins (kernel_image/gateway/enclave_lazy.py), in a child
+"""The lazy stand-ins (kernel_image/enclave_lazy.py), in a child
 interpreter: a stand-in runs none of its module's code until a name it lacks is asked
 for; then it becomes the real module (the same object); an eager name answers without
-loading; submodules of a stand-in package import without loading the package."""
+loading (one taken from a submodule too); submodules of a stand-in package import without
+loading the package; once uninstalled, modules import the ordinary way."""
 
 from __future__ import annotations
 
@@ -11,15 +12,23 @@ import subprocess
 import sys
 from pathlib import Path
 
-GATEWAY_DIR = Path(__file__).resolve().parents[2] / "kernel_image" / "gateway"
+IMAGE_DIR = Path(__file__).resolve().parents[2] / "kernel_image"
 
 PROBE = """
 import json, sys, enclave_lazy
-enclave_lazy.install({"heavy": {"double": enclave_lazy.forward("double")}, "pkg": {}})
+finder = enclave_lazy.install({
+    "heavy": {"double": enclave_lazy.forward("double")},
+    "pkg": {"SUB": enclave_lazy.attribute_of("pkg.sub", "VALUE")},
+    "later": {},
+})
 import heavy, pkg.sub
 from heavy import double  # an eager name: still not loaded
+from pkg import SUB  # an eager name taken from a submodule: the package still not loaded
 seen = {"after_import": "heavy_ran" in sys.modules, "pkg_ran": "pkg_ran" in sys.modules,
-        "sub_value": pkg.sub.VALUE, "is_package": hasattr(heavy, "__path__")}
+        "sub_value": pkg.sub.VALUE, "is_package": hasattr(heavy, "__path__"), "eager_sub": SUB}
+enclave_lazy.uninstall(finder)
+import later  # after uninstall: the ordinary way
+seen["later_ran"] = later.RAN
 seen["double"] = double(21)  # loads heavy, calls the real function
 seen["after_call"] = "heavy_ran" in sys.modules
 seen["same_object"] = sys.modules["heavy"] is heavy
@@ -42,7 +51,8 @@ def test_stand_ins_load_on_first_use_and_become_the_real_module(tmp_path: Path) 
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "__init__.py").write_text("import sys\nsys.modules['pkg_ran'] = sys\nVALUE = 'pkg'\n")
     (tmp_path / "pkg" / "sub.py").write_text("VALUE = 'sub'\n")
-    env = {**os.environ, "PYTHONPATH": f"{GATEWAY_DIR}{os.pathsep}{tmp_path}", "PYTHONDONTWRITEBYTECODE": "1"}
+    (tmp_path / "later.py").write_text("RAN = True\n")
+    env = {**os.environ, "PYTHONPATH": f"{IMAGE_DIR}{os.pathsep}{tmp_path}", "PYTHONDONTWRITEBYTECODE": "1"}
     out = subprocess.run(
         [sys.executable, "-c", PROBE],
         cwd=tmp_path,
@@ -60,6 +70,8 @@ def test_stand_ins_load_on_first_use_and_become_the_real_module(tmp_path: Path) 
         "pkg_ran": False,
         "sub_value": "sub",
         "is_package": False,
+        "eager_sub": "sub",
+        "later_ran": True,
         "double": 42,
         "after_call": True,
         "same_object": True,

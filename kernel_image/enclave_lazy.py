@@ -1,25 +1,27 @@
-"""Lazy stand-ins for modules the gateway imports but, serving kernels over websockets,
-never uses: the module is loaded for real the first time anything asks it for a name
-it does not have.
+"""Lazy stand-ins for modules a process imports at start but seldom or never uses: the
+module is loaded for real the first time anything asks it for a name it does not have.
 
 Kernel Gateway imports ``jupyter_server.serverapp`` for one small function
 (``random_ports``), and that module imports all of Jupyter Server: the contents managers,
-nbformat and with it jsonschema (notebook validation), the gateway client, extensions.
-Kernel Gateway also imports ``nbformat`` for its notebook-http mode only. ``install``
-puts a finder first on ``sys.meta_path`` that answers the first import of each named
-module with a stand-in: the real module's spec (file, package path), nothing executed,
-and optionally a few names served without loading it (``forward``: a function that
-loads the module and calls the real one). The first other name asked for (an attribute,
-``from module import name``) runs the real module's code in that same module object, so
-every holder of the stand-in then holds the real module: a path that needs it is slower
-once, never wrong.
+nbformat and with it jsonschema (notebook validation), the gateway client, extensions. A
+kernel's boot imports the ``jupyter_client`` package for two functions of its ``connect``
+module, and the package's ``__init__`` imports every client and kernel manager.
+``install`` puts a finder first on ``sys.meta_path`` that answers the first import of each
+named module with a stand-in: the real module's spec (file, package path), nothing
+executed, and optionally a few names served without loading it (``forward``: a function
+that loads the module and calls the real one; ``attribute_of``: a name taken from a
+submodule). The first other name asked for (an attribute, ``from module import name``)
+runs the real module's code in that same module object, so every holder of the stand-in
+then holds the real module: a path that needs it is slower once, never wrong.
 
-Used by the gateway only (kernel_image/gateway/enclave_gateway.py); kernels import
-everything the ordinary way. This file runs inside the container only.
+Used by the gateway (kernel_image/gateway/enclave_gateway.py) and by a kernel's boot
+(enclave_kernel_launcher), which removes its finder before the kernel runs any code.
+Installed into the image's site-packages. This file runs inside the container only.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -121,8 +123,24 @@ def forward(name: str) -> Callable[[ModuleType], object]:
     return make
 
 
+def attribute_of(module_name: str, name: str) -> Callable[[ModuleType], object]:
+    """An eager name whose value is ``name`` of another module (a submodule, say),
+    imported when the stand-in is made."""
+
+    def make(_module: ModuleType) -> object:
+        return getattr(importlib.import_module(module_name), name)
+
+    return make
+
+
 def install(names: dict[str, Eager]) -> StandInFinder:
     """Serve a stand-in for each of ``names`` (module name: its eager names) from now on."""
     finder = StandInFinder(names)
     sys.meta_path.insert(0, finder)
     return finder
+
+
+def uninstall(finder: StandInFinder) -> None:
+    """Serve no more stand-ins (those already made stay, and load on first use)."""
+    if finder in sys.meta_path:
+        sys.meta_path.remove(finder)
