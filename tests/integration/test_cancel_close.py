@@ -203,12 +203,26 @@ async def test_a_busy_sandbox_stalls_no_other_and_its_cancel_goes_through(pair):
 
 async def test_a_call_cancelled_while_the_sandbox_starts_never_runs(make_sandbox):
     sb = make_sandbox()
-    task = asyncio.create_task(sb.arun("ran = True\nimport time; time.sleep(600)"))
-    await asyncio.sleep(0.2)
-    assert not sb.started  # still starting
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    release = threading.Event()
+    start_container = sb._start_container
+
+    def held_start() -> None:  # the start waits for the test: the cancel lands during it
+        assert release.wait(HANG)
+        start_container()
+
+    sb._start_container = held_start  # type: ignore[method-assign]
+    try:
+        task = asyncio.create_task(sb.arun("ran = True\nimport time; time.sleep(600)"))
+        deadline = time.monotonic() + HANG
+        while sb._turns.current is None:  # the start has its turn
+            assert time.monotonic() < deadline, "the start never began"
+            await asyncio.sleep(0.01)
+        assert not sb.started
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        release.set()
     after = await asyncio.wait_for(sb.arun("'ran' in dir()"), HANG)  # main: after 600 s
     assert after.text == "False"
 

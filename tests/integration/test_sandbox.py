@@ -31,20 +31,33 @@ async def test_state_persists_across_async_calls(make_sandbox):
         assert execution.results[0].is_main_result
 
 
+HANG = 60  # seconds: a bound on a wait that must not hang, never a measure of speed
+
+
+async def wait_for_turns(sb, running: bool, waiting: int = 0) -> None:
+    """Wait until a call's code has gone to the kernel (``running``) and ``waiting``
+    calls wait behind it."""
+    deadline = time.monotonic() + HANG
+    while not (
+        (sb._turns.current is not None and sb._turns.current.sent) == running
+        and len(sb._turns._waiting) == waiting
+    ):
+        assert time.monotonic() < deadline, "the calls never got there"
+        await asyncio.sleep(0.01)
+
+
 async def test_arun_does_not_block_the_event_loop(sandbox):
-    ticks = 0
+    # The cell waits for a file that only a coroutine on this loop writes: it can end
+    # only if the loop ran on while arun waited for it.
+    async def release() -> None:
+        await asyncio.to_thread(sandbox.write_file, "/tmp/released", "")
 
-    async def ticker():
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    task = asyncio.create_task(ticker())
-    execution = await sandbox.arun("import time; time.sleep(1); 'done'")
-    task.cancel()
-    assert execution.text == "'done'"
-    assert ticks > 20  # the loop kept running while the cell slept
+    releasing = asyncio.create_task(release())
+    execution = await sandbox.arun(
+        "import os, time\nwhile not os.path.exists('/tmp/released'): time.sleep(0.01)\n'done'", timeout=HANG
+    )
+    await releasing
+    assert execution.text == "'done'", execution.text
 
 
 @pytest.mark.gvisor
@@ -314,23 +327,29 @@ def test_eight_sandboxes_at_once(make_sandbox, docker_engine):
 async def test_cancelling_arun_interrupts_the_kernel(sandbox):
     await sandbox.arun("kept = 'yes'")
     task = asyncio.create_task(sandbox.arun("import time; time.sleep(600)"))
-    await asyncio.sleep(1)
+    await wait_for_turns(sandbox, running=True)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    started = time.monotonic()
-    after = await sandbox.arun("kept", timeout=60)
+    # Not queued behind the ten-minute sleep: the cancel interrupted it.
+    after = await asyncio.wait_for(sandbox.arun("kept"), HANG)
     assert after.text == "'yes'"
-    assert time.monotonic() - started < 30  # not queued behind the ten-minute sleep
 
 
 async def test_cancelling_a_queued_arun_leaves_the_running_one_alone(sandbox):
-    running = asyncio.create_task(sandbox.arun("import time; time.sleep(2); 'finished'"))
-    await asyncio.sleep(0.5)
+    # The running cell ends when the test writes a file (files need no turn).
+    running = asyncio.create_task(
+        sandbox.arun("import os, time\nwhile not os.path.exists('/tmp/go'): time.sleep(0.01)\n'finished'")
+    )
+    await wait_for_turns(sandbox, running=True)
     queued = asyncio.create_task(sandbox.arun("ran = True"))
-    await asyncio.sleep(0.2)
+    await wait_for_turns(sandbox, running=True, waiting=1)
     queued.cancel()
-    assert (await running).text == "'finished'"  # not interrupted on the queued call's behalf
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    await asyncio.to_thread(sandbox.write_file, "/tmp/go", "")
+    finished = await asyncio.wait_for(running, HANG)
+    assert finished.text == "'finished'"  # not interrupted on the queued call's behalf
     assert (await sandbox.arun("'ran' in dir()")).text == "False"  # and the queued one never ran
 
 
@@ -426,6 +445,19 @@ def test_the_gateway_starts_without_schemas_templates_or_event_machinery(sandbox
         " text=True, cwd='/tmp').stdout)"
     )
     assert ran.stdout.split() == ["QuietEventLogger", "QuietMetric", "[]", "True", "True"], ran.text
+
+
+def test_the_gateway_runs_without_the_paths_the_sandbox_writes(sandbox):
+    # -P keeps the working directory (/workspace) off its module path, -s the user's
+    # site-packages (~/.local): the modules its stand-ins load late come from the image.
+    flags = sandbox.run(
+        "import os\n"
+        "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "    argv = open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')\n"
+        "    if pid != '1' and b'enclave_gateway' in argv:\n"
+        "        print(sorted(a.decode() for a in argv if a.startswith(b'-') and a != b'-m'))"
+    )
+    assert flags.text == "['-P', '-s']", flags.text
 
 
 HOSTILE_SPEC = {
