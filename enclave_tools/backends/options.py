@@ -30,9 +30,10 @@ def make_backend(
     url: str | None = None,
     token: str | None = None,
 ) -> Backend:
-    """The backend ``name`` with its options: ``namespace`` and ``context`` (a kubeconfig
-    context) for "kubernetes"; ``url`` and ``token`` for "remote". An option of another
-    backend, or a missing one, is refused (:class:`InvalidInput`)."""
+    """The backend ``name`` with its options: ``namespace`` (default: as kubectl picks it)
+    and ``context`` (a kubeconfig context) for "kubernetes"; ``url`` and ``token`` for
+    "remote". An option of another backend, or a missing one, is refused
+    (:class:`InvalidInput`)."""
     given = {"namespace": namespace, "context": context, "url": url, "token": token}
     allowed = {"docker": set(), "kubernetes": {"namespace", "context"}, "remote": {"url", "token"}}
     if name not in allowed:
@@ -42,8 +43,9 @@ def make_backend(
         raise InvalidInput(f"{', '.join(stray)}: not an option of the {name} backend")
     if name == "kubernetes":
         from enclave_tools.backends.kubernetes import KubernetesBackend
+        from enclave_tools.backends.kubernetes.api import default_namespace
 
-        return KubernetesBackend(namespace or "default", context=context)
+        return KubernetesBackend(namespace or default_namespace(context), context=context)
     if name == "remote":
         if not url:
             raise InvalidInput("the remote backend needs the gateway's URL (--url)")
@@ -63,7 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``--backend`` and its options, on a command that works on existing sandboxes."""
     group = parser.add_argument_group("backend (default: the local Docker engine)")
     group.add_argument("--backend", choices=BACKENDS, default="docker", help="where the sandboxes run")
-    group.add_argument("--namespace", help="kubernetes: the sandboxes' namespace (default: 'default')")
+    group.add_argument(
+        "--namespace",
+        help="kubernetes: the sandboxes' namespace (default: the kubeconfig context's, as kubectl's)",
+    )
     group.add_argument(
         "--context", help="kubernetes: the kubeconfig context (default: in-cluster, else current)"
     )

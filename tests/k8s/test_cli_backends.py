@@ -44,7 +44,10 @@ def kube_cli(fake_cluster, tmp_path):
         "kind": "Config",
         "clusters": [{"name": "fake", "cluster": {"server": fake_cluster.url}}],
         "users": [{"name": "tester", "user": {}}],
-        "contexts": [{"name": "fake-ctx", "context": {"cluster": "fake", "user": "tester"}}],
+        # The context names the namespace; the command is given none (kubectl's default).
+        "contexts": [
+            {"name": "fake-ctx", "context": {"cluster": "fake", "user": "tester", "namespace": NAMESPACE}}
+        ],
         "current-context": "elsewhere",
     }
     path = tmp_path / "kubeconfig"
@@ -55,7 +58,7 @@ def kube_cli(fake_cluster, tmp_path):
         "XDG_STATE_HOME": str(tmp_path / "state"),  # nothing on this host
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
-    options = ["--backend", "kubernetes", "--namespace", NAMESPACE, "--context", "fake-ctx"]
+    options = ["--backend", "kubernetes", "--context", "fake-ctx"]
 
     def run(command: str, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

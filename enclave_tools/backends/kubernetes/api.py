@@ -79,6 +79,44 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, connection_errors())
 
 
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+"""In a pod: the namespace of its service account."""
+
+
+def default_namespace(context: str | None = None) -> str:
+    """The namespace kubectl would use, in the order :class:`KubeApi` finds its cluster: in a
+    pod (no ``context`` given) its service account's; else the kubeconfig context's
+    (``context``, or the current one); else ``default``."""
+    if context is None:
+        try:
+            with open(SERVICE_ACCOUNT_NAMESPACE) as handle:
+                namespace = handle.read().strip()
+            if namespace:
+                return namespace
+        except OSError:
+            pass
+    return _kubeconfig_namespace(context) or "default"
+
+
+def _kubeconfig_namespace(context: str | None) -> str | None:
+    """The namespace of the kubeconfig context ``context`` (else the current one), if set."""
+    kube_config = k8s().config.kube_config
+    try:
+        merged = kube_config.KubeConfigMerger(kube_config.KUBE_CONFIG_DEFAULT_LOCATION).config
+    except Exception:  # noqa: BLE001 - an unreadable kubeconfig: the client says so when it connects
+        return None
+    config = getattr(merged, "value", merged)
+    if not isinstance(config, dict):
+        return None
+    name = context or config.get("current-context")
+    for entry in config.get("contexts") or []:
+        entry = getattr(entry, "value", entry)
+        if isinstance(entry, dict) and entry.get("name") == name:
+            namespace = (entry.get("context") or {}).get("namespace")
+            return namespace if isinstance(namespace, str) and namespace else None
+    return None
+
+
 class KubeApi:
     """One cluster: the shared ApiClient (configured on first use) and bounded calls on it.
 
