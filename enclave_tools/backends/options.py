@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 from pathlib import Path
 
 from enclave_tools.backends.base import Backend
@@ -29,13 +30,15 @@ def make_backend(
     context: str | None = None,
     url: str | None = None,
     token: str | None = None,
+    ca_file: str | None = None,
 ) -> Backend:
     """The backend ``name`` with its options: ``namespace`` (default: as kubectl picks it)
-    and ``context`` (a kubeconfig context) for "kubernetes"; ``url`` and ``token`` for
-    "remote". An option of another backend, or a missing one, is refused
+    and ``context`` (a kubeconfig context) for "kubernetes"; ``url``, ``token`` and
+    ``ca_file`` (the CA bundle an https gateway's certificate is verified against; default:
+    the system's) for "remote". An option of another backend, or a missing one, is refused
     (:class:`InvalidInput`)."""
-    given = {"namespace": namespace, "context": context, "url": url, "token": token}
-    allowed = {"docker": set(), "kubernetes": {"namespace", "context"}, "remote": {"url", "token"}}
+    given = {"namespace": namespace, "context": context, "url": url, "token": token, "ca_file": ca_file}
+    allowed = {"docker": set(), "kubernetes": {"namespace", "context"}, "remote": {"url", "token", "ca_file"}}
     if name not in allowed:
         raise InvalidInput(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     stray = sorted(key for key, value in given.items() if value is not None and key not in allowed[name])
@@ -55,7 +58,14 @@ def make_backend(
             )
         from enclave_tools.backends.remote import RemoteGatewayBackend
 
-        return RemoteGatewayBackend(url, token)
+        if ca_file is not None and not Path(ca_file).is_file():
+            raise InvalidInput(f"the CA bundle {ca_file} is not a file")
+        try:
+            return RemoteGatewayBackend(url, token, verify=ca_file if ca_file is not None else True)
+        except ssl.SSLError as exc:
+            raise InvalidInput(
+                f"the CA bundle {ca_file} holds no certificate that can be used ({exc})"
+            ) from None
     from enclave_tools.backends.docker import DockerBackend
 
     return DockerBackend()
@@ -66,8 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("backend (default: the local Docker engine)")
     group.add_argument("--backend", choices=BACKENDS, default="docker", help="where the sandboxes run")
     group.add_argument(
-        "--namespace",
-        help="kubernetes: the sandboxes' namespace (default: the kubeconfig context's, as kubectl's)",
+        "--namespace", help="kubernetes: the sandboxes' namespace (default: as kubectl picks it)"
     )
     group.add_argument(
         "--context", help="kubernetes: the kubeconfig context (default: in-cluster, else current)"
@@ -79,6 +88,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"remote: file holding the gateway's token (or set {GATEWAY_TOKEN_ENV}; "
         "never on the command line)",
     )
+    group.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        help="remote: the CA bundle to verify an https gateway's certificate (default: the system's)",
+    )
 
 
 def from_args(args: argparse.Namespace) -> Backend:
@@ -87,7 +101,12 @@ def from_args(args: argparse.Namespace) -> Backend:
     if args.backend == "remote" or args.token_file is not None:
         token = read_token(args.token_file, GATEWAY_TOKEN_ENV)
     return make_backend(
-        args.backend, namespace=args.namespace, context=args.context, url=args.url, token=token
+        args.backend,
+        namespace=args.namespace,
+        context=args.context,
+        url=args.url,
+        token=token,
+        ca_file=args.ca_file,
     )
 
 

@@ -140,7 +140,15 @@ class RemoteGatewayBackend(Backend):
                 "SandboxConfig.env cannot be applied to a remote gateway: its kernels get the "
                 "environment the gateway's operator configured"
             )
-        client = GatewayHTTP(self._endpoint, timeout=min(config.startup_timeout, 30.0))
+        self.check_answers(min(config.startup_timeout, 30.0))
+        if config.keep_alive is not None:
+            self.reap_orphans_quietly()
+        return SandboxHandle(f"remote-{sandbox_id}", self.url, self._endpoint)
+
+    def check_answers(self, timeout: float = 30.0) -> None:
+        """Raise SandboxStartFailed, saying why, unless the gateway answers ``GET /api``
+        and accepts the token (a wrong certificate, URL or token among the reasons)."""
+        client = GatewayHTTP(self._endpoint, timeout=timeout)
         try:
             status, data = client.request("GET", "/api")
         except (OSError, GatewayError) as exc:
@@ -154,9 +162,6 @@ class RemoteGatewayBackend(Backend):
                 f"{self.url} answered {status} to GET /api: is it a Jupyter Kernel Gateway? "
                 f"{data[:200].decode('utf-8', 'replace')}"
             )
-        if config.keep_alive is not None:
-            self.reap_orphans_quietly()
-        return SandboxHandle(f"remote-{sandbox_id}", self.url, self._endpoint)
 
     def state(self, handle: SandboxHandle) -> GatewayState:
         """Running while the gateway answers ``GET /api``."""
@@ -189,6 +194,7 @@ class RemoteGatewayBackend(Backend):
         gone. Return how many kernels were deleted (``on_removed`` is told of each, and of
         each record forgotten). Raises SandboxStartFailed if the gateway does not answer.
         (Other kernels are the gateway's to cull: ``--MappingKernelManager.cull_idle_timeout``.)"""
+        self.check_answers()
         removed = 0
         for record in self._records():
             if not record.kernel_id:
@@ -211,7 +217,9 @@ class RemoteGatewayBackend(Backend):
 
     def describe_sandboxes(self) -> list[SandboxInfo]:
         """This user's kept-alive sandboxes on this gateway (its records on this host), with
-        what the gateway says of each kernel: its state and last activity."""
+        what the gateway says of each kernel: its state and last activity. Raises
+        SandboxStartFailed if the gateway does not answer (an empty list would say "none")."""
+        self.check_answers()
         now = time.time()
         infos = []
         for record in self._records():

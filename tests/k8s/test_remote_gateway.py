@@ -182,8 +182,9 @@ def test_stock_gateway_without_enclave_endpoints(docker_engine, kernel_image, wi
         container.remove(force=True)
 
 
-def test_https_gateway_with_a_private_ca(docker_engine, kernel_image, tmp_path):
-    """TLS end to end (REST and websocket), verified against the gateway's own certificate."""
+def test_https_gateway_with_a_private_ca(docker_engine, kernel_image, tmp_path, monkeypatch, capsys):
+    """TLS end to end (REST and websocket), verified against the gateway's own certificate;
+    the command line too (``--ca-file``)."""
     import shutil
     import subprocess
 
@@ -251,5 +252,19 @@ def test_https_gateway_with_a_private_ca(docker_engine, kernel_image, tmp_path):
         sb.close()
         with pytest.raises(SandboxStartFailed, match="does not answer.*CERTIFICATE_VERIFY_FAILED"):
             Sandbox(backend=RemoteGatewayBackend(url, token)).start()  # the system CAs do not know it
+
+        from enclave_tools.backends.options import GATEWAY_TOKEN_ENV
+        from enclave_tools.cli import main
+
+        monkeypatch.setenv(GATEWAY_TOKEN_ENV, token)
+        capsys.readouterr()
+        assert main(["ps", "--backend", "remote", "--url", url, "--ca-file", str(cert)]) == 0
+        assert "CERTIFICATE" not in capsys.readouterr().err
+        assert main(["ps", "--backend", "remote", "--url", url]) == 3  # the system CAs do not know it
+        assert "CERTIFICATE_VERIFY_FAILED" in capsys.readouterr().err
+        assert main(["ps", "--backend", "remote", "--url", url, "--ca-file", str(tmp_path / "none.pem")]) == 2
+        assert "is not a file" in capsys.readouterr().err
+        assert main(["ps", "--backend", "remote", "--url", url, "--ca-file", str(key)]) == 2  # a key, no cert
+        assert "no certificate" in capsys.readouterr().err
     finally:
         container.remove(force=True)
