@@ -12,7 +12,9 @@ executed, and optionally a few names served without loading it (``forward``: a f
 that loads the module and calls the real one; ``attribute_of``: a name taken from a
 submodule). The first other name asked for (an attribute, ``from module import name``)
 runs the real module's code in that same module object, so every holder of the stand-in
-then holds the real module: a path that needs it is slower once, never wrong.
+then holds the real module: a path that needs it is slower once, never wrong. A submodule
+of a stand-in package imported first (``from . import sibling`` in it) gets the sibling,
+not the package loaded in its middle; a load that raises is tried again at the next use.
 
 Used by the gateway (kernel_image/gateway/enclave_gateway.py) and by a kernel's boot
 (enclave_kernel_launcher), which removes its finder before the kernel runs any code.
@@ -47,9 +49,23 @@ class StandInLoader(importlib.abc.Loader):
         return None  # a plain module, made by the import system
 
     def exec_module(self, module: ModuleType) -> None:
+        stand_in = module.__spec__
+
         def __getattr__(name: str) -> object:
             if name == "__path__":  # the import system asking whether it is a package: no
                 raise AttributeError(name)
+            if module.__spec__ is not stand_in:  # run since by another loader (importlib.reload)
+                self.loaded = True
+                module.__dict__.pop("__getattr__", None)
+                raise AttributeError(f"module {module.__name__!r} has no attribute {name!r}")
+            if stand_in.submodule_search_locations is not None and _submodule_running(module.__name__):
+                # `from . import sibling` in a submodule imported before its package: the
+                # package's code now would import that half-run submodule (a circular import).
+                try:
+                    return importlib.import_module(f"{module.__name__}.{name}")
+                except ModuleNotFoundError as exc:
+                    if exc.name != f"{module.__name__}.{name}":
+                        raise
             self.load(module)
             return object.__getattribute__(module, name)
 
@@ -58,16 +74,37 @@ class StandInLoader(importlib.abc.Loader):
             setattr(module, name, make(module))
 
     def load(self, module: ModuleType) -> None:
-        """Run the real module's code in ``module`` (once)."""
+        """Run the real module's code in ``module`` (once; again at the next use if it
+        raised, as a failed import is tried again)."""
         with self.lock:
             if self.loaded:
                 return
             self.loaded = True
-            for name in ("__getattr__", *self.eager):
-                module.__dict__.pop(name, None)
+            kept = {
+                name: module.__dict__.pop(name)
+                for name in ("__getattr__", *self.eager)
+                if name in module.__dict__
+            }
+            stand_in = module.__spec__, module.__loader__
             module.__spec__ = self.real
             module.__loader__ = self.real.loader
-            self.real.loader.exec_module(module)  # type: ignore[union-attr]
+            try:
+                self.real.loader.exec_module(module)  # type: ignore[union-attr]
+            except BaseException:
+                module.__spec__, module.__loader__ = stand_in
+                module.__dict__.update(kept)
+                self.loaded = False
+                raise
+
+
+def _submodule_running(package: str) -> bool:
+    """Whether a submodule of ``package`` is being imported (its code is running)."""
+    prefix = package + "."
+    return any(
+        getattr(getattr(module, "__spec__", None), "_initializing", False)
+        for name, module in list(sys.modules.items())
+        if name.startswith(prefix)
+    )
 
 
 class StandInFinder:

@@ -400,6 +400,22 @@ def test_the_kernel_boots_without_jupyter_clients_managers_and_a_cell_still_has_
     ]
 
 
+JUPYTER_CLIENT_USERS = """
+from jupyter_client.manager import KernelManager  # its `from . import kernelspec`, before the package
+import nbclient
+from nbconvert.preprocessors import ExecutePreprocessor
+import jupyter_client
+print(jupyter_client.KernelManager is KernelManager, nbclient.NotebookClient.__name__)
+"""
+
+
+def test_a_cell_imports_jupyter_clients_submodules_and_what_uses_them(sandbox):
+    # The package is still the boot's stand-in when a cell imports one of its submodules
+    # first; loading the package in the middle of that submodule would be a circular import.
+    ran = sandbox.run(JUPYTER_CLIENT_USERS)
+    assert ran.text.split() == ["True", "NotebookClient"], ran.text
+
+
 def test_a_restarted_kernel_starts_through_the_launcher_too(sandbox):
     sandbox.restart()
     assert sandbox.run(KERNEL_BOOT_PROBE).text.split() == [
